@@ -1,0 +1,1 @@
+"""hubpipe components: Hub module handling, data ingestion, Transform and Trainer code, custom TFX components."""

@@ -1,0 +1,1 @@
+"""AnomalyGate: stops the run before Transform when ExampleValidator found anomalies."""

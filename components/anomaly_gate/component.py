@@ -1,0 +1,62 @@
+"""AnomalyGate: a small component that turns ExampleValidator's findings into a stop.
+
+TFX's ExampleValidator records anomalies but lets the pipeline go on. hubpipe
+must not train on data that breaks the schema, so this component reads the
+ExampleAnomalies artifact and fails with a readable list of what is wrong and
+how to fix it; Transform runs only after it passed.
+"""
+
+import os
+
+from tensorflow_metadata.proto.v0 import anomalies_pb2
+from tfx import v1 as tfx
+from tfx.types import artifact_utils
+
+ANOMALIES_FILE = 'SchemaDiff.pb'
+
+
+class DataAnomaliesError(RuntimeError):
+  """The data does not match the schema."""
+
+
+def read_anomalies(artifact) -> dict:
+  """{split: Anomalies} from an ExampleAnomalies artifact."""
+  out = {}
+  for split in artifact_utils.decode_split_names(artifact.split_names):
+    path = os.path.join(artifact.uri, f'Split-{split}', ANOMALIES_FILE)
+    anomalies = anomalies_pb2.Anomalies()
+    with open(path, 'rb') as f:
+      anomalies.ParseFromString(f.read())
+    out[split] = anomalies
+  return out
+
+
+def describe(anomalies_by_split: dict, schema_hint: str = '') -> str:
+  """A readable report of the anomalies, or '' when there are none."""
+  lines = []
+  for split, anomalies in sorted(anomalies_by_split.items()):
+    if anomalies.HasField('dataset_anomaly_info'):
+      info = anomalies.dataset_anomaly_info
+      lines.append(f'  [{split}] (data set): {info.description or info.short_description}')
+    for feature, info in sorted(anomalies.anomaly_info.items()):
+      reasons = '; '.join(r.description or r.short_description
+                          for r in info.reason) or info.description
+      lines.append(f'  [{split}] feature "{feature}": {reasons}')
+  if not lines:
+    return ''
+  return ('the examples do not match the schema ' + schema_hint + ':\n' +
+          '\n'.join(lines) +
+          '\nFix the data, or if the data is right and the schema is out of '
+          'date, update the schema (data.schema in the config).')
+
+
+@tfx.dsl.components.component
+def AnomalyGate(
+    anomalies: tfx.dsl.components.InputArtifact[
+        tfx.types.standard_artifacts.ExampleAnomalies],
+    schema_path: tfx.dsl.components.Parameter[str] = ''):
+  """Fails when ExampleValidator reported any anomaly."""
+  message = describe(read_anomalies(anomalies),
+                     f'({schema_path})' if schema_path else '')
+  if message:
+    raise DataAnomaliesError(message)

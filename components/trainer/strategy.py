@@ -1,0 +1,60 @@
+"""Chooses and builds the tf.distribute strategy named in the config.
+
+`auto` picks TPUStrategy when a TPU is configured, MultiWorkerMirroredStrategy
+when TF_CONFIG names several workers, MirroredStrategy with more than one GPU,
+and the default strategy otherwise. The choice is a pure function so that it
+can be tested without the hardware.
+"""
+
+import json
+import os
+from typing import Optional
+
+import tensorflow as tf
+
+
+def _workers_in(tf_config: Optional[str]) -> int:
+  if not tf_config:
+    return 0
+  try:
+    cluster = json.loads(tf_config).get('cluster', {})
+  except (ValueError, AttributeError):
+    raise ValueError('TF_CONFIG is not valid JSON; it must hold a "cluster" '
+                     'spec and a "task" for multi-worker training.')
+  return len(cluster.get('worker', [])) + len(cluster.get('chief', []))
+
+
+def choose(requested: str, num_gpus: int, tf_config: Optional[str] = None,
+           tpu_address: Optional[str] = None) -> str:
+  """The strategy name to use for `requested` on the given hardware."""
+  if requested != 'auto':
+    return requested
+  if tpu_address:
+    return 'tpu'
+  if _workers_in(tf_config) > 1:
+    return 'multi_worker_mirrored'
+  if num_gpus > 1:
+    return 'mirrored'
+  if num_gpus == 1:
+    return 'one_device'
+  return 'default'
+
+
+def make(requested: str) -> tf.distribute.Strategy:
+  """Builds the strategy; create every variable inside its scope()."""
+  gpus = tf.config.list_logical_devices('GPU')
+  tpu_address = os.environ.get('TPU_NAME') or os.environ.get('TPU_ADDRESS')
+  name = choose(requested, len(gpus), os.environ.get('TF_CONFIG'), tpu_address)
+  if name == 'tpu':
+    resolver = tf.distribute.cluster_resolver.TPUClusterResolver(
+        tpu=tpu_address or '')
+    tf.config.experimental_connect_to_cluster(resolver)
+    tf.tpu.experimental.initialize_tpu_system(resolver)
+    return tf.distribute.TPUStrategy(resolver)
+  if name == 'multi_worker_mirrored':
+    return tf.distribute.MultiWorkerMirroredStrategy()
+  if name == 'mirrored':
+    return tf.distribute.MirroredStrategy()
+  if name == 'one_device':
+    return tf.distribute.OneDeviceStrategy(gpus[0].name if gpus else '/cpu:0')
+  return tf.distribute.get_strategy()

@@ -1,0 +1,1 @@
+"""Transform preprocessing, one module per modality."""

@@ -1,0 +1,1 @@
+"""hubpipe pipeline: config, the DAG, runners, CLI and run summary."""

@@ -1,0 +1,300 @@
+"""The hubpipe config: one YAML file per use case, validated on load.
+
+Every section is a dataclass; `load_config` checks each key and value and raises
+`ConfigError` naming the offending key (as a dotted path), what was given and
+what is allowed. Nothing about the data set (class count, image size, feature
+names) is hard-coded elsewhere: it comes from here or from the data.
+"""
+
+import dataclasses
+import difflib
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+DATA_SOURCES = ('fashion_mnist', 'tfrecord', 'image_folder')
+ON_CORRUPT = ('fail', 'skip')
+INTEGRATIONS = ('feature_extraction',)
+STRATEGIES = ('auto', 'default', 'one_device', 'mirrored',
+              'multi_worker_mirrored', 'tpu')
+DIRECT_RUNNING_MODES = ('in_memory', 'multi_threading', 'multi_processing')
+
+
+class ConfigError(ValueError):
+  """A config key or value is wrong; the message names the key and the fix."""
+
+
+@dataclasses.dataclass
+class DataConfig:
+  # fashion_mnist: the bundled data set (a balanced, seeded subset);
+  # tfrecord: `path` holds train/ and eval/ folders of tf.Example TFRecords;
+  # image_folder: `path` holds one sub-folder per class (or train/ and eval/
+  # folders that each hold the class sub-folders).
+  source: str = 'fashion_mnist'
+  path: Optional[str] = None
+  train_examples: int = 5000
+  eval_examples: int = 2000
+  seed: int = 0
+  image_feature: str = 'image'
+  label_feature: str = 'label'
+  # image_folder without train/ and eval/ folders: share of images for eval.
+  eval_fraction: float = 0.2
+  # Corrupt images: 'fail' stops the run listing them; 'skip' leaves them out
+  # and lists them in a report beside the examples.
+  on_corrupt: str = 'fail'
+  # A schema.pbtxt; default: the curated one for the modality under schemas/.
+  schema: Optional[str] = None
+
+
+@dataclasses.dataclass
+class ModuleConfig:
+  # An offline module name (see `hubpipe modules`), a local SavedModel folder,
+  # or a TF Hub handle.
+  handle: str = 'mobilenet_v1_100_224'
+  # [height, width] the Transform resizes images to; default: the module's own.
+  input_size: Optional[list] = None
+  # Optional control module (e.g. the same architecture randomly initialised):
+  # the Trainer fits the same head on it, to measure the value of reuse.
+  control_handle: Optional[str] = None
+
+
+@dataclasses.dataclass
+class ModelConfig:
+  integration: str = 'feature_extraction'
+  hidden_units: list = dataclasses.field(default_factory=list)
+  dropout: float = 0.0
+
+
+@dataclasses.dataclass
+class TrainingConfig:
+  epochs: int = 10
+  batch_size: int = 64
+  learning_rate: float = 0.001
+  strategy: str = 'auto'
+  seed: int = 42
+
+
+@dataclasses.dataclass
+class EvaluationConfig:
+  # Absolute lower bound on eval accuracy for the model to be blessed.
+  min_accuracy: float = 0.5
+  # Largest accuracy drop allowed against the latest blessed model.
+  max_accuracy_drop: float = 0.01
+
+
+@dataclasses.dataclass
+class PushConfig:
+  # Base folder of the versioned serving models; default <workdir>/serving.
+  serving_dir: Optional[str] = None
+
+
+@dataclasses.dataclass
+class BeamConfig:
+  direct_running_mode: str = 'multi_processing'
+  # 0: one worker per core.
+  direct_num_workers: int = 0
+  # Extra Beam pipeline arguments, passed through as given.
+  extra_args: list = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass
+class Config:
+  name: str = 'hubpipe'
+  modality: str = 'image'
+  data: DataConfig = dataclasses.field(default_factory=DataConfig)
+  module: ModuleConfig = dataclasses.field(default_factory=ModuleConfig)
+  model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+  training: TrainingConfig = dataclasses.field(default_factory=TrainingConfig)
+  evaluation: EvaluationConfig = dataclasses.field(
+      default_factory=EvaluationConfig)
+  push: PushConfig = dataclasses.field(default_factory=PushConfig)
+  beam: BeamConfig = dataclasses.field(default_factory=BeamConfig)
+  # Where the config was loaded from; paths in it are relative to its folder.
+  source_path: Optional[str] = dataclasses.field(default=None, repr=False)
+
+  def to_dict(self) -> dict:
+    out = dataclasses.asdict(self)
+    out.pop('source_path')
+    return out
+
+  def resolve_path(self, path: Optional[str]) -> Optional[str]:
+    """A path from the config, relative to the config file's folder."""
+    if not path or '://' in path or os.path.isabs(path):
+      return path
+    base = Path(self.source_path).parent if self.source_path else Path.cwd()
+    return str((base / path).resolve())
+
+  @property
+  def schema_path(self) -> str:
+    if self.data.schema:
+      return self.resolve_path(self.data.schema)
+    return str(REPO_ROOT / 'schemas' / f'{self.modality}_classification' /
+               'schema.pbtxt')
+
+
+def _type_name(t) -> str:
+  return {int: 'an integer', float: 'a number', str: 'a string',
+          bool: 'true or false', list: 'a list'}.get(t, str(t))
+
+
+def _build(cls, raw: Any, path: str):
+  """Builds dataclass `cls` from a mapping, checking keys and value types."""
+  if raw is None:
+    raw = {}
+  if not isinstance(raw, dict):
+    raise ConfigError(f'{path or "the config"}: expected a mapping of keys, '
+                      f'got {type(raw).__name__}')
+  fields = {f.name: f for f in dataclasses.fields(cls) if f.name != 'source_path'}
+  values = {}
+  for key, value in raw.items():
+    where = f'{path}.{key}' if path else str(key)
+    if key not in fields:
+      close = difflib.get_close_matches(str(key), fields, n=1)
+      hint = f' Did you mean "{close[0]}"?' if close else ''
+      raise ConfigError(f'unknown key "{where}".{hint} Allowed keys'
+                        f'{" under " + path if path else ""}: '
+                        f'{", ".join(sorted(fields))}.')
+    ftype = fields[key].type
+    if dataclasses.is_dataclass(ftype):
+      values[key] = _build(ftype, value, where)
+      continue
+    base = ftype
+    optional = False
+    if getattr(ftype, '__origin__', None) is not None:  # Optional[X]
+      args = [a for a in ftype.__args__ if a is not type(None)]
+      base, optional = args[0], True
+    if value is None:
+      if not optional:
+        raise ConfigError(f'{where}: a value is required ({_type_name(base)}).')
+      values[key] = None
+      continue
+    if base is float and isinstance(value, int) and not isinstance(value, bool):
+      value = float(value)
+    if not isinstance(value, base) or (base is int and isinstance(value, bool)):
+      raise ConfigError(f'{where}: expected {_type_name(base)}, got '
+                        f'{value!r} ({type(value).__name__}).')
+    values[key] = value
+  return cls(**values)
+
+
+def _choice(where: str, value, allowed):
+  if value not in allowed:
+    raise ConfigError(f'{where}: "{value}" is not allowed; use one of: '
+                      f'{", ".join(allowed)}.')
+
+
+def _positive(where: str, value, allow_zero=False):
+  if value < 0 or (value == 0 and not allow_zero):
+    raise ConfigError(f'{where}: must be {"zero or more" if allow_zero else "positive"}, '
+                      f'got {value}.')
+
+
+def validate(config: Config) -> Config:
+  """Checks values that types alone cannot; raises ConfigError."""
+  d, m, t, e = config.data, config.module, config.training, config.evaluation
+  _choice('modality', config.modality, ('image',))
+  _choice('data.source', d.source, DATA_SOURCES)
+  _choice('data.on_corrupt', d.on_corrupt, ON_CORRUPT)
+  if d.source in ('tfrecord', 'image_folder') and not d.path:
+    raise ConfigError(f'data.path: required when data.source is "{d.source}" '
+                      '(the folder that holds the data).')
+  _positive('data.train_examples', d.train_examples)
+  _positive('data.eval_examples', d.eval_examples)
+  if not 0.0 < d.eval_fraction < 1.0:
+    raise ConfigError(f'data.eval_fraction: must be between 0 and 1 '
+                      f'(exclusive), got {d.eval_fraction}.')
+  for key in ('image_feature', 'label_feature'):
+    if not getattr(d, key):
+      raise ConfigError(f'data.{key}: must be a non-empty feature name.')
+  if d.image_feature == d.label_feature:
+    raise ConfigError('data.image_feature and data.label_feature must differ.')
+  if m.input_size is not None:
+    if (len(m.input_size) != 2 or
+        not all(isinstance(v, int) and v >= 32 for v in m.input_size)):
+      raise ConfigError(f'module.input_size: expected [height, width], two '
+                        f'integers of at least 32, got {m.input_size}.')
+  if not m.handle:
+    raise ConfigError('module.handle: required (an offline module name, a '
+                      'local SavedModel folder or a TF Hub handle).')
+  _choice('model.integration', config.model.integration, INTEGRATIONS)
+  if not all(isinstance(u, int) and u > 0 for u in config.model.hidden_units):
+    raise ConfigError(f'model.hidden_units: expected a list of positive '
+                      f'integers, got {config.model.hidden_units}.')
+  if not 0.0 <= config.model.dropout < 1.0:
+    raise ConfigError(f'model.dropout: must be in [0, 1), got '
+                      f'{config.model.dropout}.')
+  _positive('training.epochs', t.epochs)
+  _positive('training.batch_size', t.batch_size)
+  _positive('training.learning_rate', t.learning_rate)
+  _choice('training.strategy', t.strategy, STRATEGIES)
+  if not 0.0 <= e.min_accuracy <= 1.0:
+    raise ConfigError(f'evaluation.min_accuracy: must be in [0, 1], got '
+                      f'{e.min_accuracy}.')
+  if not 0.0 <= e.max_accuracy_drop <= 1.0:
+    raise ConfigError(f'evaluation.max_accuracy_drop: must be in [0, 1], got '
+                      f'{e.max_accuracy_drop}.')
+  _choice('beam.direct_running_mode', config.beam.direct_running_mode,
+          DIRECT_RUNNING_MODES)
+  _positive('beam.direct_num_workers', config.beam.direct_num_workers,
+            allow_zero=True)
+  _check_schema(config)
+  return config
+
+
+def _check_schema(config: Config):
+  """The schema file must exist and name the config's image and label features."""
+  path = config.schema_path
+  if '://' in path:
+    return
+  if not os.path.isfile(path):
+    raise ConfigError(f'data.schema: no schema file at {path}. Point data.schema '
+                      'at a schema.pbtxt, or leave it unset for the curated one.')
+  # Imported here: the config loads without TensorFlow.
+  from google.protobuf import text_format
+  from tensorflow_metadata.proto.v0 import schema_pb2
+  try:
+    schema = text_format.Parse(Path(path).read_text(), schema_pb2.Schema())
+  except text_format.ParseError as err:
+    raise ConfigError(f'data.schema: {path} is not a valid schema.pbtxt: {err}')
+  names = {f.name for f in schema.feature}
+  for key in ('image_feature', 'label_feature'):
+    name = getattr(config.data, key)
+    if name not in names:
+      raise ConfigError(
+          f'data.{key}: feature "{name}" is not in the schema {path} (it has '
+          f'{", ".join(sorted(names))}). Rename the feature in data.{key}, or '
+          'point data.schema at a schema that matches your data.')
+
+
+def load_config(path: Optional[str] = None, overrides: Optional[dict] = None
+                ) -> Config:
+  """Loads and validates a YAML config; `path=None` gives the default demo."""
+  path = path or str(REPO_ROOT / 'pipeline' / 'configs' / 'fashion_mnist.yaml')
+  try:
+    text = Path(path).read_text()
+  except OSError as err:
+    raise ConfigError(f'cannot read the config file {path}: {err.strerror}.')
+  try:
+    raw = yaml.safe_load(text) or {}
+  except yaml.YAMLError as err:
+    raise ConfigError(f'{path} is not valid YAML: {err}')
+  for dotted, value in (overrides or {}).items():
+    node = raw
+    *parents, leaf = dotted.split('.')
+    for key in parents:
+      node = node.setdefault(key, {})
+    node[leaf] = value
+  config = _build(Config, raw, '')
+  config.source_path = str(Path(path).resolve())
+  return validate(config)
+
+
+def config_from_dict(raw: dict, source_path: Optional[str] = None) -> Config:
+  """Rebuilds a Config from `Config.to_dict()` (how components receive it)."""
+  config = _build(Config, raw, '')
+  config.source_path = source_path
+  return config

@@ -1,0 +1,163 @@
+"""Runs the hubpipe DAG on this machine: LocalDagRunner, SQLite ML Metadata, Beam DirectRunner.
+
+Layout of a work dir:
+  metadata.sqlite    ML Metadata (the record of every run; enables caching)
+  pipeline_root/     artifacts, one folder per component and execution
+  serving/<name>/    pushed models, one numbered version folder per push
+  run.log            the full log of the last run
+  summary.json       the summary of the last run
+"""
+
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+os.environ.setdefault('TF_USE_LEGACY_KERAS', '1')
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+from hubpipe.pipeline import summary as summary_lib  # pylint: disable=g-import-not-at-top
+from hubpipe.pipeline.config import Config, ConfigError
+
+
+class RunError(RuntimeError):
+  """The run stopped; the message says where and why."""
+
+
+def prepare_inputs(config: Config):
+  """The examples' root folder and the image size, checked before the DAG starts."""
+  data = config.data
+  if data.source == 'fashion_mnist':
+    from hubpipe.components.datasets import fashion_mnist
+    input_base = str(fashion_mnist.prepare(
+        data.train_examples, data.eval_examples, seed=data.seed,
+        image_feature=data.image_feature, label_feature=data.label_feature))
+  else:
+    input_base = config.resolve_path(data.path)
+    if '://' not in input_base and not os.path.isdir(input_base):
+      raise ConfigError(f'data.path: {input_base} is not a folder.')
+    if data.source == 'tfrecord' and '://' not in input_base:
+      for split in ('train', 'eval'):
+        if not os.path.isdir(os.path.join(input_base, split)):
+          raise ConfigError(
+              f'data.path: {input_base} must hold train/ and eval/ folders of '
+              'TFRecord files of tf.Examples.')
+  from hubpipe.components.hub_modules import resolve as hub_resolve
+  if config.module.input_size:
+    input_size = list(config.module.input_size)
+  else:
+    input_size = hub_resolve.input_size(hub_resolve.resolve(config.module.handle))
+  return input_base, input_size
+
+
+class _Progress(logging.Handler):
+  """Turns LocalDagRunner's log lines into one progress line per component."""
+
+  def __init__(self, echo: Callable[[str], None], total: int):
+    super().__init__(logging.INFO)
+    self._echo, self._total, self._done = echo, total, 0
+    self._started = {}
+    self._cached = set()
+
+  def emit(self, record):
+    message = record.getMessage()
+    if message.startswith('Component ') and message.endswith(' is running.'):
+      node = message[len('Component '):-len(' is running.')]
+      self._started[node] = time.time()
+      self._current = node
+    elif message.startswith('A cached execution'):
+      self._cached.add(getattr(self, '_current', None))
+    elif message.startswith('Component ') and message.endswith(' is finished.'):
+      node = message[len('Component '):-len(' is finished.')]
+      self._done += 1
+      took = time.time() - self._started.get(node, time.time())
+      state = 'cached' if node in self._cached else f'{took:6.1f} s'
+      self._echo(f'  [{self._done:2d}/{self._total}] {node:<32} {state}')
+
+
+def run(config: Config, workdir: str,
+        echo: Callable[[str], None] = print) -> dict:
+  """Runs the DAG for `config` in `workdir`; returns (and writes) the summary."""
+  from tfx import v1 as tfx
+  from hubpipe.pipeline.pipeline import create_pipeline
+
+  workdir = os.path.abspath(workdir)
+  Path(workdir).mkdir(parents=True, exist_ok=True)
+  metadata_path = os.path.join(workdir, 'metadata.sqlite')
+  serving_dir = (config.resolve_path(config.push.serving_dir) if
+                 config.push.serving_dir else
+                 os.path.join(workdir, 'serving', config.name))
+  summary_path = os.path.join(workdir, 'summary.json')
+  result = {
+      'status': 'running', 'config': config.source_path, 'workdir': workdir,
+      'module': {'handle': config.module.handle,
+                 'integration': config.model.integration},
+      'summary_path': summary_path,
+  }
+  start = time.time()
+  log_handler = logging.FileHandler(os.path.join(workdir, 'run.log'), mode='w')
+  log_handler.setFormatter(logging.Formatter(
+      '%(asctime)s %(levelname)s %(name)s: %(message)s'))
+  root = logging.getLogger()
+  previous_level = root.level
+  root.setLevel(logging.INFO)
+  # The full log goes to run.log; the console shows progress and errors only.
+  # (A handler on the root logger also stops libraries' basicConfig() calls.)
+  quieted = [(h, h.level) for h in root.handlers]
+  for handler, _ in quieted:
+    handler.setLevel(logging.ERROR)
+  root.addHandler(log_handler)
+  progress = None
+  try:
+    input_base, input_size = prepare_inputs(config)
+    result['module']['input_size'] = input_size
+    result['input_base'] = input_base
+    pipeline = create_pipeline(
+        config, pipeline_root=os.path.join(workdir, 'pipeline_root'),
+        input_base=input_base, serving_dir=serving_dir, input_size=input_size,
+        metadata_connection_config=(
+            tfx.orchestration.metadata.sqlite_metadata_connection_config(
+                metadata_path)))
+    progress = _Progress(echo, len(pipeline.components))
+    root.addHandler(progress)
+    echo(f'hubpipe: running "{config.name}" ({len(pipeline.components)} '
+         f'components) in {workdir}; full log in {workdir}/run.log')
+    tfx.orchestration.LocalDagRunner().run(pipeline)
+    result['status'] = 'succeeded'
+  except ConfigError as err:
+    result.update(status='failed', error=f'config: {err}')
+  except Exception as err:  # pylint: disable=broad-except
+    logging.exception('run failed')
+    result.update(status='failed', error=_explain(err))
+  finally:
+    if progress is not None:
+      root.removeHandler(progress)
+    root.removeHandler(log_handler)
+    log_handler.close()
+    for handler, level in quieted:
+      handler.setLevel(level)
+    root.setLevel(previous_level)
+  result['wall_seconds'] = round(time.time() - start, 1)
+  try:
+    result.update(summary_lib.collect(metadata_path, config.name,
+                                      config.data.label_feature))
+  except Exception as err:  # pylint: disable=broad-except
+    result['summary_error'] = f'could not read ML Metadata: {err}'
+  failed = [c['name'] for c in result.get('components', [])
+            if c['state'] == 'failed']
+  if failed:
+    result['failed_component'] = failed[0]
+  if result['status'] == 'succeeded' and result.get('blessed') is False:
+    result['status'] = 'not_blessed'
+  summary_lib.write(result, summary_path)
+  return result
+
+
+def _explain(err: Exception) -> str:
+  """The root cause of a component failure, without the traceback."""
+  seen = err
+  while (seen.__cause__ or seen.__context__) not in (None, seen):
+    seen = seen.__cause__ or seen.__context__
+  return f'{type(seen).__name__}: {seen}'

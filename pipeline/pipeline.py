@@ -1,0 +1,152 @@
+"""The hubpipe DAG, in one place, independent of the runner.
+
+  ExampleGen -> StatisticsGen -> ImportSchemaGen -> ExampleValidator
+    -> AnomalyGate -> Transform -> Trainer (Hub module, tf.distribute)
+    -> Evaluator (TFMA; baseline = latest blessed model) -> Pusher
+
+`create_pipeline(config, ...)` returns a `tfx.dsl.Pipeline`; the local runner
+(`pipeline/local_runner.py`) runs it with LocalDagRunner and the Kubeflow entry
+compiles the very same object.
+"""
+
+import os
+from typing import List, Optional
+
+import tensorflow_model_analysis as tfma
+from tfx import v1 as tfx
+
+from hubpipe.components.anomaly_gate.component import AnomalyGate
+from hubpipe.pipeline.config import Config
+
+TRANSFORM_FN = 'hubpipe.components.transform.image.preprocessing_fn'
+TRAINER_FN = 'hubpipe.components.trainer.run.run_fn'
+EVAL_SPLIT = 'eval'
+
+
+def beam_pipeline_args(config: Config) -> List[str]:
+  """Beam arguments for the data components; DirectRunner on all cores by default."""
+  args = [f'--direct_running_mode={config.beam.direct_running_mode}',
+          f'--direct_num_workers={config.beam.direct_num_workers}']
+  return args + list(config.beam.extra_args)
+
+
+def example_gen(config: Config, input_base: str):
+  """ExampleGen for the configured source, keeping (or making) train/eval splits."""
+  if config.data.source == 'image_folder':
+    from hubpipe.components.image_folder_example_gen import component
+    return component.image_folder_example_gen(config, input_base)
+  return tfx.components.ImportExampleGen(
+      input_base=input_base,
+      input_config=tfx.proto.Input(splits=[
+          tfx.proto.Input.Split(name='train', pattern='train/*'),
+          tfx.proto.Input.Split(name=EVAL_SPLIT, pattern='eval/*'),
+      ]))
+
+
+def eval_config(config: Config) -> tfma.EvalConfig:
+  """Accuracy with an absolute floor and a largest drop against the baseline.
+
+  The thresholds gate on the overall slice; per-class accuracy (the label
+  slices) is reported, not gated: a small eval set makes per-class figures noisy.
+  """
+  threshold = tfma.MetricThreshold(
+      value_threshold=tfma.GenericValueThreshold(
+          lower_bound={'value': config.evaluation.min_accuracy}),
+      change_threshold=tfma.GenericChangeThreshold(
+          direction=tfma.MetricDirection.HIGHER_IS_BETTER,
+          absolute={'value': -config.evaluation.max_accuracy_drop}))
+  return tfma.EvalConfig(
+      model_specs=[tfma.ModelSpec(signature_name='serving_default',
+                                  label_key=config.data.label_feature,
+                                  prediction_key='probabilities')],
+      slicing_specs=[tfma.SlicingSpec(),
+                     tfma.SlicingSpec(feature_keys=[config.data.label_feature])],
+      metrics_specs=[tfma.MetricsSpec(metrics=[
+          tfma.MetricConfig(class_name='ExampleCount'),
+          tfma.MetricConfig(
+              class_name='SparseCategoricalAccuracy',
+              per_slice_thresholds=[tfma.PerSliceMetricThreshold(
+                  slicing_specs=[tfma.SlicingSpec()],
+                  threshold=threshold)])])])
+
+
+def create_pipeline(config: Config, pipeline_root: str, input_base: str,
+                    serving_dir: str, input_size: List[int],
+                    metadata_connection_config=None,
+                    enable_cache: bool = True) -> tfx.dsl.Pipeline:
+  """The runner-agnostic DAG for `config`.
+
+  Args:
+    config: the validated config.
+    pipeline_root: where artifacts go (a local folder or gs:// URI).
+    input_base: the examples' root (train/ and eval/ TFRecord folders, or an
+      image folder).
+    serving_dir: base folder of the pushed, versioned serving models.
+    input_size: [height, width] the images are resized to for the module.
+    metadata_connection_config: ML Metadata connection (local runs: SQLite).
+    enable_cache: reuse the results of unchanged components.
+  """
+  data = config.data
+  examples = example_gen(config, input_base)
+  statistics = tfx.components.StatisticsGen(
+      examples=examples.outputs['examples'])
+  schema = tfx.components.ImportSchemaGen(schema_file=config.schema_path)
+  validator = tfx.components.ExampleValidator(
+      statistics=statistics.outputs['statistics'],
+      schema=schema.outputs['schema'])
+  gate = AnomalyGate(anomalies=validator.outputs['anomalies'],
+                     schema_path=config.schema_path)
+
+  transform = tfx.components.Transform(
+      examples=examples.outputs['examples'],
+      schema=schema.outputs['schema'],
+      preprocessing_fn=TRANSFORM_FN,
+      # Images are decoded and resized on the fly in the Trainer's input
+      # pipeline (and inside the served model): materialising 96x96x3 floats
+      # per example would write ~100 KB per example to disk.
+      materialize=False,
+      disable_statistics=True,
+      custom_config={'image_feature': data.image_feature,
+                     'label_feature': data.label_feature,
+                     'input_size': list(input_size)})
+  transform.add_upstream_node(gate)
+
+  trainer = tfx.components.Trainer(
+      run_fn=TRAINER_FN,
+      examples=examples.outputs['examples'],
+      transform_graph=transform.outputs['transform_graph'],
+      schema=schema.outputs['schema'],
+      train_args=tfx.proto.TrainArgs(splits=['train']),
+      eval_args=tfx.proto.EvalArgs(splits=[EVAL_SPLIT]),
+      custom_config={'config': config.to_dict(),
+                     'input_size': list(input_size)})
+
+  baseline = tfx.dsl.Resolver(
+      strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
+      model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
+      model_blessing=tfx.dsl.Channel(
+          type=tfx.types.standard_artifacts.ModelBlessing),
+  ).with_id('latest_blessed_model_resolver')
+
+  evaluator = tfx.components.Evaluator(
+      examples=examples.outputs['examples'],
+      model=trainer.outputs['model'],
+      baseline_model=baseline.outputs['model'],
+      example_splits=[EVAL_SPLIT],
+      eval_config=eval_config(config))
+
+  pusher = tfx.components.Pusher(
+      model=trainer.outputs['model'],
+      model_blessing=evaluator.outputs['blessing'],
+      push_destination=tfx.proto.PushDestination(
+          filesystem=tfx.proto.PushDestination.Filesystem(
+              base_directory=serving_dir)))
+
+  return tfx.dsl.Pipeline(
+      pipeline_name=config.name,
+      pipeline_root=pipeline_root,
+      components=[examples, statistics, schema, validator, gate, transform,
+                  trainer, baseline, evaluator, pusher],
+      enable_cache=enable_cache,
+      metadata_connection_config=metadata_connection_config,
+      beam_pipeline_args=beam_pipeline_args(config))

@@ -1,0 +1,206 @@
+"""The run summary: what ran, how long it took, what came out.
+
+Everything here is read back from ML Metadata and the artifacts it points at, so
+the summary describes the run as recorded, cached steps included.
+"""
+
+import json
+import os
+from typing import Optional
+
+from ml_metadata import metadata_store
+from ml_metadata.proto import metadata_store_pb2
+
+STATES = {
+    metadata_store_pb2.Execution.COMPLETE: 'complete',
+    metadata_store_pb2.Execution.CACHED: 'cached',
+    metadata_store_pb2.Execution.FAILED: 'failed',
+    metadata_store_pb2.Execution.RUNNING: 'running',
+    metadata_store_pb2.Execution.CANCELED: 'canceled',
+    metadata_store_pb2.Execution.NEW: 'new',
+}
+
+
+def sqlite_store(path: str) -> metadata_store.MetadataStore:
+  config = metadata_store_pb2.ConnectionConfig()
+  config.sqlite.filename_uri = path
+  config.sqlite.connection_mode = (
+      metadata_store_pb2.SqliteMetadataSourceConfig.READONLY)
+  return metadata_store.MetadataStore(config)
+
+
+def _prop(artifact, name):
+  value = artifact.custom_properties.get(name)
+  if value is None:
+    return None
+  kind = value.WhichOneof('value')
+  return getattr(value, kind) if kind else None
+
+
+def _latest_run(store, pipeline_name: str):
+  runs = [c for c in store.get_contexts_by_type('pipeline_run')]
+  pipeline = store.get_context_by_type_and_name('pipeline', pipeline_name)
+  if pipeline is None or not runs:
+    return None
+  # Runs of this pipeline: those whose executions belong to the pipeline context.
+  mine = {e.id for e in store.get_executions_by_context(pipeline.id)}
+  runs = [r for r in runs
+          if any(e.id in mine for e in store.get_executions_by_context(r.id))]
+  return max(runs, key=lambda c: (c.create_time_since_epoch, c.id), default=None)
+
+
+def _node_of(store, execution_id: int, pipeline_name: str) -> str:
+  for context in store.get_contexts_by_execution(execution_id):
+    if context.name.startswith(pipeline_name + '.'):
+      return context.name[len(pipeline_name) + 1:]
+  return str(execution_id)
+
+
+def _outputs(store, execution_id: int) -> list:
+  events = store.get_events_by_execution_ids([execution_id])
+  ids = [e.artifact_id for e in events
+         if e.type == metadata_store_pb2.Event.OUTPUT]
+  artifacts = store.get_artifacts_by_id(ids) if ids else []
+  types = {t.id: t.name for t in store.get_artifact_types()}
+  return [(types.get(a.type_id, ''), a) for a in artifacts]
+
+
+def _example_counts(stats_uri: str) -> dict:
+  from tensorflow_metadata.proto.v0 import statistics_pb2
+  counts = {}
+  for entry in sorted(os.listdir(stats_uri)):
+    path = os.path.join(stats_uri, entry, 'FeatureStats.pb')
+    if entry.startswith('Split-') and os.path.exists(path):
+      stats = statistics_pb2.DatasetFeatureStatisticsList()
+      with open(path, 'rb') as f:
+        stats.ParseFromString(f.read())
+      counts[entry[len('Split-'):]] = sum(d.num_examples for d in stats.datasets)
+  return counts
+
+
+def _evaluation(uri: str, label_key: str) -> dict:
+  import tensorflow_model_analysis as tfma
+  overall, per_class, baseline = {}, {}, {}
+  for slice_metrics in tfma.load_metrics(uri):
+    keys = slice_metrics.slice_key.single_slice_keys
+    for kv in slice_metrics.metric_keys_and_values:
+      key, value = kv.key, kv.value
+      if not value.HasField('double_value') or key.is_diff:
+        continue
+      number = value.double_value.value
+      if key.model_name == 'baseline':
+        if not keys:
+          baseline[key.name] = number
+        continue
+      if not keys:
+        overall[key.name] = number
+      elif keys[0].column == label_key and key.name == 'sparse_categorical_accuracy':
+        per_class[str(keys[0].int64_value)] = round(number, 4)
+  validation = tfma.load_validation_result(uri)
+  failures = []
+  for per_slice in validation.metric_validations_per_slice:
+    for failure in per_slice.failures:
+      failures.append(f'{failure.metric_key.name}'
+                      f'{" (" + failure.metric_key.model_name + ")" if failure.metric_key.model_name else ""}: '
+                      f'{failure.message}')
+  return {'metrics': {k: round(v, 4) for k, v in overall.items()},
+          'baseline_metrics': {k: round(v, 4) for k, v in baseline.items()},
+          'per_class_accuracy': dict(sorted(per_class.items(),
+                                            key=lambda kv: int(kv[0]))),
+          'validation_ok': bool(validation.validation_ok),
+          'validation_failures': failures}
+
+
+def collect(metadata_path: str, pipeline_name: str, label_key: str) -> dict:
+  """The latest run of `pipeline_name`, as recorded in ML Metadata."""
+  out = {'components': [], 'examples': {}, 'training': {}, 'evaluation': {},
+         'blessed': None, 'baseline_model': None, 'pushed': False,
+         'pushed_model': None}
+  if not os.path.exists(metadata_path):
+    return out
+  store = sqlite_store(metadata_path)
+  run = _latest_run(store, pipeline_name)
+  if run is None:
+    return out
+  out['run_id'] = run.name
+  executions = sorted(store.get_executions_by_context(run.id),
+                      key=lambda e: (e.create_time_since_epoch, e.id))
+  for execution in executions:
+    node = _node_of(store, execution.id, pipeline_name)
+    seconds = (execution.last_update_time_since_epoch -
+               execution.create_time_since_epoch) / 1000.0
+    out['components'].append({
+        'name': node, 'state': STATES.get(execution.last_known_state, '?'),
+        'seconds': round(seconds, 1)})
+    for type_name, artifact in _outputs(store, execution.id):
+      if type_name == 'ExampleStatistics':
+        out['examples'] = _example_counts(artifact.uri)
+      elif type_name == 'ModelRun':
+        report = os.path.join(artifact.uri, 'training_report.json')
+        if os.path.exists(report):
+          with open(report) as f:
+            out['training'] = json.load(f)
+      elif type_name == 'ModelEvaluation' and os.path.isdir(artifact.uri):
+        try:
+          out['evaluation'] = _evaluation(artifact.uri, label_key)
+        except Exception as err:  # pylint: disable=broad-except
+          out['evaluation'] = {'error': f'could not read: {err}'}
+      elif type_name == 'ModelBlessing':
+        out['blessed'] = bool(_prop(artifact, 'blessed'))
+      elif type_name == 'Model' and node.startswith('latest_blessed'):
+        out['baseline_model'] = artifact.uri
+      elif type_name == 'PushedModel':
+        out['pushed'] = bool(_prop(artifact, 'pushed'))
+        out['pushed_model'] = _prop(artifact, 'pushed_destination')
+  return out
+
+
+def render(summary: dict) -> str:
+  """A readable, terminal-width rendering of the summary."""
+  lines = [f'hubpipe run: {summary["status"].upper()}'
+           f'{"  (" + summary["error"] + ")" if summary.get("error") else ""}']
+  lines.append(f'  config: {summary.get("config")}')
+  module = summary.get('module', {})
+  lines.append(f'  module: {module.get("handle")} ({module.get("integration")}, '
+               f'input {module.get("input_size")})')
+  if summary.get('examples'):
+    lines.append('  examples: ' + ', '.join(
+        f'{k} {v}' for k, v in summary['examples'].items()))
+  if summary.get('components'):
+    lines.append('  components:')
+    for c in summary['components']:
+      lines.append(f'    {c["name"]:<32} {c["state"]:<9} {c["seconds"]:>7.1f} s')
+  training = summary.get('training') or {}
+  if training:
+    lines.append(f'  trainer: {training.get("num_classes")} classes, '
+                 f'{training.get("epochs")} epochs, {training.get("strategy")} '
+                 f'x{training.get("replicas")}, head eval accuracy '
+                 f'{training.get("eval_accuracy", 0):.4f}')
+    control = training.get('control')
+    if control:
+      lines.append(f'  control: same head on {control["module"]}: eval '
+                   f'accuracy {control["eval_accuracy"]:.4f} '
+                   f'(value of reuse: '
+                   f'{training["eval_accuracy"] - control["eval_accuracy"]:+.4f})')
+  evaluation = summary.get('evaluation') or {}
+  if evaluation.get('metrics'):
+    metrics = evaluation['metrics']
+    lines.append('  evaluator: ' + ', '.join(
+        f'{k} {v}' for k, v in sorted(metrics.items())))
+    if evaluation.get('baseline_metrics'):
+      lines.append('  baseline:  ' + ', '.join(
+          f'{k} {v}' for k, v in sorted(evaluation['baseline_metrics'].items())))
+    for failure in evaluation.get('validation_failures', []):
+      lines.append(f'    failed: {failure}')
+  lines.append(f'  baseline model: {summary.get("baseline_model") or "none (first blessed run)"}')
+  lines.append(f'  blessed: {summary.get("blessed")}')
+  lines.append(f'  pushed: {summary.get("pushed_model") if summary.get("pushed") else "no"}')
+  if summary.get('wall_seconds') is not None:
+    lines.append(f'  wall time: {summary["wall_seconds"]:.1f} s')
+  lines.append(f'  summary: {summary.get("summary_path")}')
+  return '\n'.join(lines)
+
+
+def write(summary: dict, path: Optional[str]) -> None:
+  with open(path, 'w') as f:
+    json.dump(summary, f, indent=2, sort_keys=False)

@@ -1,0 +1,47 @@
+"""hubpipe: a TFX pipeline that reuses pretrained TensorFlow Hub modules for new tasks.
+
+The top-level folders `pipeline/` and `components/` install as the packages
+`hubpipe.pipeline` and `hubpipe.components` (hubpipe is a namespace package).
+
+Install with the pinned stack (see README):
+  pip install --ignore-requires-python -c constraints.txt -e '.[test]'
+  pip install --no-deps tensorflow-hub==0.16.1
+"""
+
+from setuptools import find_packages, setup
+
+
+def _packages(folder):
+  return [f'hubpipe.{folder}'] + [
+      f'hubpipe.{folder}.{p}' for p in find_packages(folder)]
+
+
+setup(
+    name='hubpipe',
+    version='0.1.0',
+    description='Reuse pretrained TensorFlow Hub modules in a production TFX pipeline.',
+    python_requires='>=3.11,<3.12',
+    packages=_packages('pipeline') + _packages('components'),
+    package_dir={'hubpipe.pipeline': 'pipeline',
+                 'hubpipe.components': 'components'},
+    package_data={'hubpipe.pipeline': ['configs/*.yaml']},
+    data_files=[('share/hubpipe/schemas/image_classification',
+                 ['schemas/image_classification/schema.pbtxt'])],
+    install_requires=[
+        # Exact versions come from constraints.txt; tensorflow-hub 0.16.1 is
+        # installed afterwards with --no-deps (tfx 1.16 pins <0.16, which does
+        # not import on TF 2.16).
+        'tfx',
+        'tensorflow',
+        'tf-keras',
+        'tensorflow-transform',
+        'tensorflow-model-analysis',
+        'tensorflow-data-validation',
+        'apache-beam',
+        'ml-metadata',
+        'pyyaml',
+        'pillow',
+    ],
+    extras_require={'test': ['pytest', 'scikit-image']},
+    entry_points={'console_scripts': ['hubpipe=hubpipe.pipeline.cli:main']},
+)

@@ -1,0 +1,6 @@
+"""Test session set-up: Keras 2 for hub.KerasLayer/TFMA, before TensorFlow loads."""
+
+import os
+
+os.environ.setdefault('TF_USE_LEGACY_KERAS', '1')
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')

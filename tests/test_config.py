@@ -1,0 +1,87 @@
+"""Config loading: defaults, and errors that name the key and what is allowed."""
+
+import pytest
+
+from hubpipe.pipeline.config import ConfigError, REPO_ROOT, load_config
+
+
+def _write(tmp_path, text):
+  path = tmp_path / 'config.yaml'
+  path.write_text(text)
+  return str(path)
+
+
+def test_default_demo_config_loads():
+  config = load_config()
+  assert config.data.source == 'fashion_mnist'
+  assert config.module.handle == 'mobilenet_v1_100_224'
+  assert config.module.input_size == [96, 96]
+  assert config.schema_path.endswith('schemas/image_classification/schema.pbtxt')
+
+
+def test_unknown_key_is_named_with_a_suggestion(tmp_path):
+  path = _write(tmp_path, 'training:\n  epoch: 3\n')
+  with pytest.raises(ConfigError) as err:
+    load_config(path)
+  message = str(err.value)
+  assert 'training.epoch' in message
+  assert 'Did you mean "epochs"' in message
+  assert 'batch_size' in message  # lists what is allowed
+
+
+def test_wrong_type_names_key_and_expected_type(tmp_path):
+  path = _write(tmp_path, 'training:\n  batch_size: many\n')
+  with pytest.raises(ConfigError, match=r'training.batch_size: expected an integer'):
+    load_config(path)
+
+
+def test_wrong_choice_lists_allowed_values(tmp_path):
+  path = _write(tmp_path, 'training:\n  strategy: magic\n')
+  with pytest.raises(ConfigError) as err:
+    load_config(path)
+  assert 'training.strategy' in str(err.value)
+  assert 'mirrored' in str(err.value)
+
+
+def test_folder_sources_need_a_path(tmp_path):
+  path = _write(tmp_path, 'data:\n  source: image_folder\n')
+  with pytest.raises(ConfigError, match='data.path: required'):
+    load_config(path)
+
+
+def test_input_size_must_be_two_sizes(tmp_path):
+  path = _write(tmp_path, 'module:\n  input_size: [96]\n')
+  with pytest.raises(ConfigError, match='module.input_size'):
+    load_config(path)
+
+
+def test_feature_names_must_be_in_the_schema(tmp_path):
+  path = _write(tmp_path, 'data:\n  image_feature: pixels\n')
+  with pytest.raises(ConfigError) as err:
+    load_config(path)
+  assert 'data.image_feature' in str(err.value)
+  assert '"pixels"' in str(err.value)
+
+
+def test_own_schema_with_own_feature_names(tmp_path):
+  schema = (REPO_ROOT / 'schemas/image_classification/schema.pbtxt').read_text()
+  (tmp_path / 'schema.pbtxt').write_text(
+      schema.replace('"image"', '"pixels"').replace('"label"', '"target"'))
+  path = _write(tmp_path, 'data:\n  image_feature: pixels\n  label_feature: target\n'
+                '  schema: schema.pbtxt\n')
+  config = load_config(path)
+  assert config.schema_path == str(tmp_path / 'schema.pbtxt')
+
+
+def test_not_yaml_and_missing_file(tmp_path):
+  with pytest.raises(ConfigError, match='not valid YAML'):
+    load_config(_write(tmp_path, 'data: [unclosed\n'))
+  with pytest.raises(ConfigError, match='cannot read the config file'):
+    load_config(str(tmp_path / 'nope.yaml'))
+
+
+def test_overrides_are_validated(tmp_path):
+  config = load_config(None, {'training.epochs': 2, 'data.train_examples': 30})
+  assert config.training.epochs == 2 and config.data.train_examples == 30
+  with pytest.raises(ConfigError, match='training.epochs: must be positive'):
+    load_config(None, {'training.epochs': 0})
