@@ -44,12 +44,13 @@ def prepare_inputs(config: Config):
           raise ConfigError(
               f'data.path: {input_base} must hold train/ and eval/ folders of '
               'TFRecord files of tf.Examples.')
+  # Resolve the modules now (offline ones are built on first use) so that a
+  # missing module stops the run here, not in the Trainer.
   from hubpipe.components.hub_modules import resolve as hub_resolve
-  if config.module.input_size:
-    input_size = list(config.module.input_size)
-  else:
-    input_size = hub_resolve.input_size(hub_resolve.resolve(config.module.handle))
-  return input_base, input_size
+  resolved = hub_resolve.resolve(config.module.handle)
+  if config.module.control_handle:
+    hub_resolve.resolve(config.module.control_handle)
+  return input_base, hub_resolve.input_size(resolved, config.module.input_size)
 
 
 class _Progress(logging.Handler):
@@ -103,6 +104,11 @@ def run(config: Config, workdir: str,
   root = logging.getLogger()
   previous_level = root.level
   root.setLevel(logging.INFO)
+  # TFX logs through absl, whose own level defaults to WARNING until flags
+  # are parsed (as under pytest); the progress lines come from its INFO lines.
+  from absl import logging as absl_logging
+  previous_absl = absl_logging.get_verbosity()
+  absl_logging.set_verbosity(absl_logging.INFO)
   # The full log goes to run.log; the console shows progress and errors only.
   # (A handler on the root logger also stops libraries' basicConfig() calls.)
   quieted = [(h, h.level) for h in root.handlers]
@@ -139,6 +145,7 @@ def run(config: Config, workdir: str,
     for handler, level in quieted:
       handler.setLevel(level)
     root.setLevel(previous_level)
+    absl_logging.set_verbosity(previous_absl)
   result['wall_seconds'] = round(time.time() - start, 1)
   try:
     result.update(summary_lib.collect(metadata_path, config.name,

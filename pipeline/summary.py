@@ -56,13 +56,19 @@ def _node_of(store, execution_id: int, pipeline_name: str) -> str:
   return str(execution_id)
 
 
-def _outputs(store, execution_id: int) -> list:
-  events = store.get_events_by_execution_ids([execution_id])
-  ids = [e.artifact_id for e in events
-         if e.type == metadata_store_pb2.Event.OUTPUT]
-  artifacts = store.get_artifacts_by_id(ids) if ids else []
+def _artifacts(store, execution_id: int, event_type) -> list:
+  """[(input/output keys, artifact type name, artifact)] of one execution.
+
+  One artifact can fill several inputs (the candidate that is also the
+  baseline), so each comes with the set of its keys.
+  """
+  events = [e for e in store.get_events_by_execution_ids([execution_id])
+            if e.type == event_type]
+  keys = {e.artifact_id: {step.key for step in e.path.steps
+                          if step.HasField('key')} for e in events}
+  artifacts = store.get_artifacts_by_id(list(keys)) if keys else []
   types = {t.id: t.name for t in store.get_artifact_types()}
-  return [(types.get(a.type_id, ''), a) for a in artifacts]
+  return [(keys[a.id], types.get(a.type_id, ''), a) for a in artifacts]
 
 
 def _example_counts(stats_uri: str) -> dict:
@@ -132,7 +138,12 @@ def collect(metadata_path: str, pipeline_name: str, label_key: str) -> dict:
     out['components'].append({
         'name': node, 'state': STATES.get(execution.last_known_state, '?'),
         'seconds': round(seconds, 1)})
-    for type_name, artifact in _outputs(store, execution.id):
+    for keys, _, artifact in _artifacts(store, execution.id,
+                                        metadata_store_pb2.Event.INPUT):
+      if 'baseline_model' in keys:
+        out['baseline_model'] = artifact.uri
+    for _, type_name, artifact in _artifacts(store, execution.id,
+                                             metadata_store_pb2.Event.OUTPUT):
       if type_name == 'ExampleStatistics':
         out['examples'] = _example_counts(artifact.uri)
       elif type_name == 'ModelRun':
@@ -147,8 +158,6 @@ def collect(metadata_path: str, pipeline_name: str, label_key: str) -> dict:
           out['evaluation'] = {'error': f'could not read: {err}'}
       elif type_name == 'ModelBlessing':
         out['blessed'] = bool(_prop(artifact, 'blessed'))
-      elif type_name == 'Model' and node.startswith('latest_blessed'):
-        out['baseline_model'] = artifact.uri
       elif type_name == 'PushedModel':
         out['pushed'] = bool(_prop(artifact, 'pushed'))
         out['pushed_model'] = _prop(artifact, 'pushed_destination')

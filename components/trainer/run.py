@@ -117,7 +117,7 @@ def run_fn(fn_args):
   handle = hub_resolve.resolve(config.module.handle)
   input_size = fn_args.custom_config['input_size']
   logging.info('Trainer: module %s, %d classes, strategy %s with %d replica(s)',
-               handle, num_classes, type(strategy).__name__,
+               handle, num_classes, strategy_lib.describe(strategy),
                strategy.num_replicas_in_sync)
 
   batch = config.training.batch_size * strategy.num_replicas_in_sync
@@ -149,7 +149,7 @@ def run_fn(fn_args):
       'train_examples': int(len(train_labels)),
       'eval_examples': int(len(eval_labels)),
       'epochs': config.training.epochs,
-      'strategy': type(strategy).__name__,
+      'strategy': strategy_lib.describe(strategy),
       'replicas': strategy.num_replicas_in_sync,
       'embedding_seconds': round(embed_s, 2),
       'head_training_seconds': round(time.time() - start, 2),

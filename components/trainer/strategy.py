@@ -58,3 +58,9 @@ def make(requested: str) -> tf.distribute.Strategy:
   if name == 'one_device':
     return tf.distribute.OneDeviceStrategy(gpus[0].name if gpus else '/cpu:0')
   return tf.distribute.get_strategy()
+
+
+def describe(strategy: tf.distribute.Strategy) -> str:
+  """A readable name: MirroredStrategy, DefaultStrategy, ..."""
+  return type(strategy).__name__.strip('_').replace(
+      'DistributionStrategy', 'Strategy')

@@ -1,0 +1,72 @@
+"""End to end on an image folder: the layout most users have.
+
+Three classes of coloured images, JPEG and PNG, of different sizes; the class
+count, image sizes and splits all come from the folder, not from constants.
+"""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from hubpipe.pipeline import local_runner
+from hubpipe.pipeline.config import load_config
+
+COLOURS = {'blue': (20, 40, 220), 'green': (30, 200, 40), 'red': (220, 30, 30)}
+
+
+def _make_folder(root, per_class=14):
+  rng = np.random.RandomState(0)
+  for name, colour in COLOURS.items():
+    folder = root / name
+    folder.mkdir(parents=True)
+    for i in range(per_class):
+      size = (40 + 7 * i % 30, 36 + 5 * i % 40)
+      pixels = np.clip(np.array(colour) + rng.randint(-30, 30, size + (3,)), 0, 255)
+      image = Image.fromarray(pixels.astype(np.uint8))
+      image.save(folder / (f'{i}.jpg' if i % 2 else f'{i}.png'))
+
+
+def _config(tmp_path, extra=''):
+  path = tmp_path / 'folder.yaml'
+  path.write_text(
+      'name: colours\n'
+      'data:\n  source: image_folder\n  path: images\n  eval_fraction: 0.3\n'
+      f'{extra}'
+      'module:\n  input_size: [32, 32]\n'
+      'training:\n  epochs: 5\n  batch_size: 8\n  learning_rate: 0.01\n'
+      'evaluation:\n  min_accuracy: 0.5\n'
+      'beam:\n  direct_running_mode: in_memory\n')
+  return load_config(str(path))
+
+
+def test_image_folder_runs_through_the_dag(tmp_path):
+  _make_folder(tmp_path / 'images')
+  summary = local_runner.run(_config(tmp_path), str(tmp_path / 'work'),
+                             echo=lambda _: None)
+  assert summary['status'] == 'succeeded', summary.get('error')
+  assert summary['training']['num_classes'] == 3
+  assert sum(summary['examples'].values()) == 3 * 14
+  assert summary['examples']['eval'] > 0
+  assert summary['blessed'] and summary['pushed']
+
+  predict = tf.saved_model.load(summary['pushed_model']).signatures['serving_default']
+  raw = (tmp_path / 'images' / 'red' / '3.jpg').read_bytes()
+  example = tf.train.Example(features=tf.train.Features(feature={
+      'image': tf.train.Feature(bytes_list=tf.train.BytesList(value=[raw]))}))
+  out = predict(examples=tf.constant([example.SerializeToString()]))
+  assert out['probabilities'].shape == (1, 3)
+  assert int(out['class_id'][0]) == sorted(COLOURS).index('red')
+
+
+def test_corrupt_images_stop_the_run_with_their_paths(tmp_path):
+  _make_folder(tmp_path / 'images', per_class=3)
+  bad = tmp_path / 'images' / 'green' / 'broken.png'
+  bad.write_bytes(b'\x89PNG\r\n\x1a\n not really')
+  summary = local_runner.run(_config(tmp_path), str(tmp_path / 'work'),
+                             echo=lambda _: None)
+  assert summary['status'] == 'failed'
+  assert str(bad) in summary['error']
+  assert 'data.on_corrupt: skip' in summary['error']
+  assert not summary['pushed']
+  assert 'Trainer' not in {c['name'] for c in summary['components']}

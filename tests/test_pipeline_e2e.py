@@ -1,0 +1,159 @@
+"""End to end: the whole DAG on a tiny Fashion-MNIST config, then again, then on bad data.
+
+These run the real components (LocalDagRunner, Beam DirectRunner in
+multi-process mode, the real pretrained MobileNetV1) on a few hundred examples.
+"""
+
+import io
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from hubpipe.pipeline import local_runner
+from hubpipe.pipeline.config import load_config
+
+ALL_COMPONENTS = {
+    'ImportExampleGen', 'StatisticsGen', 'ImportSchemaGen', 'ExampleValidator',
+    'AnomalyGate', 'Transform', 'Trainer', 'latest_blessed_model_resolver',
+    'Evaluator', 'Pusher'}
+
+TINY = {
+    'name': 'tiny-e2e',
+    'data.train_examples': 200,
+    'data.eval_examples': 100,
+    'module.input_size': [64, 64],
+    'training.epochs': 3,
+    'training.batch_size': 32,
+    'evaluation.min_accuracy': 0.3,
+}
+
+
+def _example(image_bytes, label=None):
+  feature = {'image': tf.train.Feature(
+      bytes_list=tf.train.BytesList(value=[image_bytes]))}
+  if label is not None:
+    feature['label'] = label
+  return tf.train.Example(
+      features=tf.train.Features(feature=feature)).SerializeToString()
+
+
+@pytest.fixture(scope='module')
+def first_run(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp('e2e') / 'work'
+  config = load_config(None, TINY)
+  lines = []
+  summary = local_runner.run(config, str(workdir), echo=lines.append)
+  return config, workdir, summary, lines
+
+
+def test_run_is_blessed_and_pushed(first_run):
+  _, workdir, summary, lines = first_run
+  assert summary['status'] == 'succeeded', summary.get('error')
+  assert {c['name'] for c in summary['components']} == ALL_COMPONENTS
+  assert all(c['state'] == 'complete' for c in summary['components'])
+  assert summary['blessed'] is True
+  assert summary['pushed'] is True
+  version = os.path.basename(summary['pushed_model'])
+  assert version.isdigit(), 'TF Serving needs numbered version folders'
+  assert os.path.exists(os.path.join(summary['pushed_model'], 'saved_model.pb'))
+  # Progress was shown per component.
+  assert sum('Trainer' in line for line in lines) == 1
+
+
+def test_summary_has_its_fields(first_run):
+  config, workdir, summary, _ = first_run
+  with open(workdir / 'summary.json') as f:
+    written = json.load(f)
+  assert written == json.loads(json.dumps(summary))
+  assert written['examples'] == {'train': 200, 'eval': 100}
+  assert written['module'] == {'handle': config.module.handle,
+                               'integration': 'feature_extraction',
+                               'input_size': [64, 64]}
+  assert written['training']['num_classes'] == 10
+  assert 0.0 <= written['training']['control']['eval_accuracy'] <= 1.0
+  metrics = written['evaluation']['metrics']
+  assert metrics['example_count'] == 100
+  assert metrics['sparse_categorical_accuracy'] >= 0.3
+  assert len(written['evaluation']['per_class_accuracy']) == 10
+  assert written['baseline_model'] is None
+  for component in written['components']:
+    assert component['seconds'] >= 0
+
+
+def test_pushed_model_predicts_from_raw_image_bytes(first_run):
+  _, _, summary, _ = first_run
+  served = tf.saved_model.load(summary['pushed_model'])
+  predict = served.signatures['serving_default']
+
+  # The eval split as stored: PNG bytes + labels; predict without the labels.
+  eval_file = os.path.join(summary['input_base'], 'eval', 'data.tfrecord')
+  images, labels = [], []
+  spec = {'image': tf.io.FixedLenFeature([], tf.string),
+          'label': tf.io.FixedLenFeature([], tf.int64)}
+  for record in tf.data.TFRecordDataset(eval_file):
+    parsed = tf.io.parse_single_example(record, spec)
+    images.append(parsed['image'].numpy())
+    labels.append(int(parsed['label']))
+  out = predict(examples=tf.constant([_example(b) for b in images]))
+  probabilities = out['probabilities'].numpy()
+  assert probabilities.shape == (100, 10)
+  np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+  np.testing.assert_array_equal(out['class_id'].numpy(),
+                                probabilities.argmax(axis=1))
+  # The served model is the evaluated one: same accuracy as TFMA measured.
+  accuracy = float(np.mean(probabilities.argmax(axis=1) == np.array(labels)))
+  assert accuracy == pytest.approx(
+      summary['evaluation']['metrics']['sparse_categorical_accuracy'], abs=1e-6)
+
+  # A colour JPEG of another size works too: decode, resize, scale are inside.
+  buffer = io.BytesIO()
+  Image.fromarray(np.random.RandomState(0).randint(
+      0, 255, (50, 70, 3), dtype=np.uint8)).save(buffer, format='JPEG')
+  out = predict(examples=tf.constant([_example(buffer.getvalue())]))
+  assert out['probabilities'].shape == (1, 10)
+
+
+def test_second_run_reuses_cache_and_compares_with_first_push(first_run):
+  config, workdir, first, _ = first_run
+  summary = local_runner.run(config, str(workdir), echo=lambda _: None)
+  states = {c['name']: c['state'] for c in summary['components']}
+  for name in ('ImportExampleGen', 'StatisticsGen', 'Transform', 'Trainer'):
+    assert states[name] == 'cached', states
+  assert summary['baseline_model'] is not None
+  assert summary['evaluation']['baseline_metrics'][
+      'sparse_categorical_accuracy'] == pytest.approx(
+          first['evaluation']['metrics']['sparse_categorical_accuracy'])
+  assert summary['blessed'] is True
+
+
+def test_schema_anomaly_stops_the_run_before_transform(tmp_path):
+  # Labels stored as text: the curated schema says INT.
+  data = tmp_path / 'data'
+  png = io.BytesIO()
+  Image.fromarray(np.zeros((28, 28), dtype=np.uint8)).save(png, format='PNG')
+  for split in ('train', 'eval'):
+    (data / split).mkdir(parents=True)
+    with tf.io.TFRecordWriter(str(data / split / 'data.tfrecord')) as writer:
+      for i in range(20):
+        label = tf.train.Feature(bytes_list=tf.train.BytesList(
+            value=[str(i % 2).encode()]))
+        writer.write(_example(png.getvalue(), label))
+  config_file = tmp_path / 'bad.yaml'
+  config_file.write_text(
+      'name: bad-labels\n'
+      'data:\n  source: tfrecord\n  path: data\n'
+      'module:\n  input_size: [32, 32]\n'
+      'beam:\n  direct_running_mode: in_memory\n')
+  config = load_config(str(config_file))
+  summary = local_runner.run(config, str(tmp_path / 'work'), echo=lambda _: None)
+  assert summary['status'] == 'failed'
+  assert summary['failed_component'] == 'AnomalyGate'
+  assert 'feature "label"' in summary['error']
+  assert 'schema' in summary['error']
+  ran = {c['name'] for c in summary['components']}
+  assert 'Transform' not in ran and 'Trainer' not in ran
+  assert not summary['pushed']
