@@ -18,13 +18,15 @@ install: $(STAMP)
 
 # tfx 1.16 declares Requires-Python <3.11 although all its compiled
 # dependencies ship cp311 wheels; constraints.txt pins the whole stack so pip
-# does not backtrack. tensorflow-hub 0.16.1 goes in last, without deps.
+# does not backtrack. tensorflow-hub 0.16.1 (tfx pins 0.15, which fails on
+# TF 2.16) and tensorflow-text (BERT preprocessing ops) go in last, without deps.
 $(STAMP): setup.py constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --disable-pip-version-check pip==24.2
 	$(BIN)/pip install -q --disable-pip-version-check --ignore-requires-python \
 	  -c constraints.txt -e '.[test]'
-	$(BIN)/pip install -q --disable-pip-version-check --no-deps tensorflow-hub==0.16.1
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps \
+	  tensorflow-hub==0.16.1 tensorflow-text==2.16.1
 	@touch $@
 
 assets: $(STAMP)

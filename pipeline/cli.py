@@ -2,9 +2,13 @@
 
   hubpipe run [--config FILE] [--workdir DIR]   run the DAG locally
   hubpipe assets [--config FILE]                fetch and build what a config needs
+  hubpipe modules list                          the modules hubpipe builds offline
+  hubpipe modules build NAME [--force]          fetch, check and convert one
+  hubpipe modules inspect HANDLE [--json]       what a module takes and gives
 """
 
 import argparse
+import json
 import os
 import sys
 import warnings
@@ -38,19 +42,66 @@ def cmd_run(args) -> int:
 
 def cmd_assets(args) -> int:
   """Fetches the data set and builds the modules the config names (idempotent)."""
-  from hubpipe.components.assets import AssetError
   from hubpipe.pipeline import local_runner
   config = _load(args.config)
   try:
-    input_base, input_size = local_runner.prepare_inputs(config)
-    print(f'data: {input_base}')
-    from hubpipe.components.hub_modules import resolve
-    for handle in filter(None, (config.module.handle,
-                                config.module.control_handle)):
-      print(f'module {handle}: {resolve.resolve(handle)}')
-  except (AssetError, ValueError) as err:
+    inputs = local_runner.prepare_inputs(config)
+  except (ValueError, RuntimeError) as err:
     print(f'hubpipe: {err}', file=sys.stderr)
     return 1
+  print(f'data: {inputs.input_base}')
+  for handle in filter(None, (config.module.handle, config.module.control_handle,
+                              inputs.preprocessor)):
+    print(f'module: {handle}')
+  return 0
+
+
+def _megabytes(size):
+  return 'n/a' if size is None else f'{size / 1e6:.1f} MB'
+
+
+def cmd_modules(args) -> int:
+  from hubpipe.components.hub_modules import registry
+  if args.action == 'list':
+    for name, description in sorted(registry.offline_modules().items()):
+      print(f'{name:<30} {description}')
+    return 0
+  if not args.name:
+    print(f'hubpipe: modules {args.action} needs a module', file=sys.stderr)
+    return 2
+  try:
+    if args.action == 'build':
+      print(registry.build(args.name, force=args.force))
+      return 0
+    from hubpipe.components.hub_modules import inspect
+    info = inspect.describe(args.name)
+  except (ValueError, RuntimeError) as err:
+    print(f'hubpipe: {err}', file=sys.stderr)
+    return 1
+  if args.json:
+    print(json.dumps(info.to_dict(), indent=2))
+    return 0
+  rows = [
+      ('handle', f'{info.handle} ({info.kind})'),
+      ('resolved', info.resolved),
+      ('modality', info.modality),
+      ('inputs', '; '.join(f'{k}: {v["dtype"]} {v["shape"]}'
+                           for k, v in info.inputs.items())),
+      ('value range', info.value_range or 'n/a'),
+      ('input size', info.input_size or
+       ('any' if info.modality == 'image' else 'n/a')),
+      ('outputs', '; '.join(f'{k}: {v["dtype"]} {v["shape"]}'
+                            for k, v in info.outputs.items())),
+      ('output kind', f'{info.output_kind}'
+                      f'{"" if info.output_dim is None else f" ({info.output_dim}-d)"}'),
+      ('parameters', f'{info.parameters:,} ({info.trainable_parameters:,} trainable)'),
+      ('size on disk', _megabytes(info.size_bytes)),
+      ('training argument', info.has_training_argument),
+      ('fine-tunable', info.fine_tunable),
+      ('preprocessor', info.preprocessor or 'none (takes raw input)'),
+  ]
+  for key, value in rows:
+    print(f'{key + ":":<19} {value}')
   return 0
 
 
@@ -66,6 +117,13 @@ def main(argv=None) -> int:
   assets = sub.add_parser('assets', help='fetch data and build modules for a config')
   assets.add_argument('--config', help='YAML config (default: the demo)')
   assets.set_defaults(func=cmd_assets)
+  modules = sub.add_parser('modules', help='list, build or inspect Hub modules')
+  modules.add_argument('action', choices=('list', 'build', 'inspect'))
+  modules.add_argument('name', nargs='?',
+                       help='build: an offline module; inspect: any handle')
+  modules.add_argument('--force', action='store_true', help='build: rebuild')
+  modules.add_argument('--json', action='store_true', help='inspect: as JSON')
+  modules.set_defaults(func=cmd_modules)
   args = parser.parse_args(argv)
   return args.func(args)
 

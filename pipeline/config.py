@@ -16,9 +16,11 @@ import yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
-DATA_SOURCES = ('fashion_mnist', 'tfrecord', 'image_folder')
+MODALITIES = ('image', 'text')
+DATA_SOURCES = ('fashion_mnist', 'rotten_tomatoes', 'tfrecord', 'image_folder')
+BUNDLED = {'fashion_mnist': 'image', 'rotten_tomatoes': 'text'}
 ON_CORRUPT = ('fail', 'skip')
-INTEGRATIONS = ('feature_extraction',)
+INTEGRATIONS = ('feature_extraction', 'fine_tune')
 STRATEGIES = ('auto', 'default', 'one_device', 'mirrored',
               'multi_worker_mirrored', 'tpu')
 DIRECT_RUNNING_MODES = ('in_memory', 'multi_threading', 'multi_processing')
@@ -30,7 +32,7 @@ class ConfigError(ValueError):
 
 @dataclasses.dataclass
 class DataConfig:
-  # fashion_mnist: the bundled data set (a balanced, seeded subset);
+  # fashion_mnist / rotten_tomatoes: the bundled data sets (seeded subsets);
   # tfrecord: `path` holds train/ and eval/ folders of tf.Example TFRecords;
   # image_folder: `path` holds one sub-folder per class (or train/ and eval/
   # folders that each hold the class sub-folders).
@@ -40,6 +42,7 @@ class DataConfig:
   eval_examples: int = 2000
   seed: int = 0
   image_feature: str = 'image'
+  text_feature: str = 'text'
   label_feature: str = 'label'
   # image_folder without train/ and eval/ folders: share of images for eval.
   eval_fraction: float = 0.2
@@ -60,6 +63,10 @@ class ModuleConfig:
   # Optional control module (e.g. the same architecture randomly initialised):
   # the Trainer fits the same head on it, to measure the value of reuse.
   control_handle: Optional[str] = None
+  # Text encoders that take BERT inputs: the preprocessing companion (default:
+  # the one the module's metadata names) and the token sequence length.
+  preprocessor: Optional[str] = None
+  seq_length: int = 128
 
 
 @dataclasses.dataclass
@@ -76,6 +83,9 @@ class TrainingConfig:
   learning_rate: float = 0.001
   strategy: str = 'auto'
   seed: int = 42
+  # Text: also fit a bag-of-words logistic regression on the same split, as
+  # the no-reuse reference.
+  bag_of_words_baseline: bool = False
 
 
 @dataclasses.dataclass
@@ -127,6 +137,12 @@ class Config:
       return path
     base = Path(self.source_path).parent if self.source_path else Path.cwd()
     return str((base / path).resolve())
+
+  @property
+  def input_feature(self) -> str:
+    """The feature the module reads: the image or the text feature."""
+    return (self.data.image_feature if self.modality == 'image'
+            else self.data.text_feature)
 
   @property
   def schema_path(self) -> str:
@@ -196,8 +212,13 @@ def _positive(where: str, value, allow_zero=False):
 def validate(config: Config) -> Config:
   """Checks values that types alone cannot; raises ConfigError."""
   d, m, t, e = config.data, config.module, config.training, config.evaluation
-  _choice('modality', config.modality, ('image',))
+  _choice('modality', config.modality, MODALITIES)
   _choice('data.source', d.source, DATA_SOURCES)
+  if BUNDLED.get(d.source, config.modality) != config.modality:
+    raise ConfigError(f'data.source: "{d.source}" is {BUNDLED[d.source]} data '
+                      f'but modality is "{config.modality}".')
+  if d.source == 'image_folder' and config.modality != 'image':
+    raise ConfigError('data.source: "image_folder" holds images; set modality: image.')
   _choice('data.on_corrupt', d.on_corrupt, ON_CORRUPT)
   if d.source in ('tfrecord', 'image_folder') and not d.path:
     raise ConfigError(f'data.path: required when data.source is "{d.source}" '
@@ -207,11 +228,15 @@ def validate(config: Config) -> Config:
   if not 0.0 < d.eval_fraction < 1.0:
     raise ConfigError(f'data.eval_fraction: must be between 0 and 1 '
                       f'(exclusive), got {d.eval_fraction}.')
-  for key in ('image_feature', 'label_feature'):
+  for key in ('image_feature', 'text_feature', 'label_feature'):
     if not getattr(d, key):
       raise ConfigError(f'data.{key}: must be a non-empty feature name.')
-  if d.image_feature == d.label_feature:
-    raise ConfigError('data.image_feature and data.label_feature must differ.')
+  if config.input_feature == d.label_feature:
+    raise ConfigError('data.label_feature must differ from the input feature.')
+  if m.seq_length < 4:
+    raise ConfigError(f'module.seq_length: must be at least 4, got {m.seq_length}.')
+  if t.bag_of_words_baseline and config.modality != 'text':
+    raise ConfigError('training.bag_of_words_baseline: only for modality text.')
   if m.input_size is not None:
     if (len(m.input_size) != 2 or
         not all(isinstance(v, int) and v >= 32 for v in m.input_size)):
@@ -261,7 +286,8 @@ def _check_schema(config: Config):
   except text_format.ParseError as err:
     raise ConfigError(f'data.schema: {path} is not a valid schema.pbtxt: {err}')
   names = {f.name for f in schema.feature}
-  for key in ('image_feature', 'label_feature'):
+  input_key = 'image_feature' if config.modality == 'image' else 'text_feature'
+  for key in (input_key, 'label_feature'):
     name = getattr(config.data, key)
     if name not in names:
       raise ConfigError(

@@ -8,9 +8,10 @@ Layout of a work dir:
   summary.json       the summary of the last run
 """
 
+import dataclasses
+import importlib
 import logging
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Callable, Optional
@@ -18,22 +19,40 @@ from typing import Callable, Optional
 os.environ.setdefault('TF_USE_LEGACY_KERAS', '1')
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
-from hubpipe.pipeline import summary as summary_lib  # pylint: disable=g-import-not-at-top
+from hubpipe.components.assets import AssetError  # pylint: disable=g-import-not-at-top
+from hubpipe.components.hub_modules.inspect import IncompatibleModule
+from hubpipe.components.hub_modules.resolve import ModuleNotFound, ModuleUnavailable
+from hubpipe.pipeline import summary as summary_lib
+from hubpipe.pipeline.config import BUNDLED as BUNDLED_DATA
 from hubpipe.pipeline.config import Config, ConfigError
 
 
-class RunError(RuntimeError):
-  """The run stopped; the message says where and why."""
+ModuleError = (IncompatibleModule, ModuleNotFound, ModuleUnavailable)
 
 
-def prepare_inputs(config: Config):
-  """The examples' root folder and the image size, checked before the DAG starts."""
+@dataclasses.dataclass
+class Inputs:
+  """What the DAG needs that is checked before it starts."""
+  input_base: str
+  input_size: Optional[list]
+  preprocessor: Optional[str]
+  module: dict
+
+
+def prepare_inputs(config: Config) -> Inputs:
+  """Prepares the data and checks the module against the config, before any component runs.
+
+  A missing or incompatible module, or a data folder that is not there, stops
+  the run here with a message naming the problem and the fix.
+  """
   data = config.data
-  if data.source == 'fashion_mnist':
-    from hubpipe.components.datasets import fashion_mnist
-    input_base = str(fashion_mnist.prepare(
+  if data.source in BUNDLED_DATA:
+    dataset = importlib.import_module(
+        f'hubpipe.components.datasets.{data.source}')
+    input_base = str(dataset.prepare(
         data.train_examples, data.eval_examples, seed=data.seed,
-        image_feature=data.image_feature, label_feature=data.label_feature))
+        **{f'{config.modality}_feature': config.input_feature,
+           'label_feature': data.label_feature}))
   else:
     input_base = config.resolve_path(data.path)
     if '://' not in input_base and not os.path.isdir(input_base):
@@ -44,13 +63,26 @@ def prepare_inputs(config: Config):
           raise ConfigError(
               f'data.path: {input_base} must hold train/ and eval/ folders of '
               'TFRecord files of tf.Examples.')
-  # Resolve the modules now (offline ones are built on first use) so that a
-  # missing module stops the run here, not in the Trainer.
+  # Resolve (offline modules are built on first use), inspect and check the
+  # modules now, so a mismatch stops the run here, not in the Trainer.
+  from hubpipe.components.hub_modules import inspect as inspect_lib
   from hubpipe.components.hub_modules import resolve as hub_resolve
-  resolved = hub_resolve.resolve(config.module.handle)
+  info = inspect_lib.describe(config.module.handle)
+  inspect_lib.check_compatible(info, config)
   if config.module.control_handle:
-    hub_resolve.resolve(config.module.control_handle)
-  return input_base, hub_resolve.input_size(resolved, config.module.input_size)
+    inspect_lib.check_compatible(
+        inspect_lib.describe(config.module.control_handle), config)
+  preprocessor = None
+  if info.output_kind == inspect_lib.BERT_ENCODER:
+    preprocessor = config.module.preprocessor or info.preprocessor
+    hub_resolve.resolve(preprocessor)
+  input_size = None
+  if config.modality == 'image':
+    input_size = list(config.module.input_size or info.input_size)
+  return Inputs(input_base, input_size, preprocessor,
+                {k: v for k, v in info.to_dict().items()
+                 if k in ('kind', 'modality', 'output_kind', 'output_dim',
+                          'parameters', 'trainable_parameters', 'size_bytes')})
 
 
 class _Progress(logging.Handler):
@@ -117,12 +149,14 @@ def run(config: Config, workdir: str,
   root.addHandler(log_handler)
   progress = None
   try:
-    input_base, input_size = prepare_inputs(config)
-    result['module']['input_size'] = input_size
-    result['input_base'] = input_base
+    inputs = prepare_inputs(config)
+    result['module'].update(input_size=inputs.input_size,
+                            preprocessor=inputs.preprocessor, **inputs.module)
+    result['input_base'] = inputs.input_base
     pipeline = create_pipeline(
         config, pipeline_root=os.path.join(workdir, 'pipeline_root'),
-        input_base=input_base, serving_dir=serving_dir, input_size=input_size,
+        input_base=inputs.input_base, serving_dir=serving_dir,
+        input_size=inputs.input_size, preprocessor=inputs.preprocessor,
         metadata_connection_config=(
             tfx.orchestration.metadata.sqlite_metadata_connection_config(
                 metadata_path)))
@@ -134,6 +168,8 @@ def run(config: Config, workdir: str,
     result['status'] = 'succeeded'
   except ConfigError as err:
     result.update(status='failed', error=f'config: {err}')
+  except (ModuleError, AssetError) as err:
+    result.update(status='failed', error=f'module: {err}')
   except Exception as err:  # pylint: disable=broad-except
     logging.exception('run failed')
     result.update(status='failed', error=_explain(err))

@@ -18,7 +18,7 @@ from tfx import v1 as tfx
 from hubpipe.components.anomaly_gate.component import AnomalyGate
 from hubpipe.pipeline.config import Config
 
-TRANSFORM_FN = 'hubpipe.components.transform.image.preprocessing_fn'
+TRANSFORM_FN = 'hubpipe.components.transform.{modality}.preprocessing_fn'
 TRAINER_FN = 'hubpipe.components.trainer.run.run_fn'
 EVAL_SPLIT = 'eval'
 
@@ -71,7 +71,8 @@ def eval_config(config: Config) -> tfma.EvalConfig:
 
 
 def create_pipeline(config: Config, pipeline_root: str, input_base: str,
-                    serving_dir: str, input_size: List[int],
+                    serving_dir: str, input_size: Optional[List[int]] = None,
+                    preprocessor: Optional[str] = None,
                     metadata_connection_config=None,
                     enable_cache: bool = True) -> tfx.dsl.Pipeline:
   """The runner-agnostic DAG for `config`.
@@ -82,7 +83,8 @@ def create_pipeline(config: Config, pipeline_root: str, input_base: str,
     input_base: the examples' root (train/ and eval/ TFRecord folders, or an
       image folder).
     serving_dir: base folder of the pushed, versioned serving models.
-    input_size: [height, width] the images are resized to for the module.
+    input_size: [height, width] the images are resized to (image modality).
+    preprocessor: the text encoder's preprocessing companion, if it has one.
     metadata_connection_config: ML Metadata connection (local runs: SQLite).
     enable_cache: reuse the results of unchanged components.
   """
@@ -100,15 +102,15 @@ def create_pipeline(config: Config, pipeline_root: str, input_base: str,
   transform = tfx.components.Transform(
       examples=examples.outputs['examples'],
       schema=schema.outputs['schema'],
-      preprocessing_fn=TRANSFORM_FN,
-      # Images are decoded and resized on the fly in the Trainer's input
-      # pipeline (and inside the served model): materialising 96x96x3 floats
-      # per example would write ~100 KB per example to disk.
+      preprocessing_fn=TRANSFORM_FN.format(modality=config.modality),
+      # The Transform graph runs on the fly in the Trainer's input pipeline
+      # (and inside the served model): materialising 96x96x3 floats per image
+      # would write ~100 KB per example to disk.
       materialize=False,
       disable_statistics=True,
-      custom_config={'image_feature': data.image_feature,
+      custom_config={'input_feature': config.input_feature,
                      'label_feature': data.label_feature,
-                     'input_size': list(input_size)})
+                     'input_size': input_size})
   transform.add_upstream_node(gate)
 
   trainer = tfx.components.Trainer(
@@ -119,7 +121,8 @@ def create_pipeline(config: Config, pipeline_root: str, input_base: str,
       train_args=tfx.proto.TrainArgs(splits=['train']),
       eval_args=tfx.proto.EvalArgs(splits=[EVAL_SPLIT]),
       custom_config={'config': config.to_dict(),
-                     'input_size': list(input_size)})
+                     'input_size': input_size,
+                     'preprocessor': preprocessor})
 
   baseline = tfx.dsl.Resolver(
       strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,

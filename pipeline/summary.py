@@ -170,8 +170,10 @@ def render(summary: dict) -> str:
            f'{"  (" + summary["error"] + ")" if summary.get("error") else ""}']
   lines.append(f'  config: {summary.get("config")}')
   module = summary.get('module', {})
+  detail = (f'input {module["input_size"]}' if module.get('input_size') else
+            f'preprocessor {module.get("preprocessor") or "none"}')
   lines.append(f'  module: {module.get("handle")} ({module.get("integration")}, '
-               f'input {module.get("input_size")})')
+               f'{detail})')
   if summary.get('examples'):
     lines.append('  examples: ' + ', '.join(
         f'{k} {v}' for k, v in summary['examples'].items()))
@@ -182,9 +184,15 @@ def render(summary: dict) -> str:
   training = summary.get('training') or {}
   if training:
     lines.append(f'  trainer: {training.get("num_classes")} classes, '
-                 f'{training.get("epochs")} epochs, {training.get("strategy")} '
+                 f'{training.get("epochs")} epochs, {training.get("integration")}, '
+                 f'{training.get("strategy")} '
                  f'x{training.get("replicas")}, head eval accuracy '
                  f'{training.get("eval_accuracy", 0):.4f}')
+    bow = training.get('bag_of_words_baseline')
+    if bow:
+      lines.append(f'  reference: {bow["model"]}: eval accuracy '
+                   f'{bow["eval_accuracy"]:.4f} (value of reuse: '
+                   f'{training["eval_accuracy"] - bow["eval_accuracy"]:+.4f})')
     control = training.get('control')
     if control:
       lines.append(f'  control: same head on {control["module"]}: eval '

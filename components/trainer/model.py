@@ -12,15 +12,55 @@ import tensorflow_hub as hub
 import tf_keras
 
 
-def module_layer(handle: str, trainable: bool) -> hub.KerasLayer:
-  return hub.KerasLayer(handle, trainable=trainable, name='hub_module')
+class InferenceModeKerasLayer(hub.KerasLayer):
+  """A hub.KerasLayer that always runs its module in inference mode.
+
+  For fine-tuning: the weights train, but batch normalisation keeps using its
+  moving statistics (and dropout stays off), the Keras transfer-learning
+  practice: a small new data set would otherwise wreck the module's statistics.
+  """
+
+  def call(self, inputs, training=None):
+    return super().call(inputs, training=False)
 
 
-def feature_extractor(handle: str, input_size) -> tf_keras.Model:
-  """Images [N, H, W, 3] in [0, 1] -> the frozen module's feature vectors."""
-  images = tf_keras.Input(shape=(*input_size, 3), name='image')
-  features = module_layer(handle, trainable=False)(images)
-  return tf_keras.Model(images, features, name='feature_extractor')
+def module_layer(handle: str, trainable: bool, name='hub_module',
+                 **kwargs) -> hub.KerasLayer:
+  cls = InferenceModeKerasLayer if trainable else hub.KerasLayer
+  return cls(handle, trainable=trainable, name=name, **kwargs)
+
+
+def feature_extractor(modality: str, handle: str, input_size=None,
+                      preprocessor: str = None, seq_length: int = 128,
+                      trainable: bool = False) -> tf_keras.Model:
+  """Transformed input -> the module's feature vector.
+
+  image: [N, H, W, 3] floats in [0, 1]; text: [N] strings. A BERT-style text
+  encoder gets its preprocessing companion in front (tokenize, then pack to
+  `seq_length`), and its pooled output is the feature vector.
+  """
+  if modality == 'image':
+    inputs = tf_keras.Input(shape=(*input_size, 3), name='image')
+    return tf_keras.Model(inputs, module_layer(handle, trainable)(inputs),
+                          name='feature_extractor')
+  inputs = tf_keras.Input(shape=(), dtype=tf.string, name='text')
+  if preprocessor is None:
+    features = module_layer(handle, trainable)(inputs)
+  else:
+    _register_text_ops()
+    loaded = hub.load(preprocessor)
+    tokens = hub.KerasLayer(loaded.tokenize, name='tokenize')(inputs)
+    encoder_inputs = hub.KerasLayer(
+        loaded.bert_pack_inputs, arguments={'seq_length': seq_length},
+        name='bert_pack_inputs')([tokens])
+    outputs = module_layer(handle, trainable)(encoder_inputs)
+    features = outputs['pooled_output']
+  return tf_keras.Model(inputs, features, name='feature_extractor')
+
+
+def _register_text_ops():
+  """BERT preprocessing models use TF Text ops; importing it registers them."""
+  import tensorflow_text  # pylint: disable=g-import-not-at-top,unused-import
 
 
 def head(input_dim: int, num_classes: int, hidden_units=(), dropout=0.0,
@@ -53,11 +93,12 @@ def classifier(extractor: tf_keras.Model, head_model: tf_keras.Model
 
 
 def export_serving_model(model: tf_keras.Model, tf_transform_output,
-                         image_key: str, label_key: str, export_dir: str):
+                         input_key: str, label_key: str, export_dir: str):
   """Saves `model` with a serving signature on serialized raw tf.Examples.
 
-  The Transform graph (decode, resize, scale) is inside the signature, so the
-  served model predicts from the encoded image bytes as they are stored.
+  The Transform graph (decode, resize, scale; or text clean-up) is inside the
+  signature, so the served model predicts from the raw feature as stored:
+  encoded image bytes, or text.
   Outputs: `probabilities` [N, classes] and `class_id` [N].
   """
   model.tft_layer = tf_transform_output.transform_features_layer()
@@ -69,7 +110,7 @@ def export_serving_model(model: tf_keras.Model, tf_transform_output,
   def serve_tf_examples(serialized):
     raw = tf.io.parse_example(serialized, raw_spec)
     transformed = model.tft_layer(raw)
-    probabilities = tf.nn.softmax(model(transformed[image_key], training=False))
+    probabilities = tf.nn.softmax(model(transformed[input_key], training=False))
     return {'probabilities': probabilities,
             'class_id': tf.argmax(probabilities, axis=-1)}
 

@@ -1,10 +1,14 @@
 """The TFX Trainer entry point (`run_fn`) for Hub module reuse.
 
-Integration mode `feature_extraction`: the module is frozen, so its forward pass
-over the data runs once, not once per epoch. The Trainer embeds the train and
-eval splits a single time (under the distribution strategy), fits the head on
-the cached feature vectors, then assembles module + head into the served model,
-which still takes raw encoded images.
+Integration modes:
+  feature_extraction: the module is frozen, so its forward pass over the data
+    runs once, not once per epoch. The Trainer embeds the train and eval splits
+    a single time (under the distribution strategy), fits the head on the
+    cached feature vectors, then assembles module + head into the served model.
+  fine_tune: module and head train together on the transformed examples, the
+    module in inference mode (batch-norm statistics frozen) at the configured
+    (small) learning rate.
+The served model takes the raw feature either way (image bytes or text).
 
 The config reaches the Trainer through `custom_config['config']`.
 """
@@ -24,7 +28,7 @@ import tf_keras
 from hubpipe.components.hub_modules import resolve as hub_resolve
 from hubpipe.components.trainer import model as model_lib
 from hubpipe.components.trainer import strategy as strategy_lib
-from hubpipe.components.transform import image as image_transform
+from hubpipe.components.transform import labels as label_transform
 from hubpipe.pipeline.config import config_from_dict
 
 REPORT_FILE = 'training_report.json'
@@ -33,7 +37,7 @@ REPORT_FILE = 'training_report.json'
 def num_classes_from(tf_transform_output) -> int:
   """The class count, from the label values the Transform saw in the data."""
   values = tf_transform_output.vocabulary_by_name(
-      image_transform.LABEL_VOCABULARY)
+      label_transform.LABEL_VOCABULARY)
   ids = sorted(int(v) for v in values)
   if not ids:
     raise ValueError('the training data holds no labels.')
@@ -59,42 +63,41 @@ def _records(patterns) -> tf.data.Dataset:
   return tf.data.TFRecordDataset(_files(patterns), compression_type='GZIP')
 
 
-def transformed_dataset(patterns, tf_transform_output, image_key, label_key,
+def transformed_dataset(patterns, tf_transform_output, input_key, label_key,
                         batch_size) -> tf.data.Dataset:
-  """(images, labels) batches: raw tf.Examples through the Transform graph."""
+  """(inputs, labels) batches: raw tf.Examples through the Transform graph."""
   raw_spec = tf_transform_output.raw_feature_spec()
   tft_layer = tf_transform_output.transform_features_layer()
 
   def transform(serialized):
     transformed = tft_layer(tf.io.parse_example(serialized, raw_spec))
-    return transformed[image_key], transformed[label_key]
+    return transformed[input_key], transformed[label_key]
 
   return (_records(patterns).batch(batch_size)
           .map(transform, num_parallel_calls=tf.data.AUTOTUNE)
           .prefetch(tf.data.AUTOTUNE))
 
 
-def labels_of(patterns, label_key) -> np.ndarray:
-  """The labels alone, in file order (no image decoding)."""
-  spec = {label_key: tf.io.FixedLenFeature([1], tf.int64)}
+def raw_column(patterns, key, dtype=tf.int64) -> np.ndarray:
+  """One raw feature, in file order (e.g. the labels, without decoding images)."""
+  spec = {key: tf.io.FixedLenFeature([1], dtype)}
   ds = _records(patterns).batch(1024).map(
-      lambda s: tf.reshape(tf.io.parse_example(s, spec)[label_key], [-1]))
+      lambda s: tf.reshape(tf.io.parse_example(s, spec)[key], [-1]))
   return np.concatenate(list(ds.as_numpy_iterator()))
 
 
 def _fit_head(strategy, features, labels, eval_features, eval_labels,
-              num_classes, config, log_dir=None, name='head'):
+              num_classes, config, callbacks=(), name='head'):
   with strategy.scope():
     head = model_lib.head(features.shape[1], num_classes,
                           config.model.hidden_units, config.model.dropout,
                           name=name)
     model_lib.compile_for_training(head, config.training.learning_rate)
-  callbacks = [tf_keras.callbacks.TensorBoard(log_dir)] if log_dir else []
   global_batch = config.training.batch_size * strategy.num_replicas_in_sync
   history = head.fit(features, labels, batch_size=global_batch,
                      epochs=config.training.epochs,
                      validation_data=(eval_features, eval_labels),
-                     callbacks=callbacks, verbose=2)
+                     callbacks=list(callbacks), verbose=2)
   _, accuracy = head.evaluate(eval_features, eval_labels,
                               batch_size=global_batch, verbose=0)
   return head, float(accuracy), history.history
@@ -105,65 +108,114 @@ def _standardise(train, *others):
   return [(a - mean) / std for a in (train,) + others]
 
 
+def bag_of_words_accuracy(train_texts, train_labels, eval_texts, eval_labels,
+                          seed=0) -> float:
+  """The no-reuse reference for text: a bag-of-words logistic regression.
+
+  Unigrams and bigrams, TF-IDF weighted (scikit-learn, already a TFX
+  dependency), fit on exactly the Trainer's train split.
+  """
+  from sklearn.feature_extraction.text import TfidfVectorizer
+  from sklearn.linear_model import LogisticRegression
+  decode = lambda texts: [t.decode('utf-8') if isinstance(t, bytes) else t
+                          for t in texts]
+  vectorizer = TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True)
+  train = vectorizer.fit_transform(decode(train_texts))
+  classifier = LogisticRegression(max_iter=2000, C=4.0, random_state=seed)
+  classifier.fit(train, train_labels)
+  predicted = classifier.predict(vectorizer.transform(decode(eval_texts)))
+  return float(np.mean(predicted == eval_labels))
+
+
 def run_fn(fn_args):
-  """Trains the head on the frozen Hub module and exports the served model."""
+  """Trains the head (and, when fine-tuning, the module); exports the served model."""
   config = config_from_dict(fn_args.custom_config['config'])
-  image_key, label_key = config.data.image_feature, config.data.label_feature
+  input_key, label_key = config.input_feature, config.data.label_feature
   tf_keras.utils.set_random_seed(config.training.seed)
   tf_transform_output = tft.TFTransformOutput(fn_args.transform_output)
   num_classes = num_classes_from(tf_transform_output)
 
   strategy = strategy_lib.make(config.training.strategy)
   handle = hub_resolve.resolve(config.module.handle)
-  input_size = fn_args.custom_config['input_size']
-  logging.info('Trainer: module %s, %d classes, strategy %s with %d replica(s)',
-               handle, num_classes, strategy_lib.describe(strategy),
-               strategy.num_replicas_in_sync)
+  preprocessor = fn_args.custom_config.get('preprocessor')
+  if preprocessor:
+    preprocessor = hub_resolve.resolve(preprocessor)
+  logging.info('Trainer: module %s, %d classes, %s, strategy %s with %d '
+               'replica(s)', handle, num_classes, config.model.integration,
+               strategy_lib.describe(strategy), strategy.num_replicas_in_sync)
+
+  def extractor_for(module_handle, trainable=False, module_preprocessor=None):
+    with strategy.scope():
+      return model_lib.feature_extractor(
+          config.modality, module_handle,
+          input_size=fn_args.custom_config.get('input_size'),
+          preprocessor=module_preprocessor, seq_length=config.module.seq_length,
+          trainable=trainable)
 
   batch = config.training.batch_size * strategy.num_replicas_in_sync
   train_ds = transformed_dataset(fn_args.train_files, tf_transform_output,
-                                 image_key, label_key, batch)
+                                 input_key, label_key, batch)
   eval_ds = transformed_dataset(fn_args.eval_files, tf_transform_output,
-                                image_key, label_key, batch)
-  train_labels = labels_of(fn_args.train_files, label_key)
-  eval_labels = labels_of(fn_args.eval_files, label_key)
+                                input_key, label_key, batch)
+  train_labels = raw_column(fn_args.train_files, label_key)
+  eval_labels = raw_column(fn_args.eval_files, label_key)
+  tensorboard = tf_keras.callbacks.TensorBoard(
+      os.path.join(fn_args.model_run_dir, 'logs'))
 
-  def embed(module_handle):
-    with strategy.scope():
-      extractor = model_lib.feature_extractor(module_handle, input_size)
+  def embed(extractor):
     start = time.time()
     train = extractor.predict(train_ds, verbose=0)
     evaluation = extractor.predict(eval_ds, verbose=0)
-    return extractor, train, evaluation, time.time() - start
+    return train, evaluation, time.time() - start
 
-  extractor, train_feat, eval_feat, embed_s = embed(handle)
-  start = time.time()
-  head, accuracy, history = _fit_head(
-      strategy, train_feat, train_labels, eval_feat, eval_labels, num_classes,
-      config, log_dir=os.path.join(fn_args.model_run_dir, 'logs'))
   report = {
       'module': config.module.handle,
       'resolved_module': handle,
+      'preprocessor': preprocessor,
       'integration': config.model.integration,
       'num_classes': num_classes,
       'train_examples': int(len(train_labels)),
       'eval_examples': int(len(eval_labels)),
       'epochs': config.training.epochs,
+      'learning_rate': config.training.learning_rate,
       'strategy': strategy_lib.describe(strategy),
       'replicas': strategy.num_replicas_in_sync,
-      'embedding_seconds': round(embed_s, 2),
-      'head_training_seconds': round(time.time() - start, 2),
-      'eval_accuracy': accuracy,
-      'history': {k: [float(v) for v in vals] for k, vals in history.items()},
   }
+  start = time.time()
+  if config.model.integration == 'feature_extraction':
+    extractor = extractor_for(handle, module_preprocessor=preprocessor)
+    train_feat, eval_feat, report['embedding_seconds'] = embed(extractor)
+    start = time.time()
+    head, accuracy, history = _fit_head(
+        strategy, train_feat, train_labels, eval_feat, eval_labels,
+        num_classes, config, callbacks=[tensorboard])
+    with strategy.scope():
+      served = model_lib.classifier(extractor, head)
+  else:  # fine_tune
+    extractor = extractor_for(handle, trainable=True,
+                              module_preprocessor=preprocessor)
+    with strategy.scope():
+      head = model_lib.head(extractor.output_shape[-1], num_classes,
+                            config.model.hidden_units, config.model.dropout)
+      served = model_lib.classifier(extractor, head)
+      model_lib.compile_for_training(served, config.training.learning_rate)
+    fitted = served.fit(train_ds, epochs=config.training.epochs,
+                        validation_data=eval_ds, callbacks=[tensorboard],
+                        verbose=2)
+    history = fitted.history
+    _, accuracy = served.evaluate(eval_ds, verbose=0)
+  report['training_seconds'] = round(time.time() - start, 2)
+  report['eval_accuracy'] = float(accuracy)
+  report['history'] = {k: [float(v) for v in vals]
+                       for k, vals in history.items()}
 
   if config.module.control_handle:
     # The value of reuse: the same head on a control module (e.g. the same
     # architecture, randomly initialised). A random module's features can be
     # tiny (untrained BatchNorm), so they are standardised first, which only
     # helps the control.
-    control = hub_resolve.resolve(config.module.control_handle)
-    _, c_train, c_eval, _ = embed(control)
+    control = extractor_for(hub_resolve.resolve(config.module.control_handle))
+    c_train, c_eval, _ = embed(control)
     c_train, c_eval = _standardise(c_train, c_eval)
     _, c_accuracy, _ = _fit_head(strategy, c_train, train_labels, c_eval,
                                  eval_labels, num_classes, config,
@@ -171,13 +223,17 @@ def run_fn(fn_args):
     report['control'] = {'module': config.module.control_handle,
                          'eval_accuracy': c_accuracy,
                          'features': 'standardised'}
-    logging.info('Trainer: eval accuracy %.4f with %s, %.4f with control %s',
-                 accuracy, config.module.handle, c_accuracy,
-                 config.module.control_handle)
+  if config.training.bag_of_words_baseline:
+    report['bag_of_words_baseline'] = {
+        'model': 'tf-idf unigrams+bigrams, logistic regression',
+        'eval_accuracy': bag_of_words_accuracy(
+            raw_column(fn_args.train_files, input_key, tf.string), train_labels,
+            raw_column(fn_args.eval_files, input_key, tf.string), eval_labels,
+            seed=config.training.seed)}
+  logging.info('Trainer report: %s', {k: v for k, v in report.items()
+                                      if k != 'history'})
 
-  with strategy.scope():
-    served = model_lib.classifier(extractor, head)
-  model_lib.export_serving_model(served, tf_transform_output, image_key,
+  model_lib.export_serving_model(served, tf_transform_output, input_key,
                                  label_key, fn_args.serving_model_dir)
   tf.io.gfile.makedirs(fn_args.model_run_dir)
   with tf.io.gfile.GFile(os.path.join(fn_args.model_run_dir, REPORT_FILE),

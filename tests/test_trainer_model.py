@@ -1,0 +1,48 @@
+"""Trainer pieces: fine-tuning keeps batch norm in inference mode; the text reference."""
+
+import numpy as np
+import tensorflow as tf
+import tf_keras
+
+from hubpipe.components.hub_modules import resolve
+from hubpipe.components.trainer import model as model_lib
+from hubpipe.components.trainer.run import bag_of_words_accuracy
+
+
+def _moving_stats(layer):
+  return [v.numpy().copy() for v in layer.weights if 'moving' in v.name]
+
+
+def test_fine_tune_trains_weights_but_keeps_batch_norm_statistics():
+  handle = resolve.resolve('mobilenet_v1_100_224')
+  extractor = model_lib.feature_extractor('image', handle, input_size=[32, 32],
+                                          trainable=True)
+  layer = extractor.get_layer('hub_module')
+  assert isinstance(layer, model_lib.InferenceModeKerasLayer)
+  head = model_lib.head(1024, 3)
+  model = model_lib.classifier(extractor, head)
+  model_lib.compile_for_training(model, 1e-3)
+  stats_before = _moving_stats(layer)
+  kernel = next(v for v in layer.trainable_weights if 'kernel' in v.name)
+  kernel_before = kernel.numpy().copy()
+  images = np.random.RandomState(0).rand(8, 32, 32, 3).astype('float32')
+  model.fit(images, np.array([0, 1, 2, 0, 1, 2, 0, 1]), epochs=1, verbose=0)
+  assert stats_before, 'the module has batch-norm statistics'
+  for before, after in zip(stats_before, _moving_stats(layer)):
+    np.testing.assert_array_equal(before, after)
+  assert not np.allclose(kernel_before, kernel.numpy())
+
+
+def test_feature_extraction_module_is_frozen():
+  handle = resolve.resolve('mobilenet_v1_100_224')
+  extractor = model_lib.feature_extractor('image', handle, input_size=[32, 32])
+  assert extractor.trainable_weights == []
+
+
+def test_bag_of_words_reference_learns_words():
+  train = [b'a good film', b'good acting', b'really good', b'a bad film',
+           b'bad acting', b'really bad'] * 3
+  labels = np.array([1, 1, 1, 0, 0, 0] * 3)
+  accuracy = bag_of_words_accuracy(train, labels, [b'good story', b'bad story'],
+                                   np.array([1, 0]))
+  assert accuracy == 1.0
