@@ -20,7 +20,7 @@ MODALITIES = ('image', 'text')
 DATA_SOURCES = ('fashion_mnist', 'rotten_tomatoes', 'tfrecord', 'image_folder')
 BUNDLED = {'fashion_mnist': 'image', 'rotten_tomatoes': 'text'}
 ON_CORRUPT = ('fail', 'skip')
-INTEGRATIONS = ('feature_extraction', 'fine_tune')
+INTEGRATIONS = ('feature_extraction', 'fine_tune', 'hybrid')
 STRATEGIES = ('auto', 'default', 'one_device', 'mirrored',
               'multi_worker_mirrored', 'tpu')
 DIRECT_RUNNING_MODES = ('in_memory', 'multi_threading', 'multi_processing')
@@ -51,6 +51,11 @@ class DataConfig:
   on_corrupt: str = 'fail'
   # A schema.pbtxt; default: the curated one for the modality under schemas/.
   schema: Optional[str] = None
+  # tfrecord only: new data arrives as span folders under `path`, each with
+  # train/ and eval/ (e.g. span-1/, span-2/ for 'span-{SPAN}'). Each run ingests
+  # the newest span; the Trainer trains on the latest `latest_spans` spans.
+  span_pattern: Optional[str] = None
+  latest_spans: int = 1
 
 
 @dataclasses.dataclass
@@ -71,9 +76,16 @@ class ModuleConfig:
 
 @dataclasses.dataclass
 class ModelConfig:
+  # feature_extraction: module frozen, embeddings computed once, head trained.
+  # fine_tune: module and head trained together (batch norm in inference mode).
+  # hybrid: head first on the frozen module, then the top of the module too.
   integration: str = 'feature_extraction'
   hidden_units: list = dataclasses.field(default_factory=list)
   dropout: float = 0.0
+  # hybrid: which part of the module to unfreeze after the head is trained:
+  # an integer (the last N blocks), a fraction of the blocks (0, 1], or a
+  # regular expression on variable names.
+  unfreeze: Any = 2
 
 
 @dataclasses.dataclass
@@ -83,9 +95,22 @@ class TrainingConfig:
   learning_rate: float = 0.001
   strategy: str = 'auto'
   seed: int = 42
+  # hybrid: the second stage (top of the module + head), at a lower rate.
+  fine_tune_epochs: int = 2
+  fine_tune_learning_rate: float = 0.0001
+  # Stop when eval accuracy has not improved for this many epochs (0: off);
+  # the best epoch's weights are kept.
+  early_stopping_patience: int = 0
+  # 'balanced': weight classes inversely to their frequency in the train split.
+  class_weight: str = 'none'
+  # Mixed precision: bfloat16 on TPU, float16 (with loss scaling) on GPU.
+  mixed_precision: bool = False
   # Text: also fit a bag-of-words logistic regression on the same split, as
   # the no-reuse reference.
   bag_of_words_baseline: bool = False
+  # Start from the latest blessed model's weights (head; the whole model when
+  # fine-tuning) instead of from scratch.
+  warm_start: bool = False
 
 
 @dataclasses.dataclass
@@ -175,6 +200,9 @@ def _build(cls, raw: Any, path: str):
                         f'{" under " + path if path else ""}: '
                         f'{", ".join(sorted(fields))}.')
     ftype = fields[key].type
+    if ftype is Any:  # checked by validate()
+      values[key] = value
+      continue
     if dataclasses.is_dataclass(ftype):
       values[key] = _build(ftype, value, where)
       continue
@@ -223,6 +251,14 @@ def validate(config: Config) -> Config:
   if d.source in ('tfrecord', 'image_folder') and not d.path:
     raise ConfigError(f'data.path: required when data.source is "{d.source}" '
                       '(the folder that holds the data).')
+  if d.span_pattern is not None:
+    if d.source != 'tfrecord':
+      raise ConfigError('data.span_pattern: spans are read from tfrecord data; '
+                        'set data.source: tfrecord.')
+    if '{SPAN}' not in d.span_pattern:
+      raise ConfigError(f'data.span_pattern: "{d.span_pattern}" must contain '
+                        '{SPAN}, e.g. span-{SPAN}.')
+  _positive('data.latest_spans', d.latest_spans)
   _positive('data.train_examples', d.train_examples)
   _positive('data.eval_examples', d.eval_examples)
   if not 0.0 < d.eval_fraction < 1.0:
@@ -249,6 +285,16 @@ def validate(config: Config) -> Config:
   if not all(isinstance(u, int) and u > 0 for u in config.model.hidden_units):
     raise ConfigError(f'model.hidden_units: expected a list of positive '
                       f'integers, got {config.model.hidden_units}.')
+  unfreeze = config.model.unfreeze
+  if not ((isinstance(unfreeze, int) and not isinstance(unfreeze, bool) and
+           unfreeze > 0) or
+          (isinstance(unfreeze, float) and 0.0 < unfreeze <= 1.0) or
+          (isinstance(unfreeze, str) and unfreeze)):
+    raise ConfigError(f'model.unfreeze: expected a number of blocks (a '
+                      'positive integer), a fraction in (0, 1], or a regular '
+                      f'expression on variable names; got {unfreeze!r}.')
+  _positive('training.fine_tune_epochs', t.fine_tune_epochs)
+  _positive('training.fine_tune_learning_rate', t.fine_tune_learning_rate)
   if not 0.0 <= config.model.dropout < 1.0:
     raise ConfigError(f'model.dropout: must be in [0, 1), got '
                       f'{config.model.dropout}.')
@@ -256,6 +302,9 @@ def validate(config: Config) -> Config:
   _positive('training.batch_size', t.batch_size)
   _positive('training.learning_rate', t.learning_rate)
   _choice('training.strategy', t.strategy, STRATEGIES)
+  _choice('training.class_weight', t.class_weight, ('none', 'balanced'))
+  _positive('training.early_stopping_patience', t.early_stopping_patience,
+            allow_zero=True)
   if not 0.0 <= e.min_accuracy <= 1.0:
     raise ConfigError(f'evaluation.min_accuracy: must be in [0, 1], got '
                       f'{e.min_accuracy}.')

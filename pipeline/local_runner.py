@@ -9,7 +9,9 @@ Layout of a work dir:
 """
 
 import dataclasses
+import glob
 import importlib
+import itertools
 import logging
 import os
 import time
@@ -58,10 +60,16 @@ def prepare_inputs(config: Config) -> Inputs:
     if '://' not in input_base and not os.path.isdir(input_base):
       raise ConfigError(f'data.path: {input_base} is not a folder.')
     if data.source == 'tfrecord' and '://' not in input_base:
-      for split in ('train', 'eval'):
-        if not os.path.isdir(os.path.join(input_base, split)):
+      folders = ([input_base] if not data.span_pattern else
+                 glob.glob(os.path.join(
+                     input_base, data.span_pattern.replace('{SPAN}', '*'))))
+      if not folders:
+        raise ConfigError(f'data.span_pattern: no folder under {input_base} '
+                          f'matches {data.span_pattern}.')
+      for folder, split in itertools.product(folders, ('train', 'eval')):
+        if not os.path.isdir(os.path.join(folder, split)):
           raise ConfigError(
-              f'data.path: {input_base} must hold train/ and eval/ folders of '
+              f'data.path: {folder} must hold train/ and eval/ folders of '
               'TFRecord files of tf.Examples.')
   # Resolve (offline modules are built on first use), inspect and check the
   # modules now, so a mismatch stops the run here, not in the Trainer.
@@ -168,7 +176,7 @@ def run(config: Config, workdir: str,
     result['status'] = 'succeeded'
   except ConfigError as err:
     result.update(status='failed', error=f'config: {err}')
-  except (ModuleError, AssetError) as err:
+  except ModuleError + (AssetError,) as err:
     result.update(status='failed', error=f'module: {err}')
   except Exception as err:  # pylint: disable=broad-except
     logging.exception('run failed')

@@ -3,6 +3,9 @@
   ExampleGen -> StatisticsGen -> ImportSchemaGen -> ExampleValidator
     -> AnomalyGate -> Transform -> Trainer (Hub module, tf.distribute)
     -> Evaluator (TFMA; baseline = latest blessed model) -> Pusher
+  (+ a span resolver feeding Transform and Trainer the latest N spans, when
+  the data arrives in span folders; + the latest blessed model as the
+  Trainer's warm start, on request)
 
 `create_pipeline(config, ...)` returns a `tfx.dsl.Pipeline`; the local runner
 (`pipeline/local_runner.py`) runs it with LocalDagRunner and the Kubeflow entry
@@ -35,11 +38,13 @@ def example_gen(config: Config, input_base: str):
   if config.data.source == 'image_folder':
     from hubpipe.components.image_folder_example_gen import component
     return component.image_folder_example_gen(config, input_base)
+  # With span folders, the pattern holds {SPAN}: ExampleGen ingests the newest.
+  prefix = f'{config.data.span_pattern}/' if config.data.span_pattern else ''
   return tfx.components.ImportExampleGen(
       input_base=input_base,
       input_config=tfx.proto.Input(splits=[
-          tfx.proto.Input.Split(name='train', pattern='train/*'),
-          tfx.proto.Input.Split(name=EVAL_SPLIT, pattern='eval/*'),
+          tfx.proto.Input.Split(name='train', pattern=f'{prefix}train/*'),
+          tfx.proto.Input.Split(name=EVAL_SPLIT, pattern=f'{prefix}eval/*'),
       ]))
 
 
@@ -99,8 +104,23 @@ def create_pipeline(config: Config, pipeline_root: str, input_base: str,
   gate = AnomalyGate(anomalies=validator.outputs['anomalies'],
                      schema_path=config.schema_path)
 
+  # What Transform and the Trainer learn from: the newest examples, or with
+  # span folders the latest N spans ingested so far.
+  training_examples = examples.outputs['examples']
+  spans = None
+  if data.span_pattern:
+    spans = tfx.dsl.Resolver(
+        strategy_class=tfx.dsl.experimental.SpanRangeStrategy,
+        config={'range_config': tfx.proto.RangeConfig(
+            rolling_range=tfx.proto.RollingRange(num_spans=data.latest_spans))},
+        examples=tfx.dsl.Channel(
+            type=tfx.types.standard_artifacts.Examples,
+            producer_component_id=examples.id),
+    ).with_id('latest_spans_resolver')
+    training_examples = spans.outputs['examples']
+
   transform = tfx.components.Transform(
-      examples=examples.outputs['examples'],
+      examples=training_examples,
       schema=schema.outputs['schema'],
       preprocessing_fn=TRANSFORM_FN.format(modality=config.modality),
       # The Transform graph runs on the fly in the Trainer's input pipeline
@@ -113,9 +133,18 @@ def create_pipeline(config: Config, pipeline_root: str, input_base: str,
                      'input_size': input_size})
   transform.add_upstream_node(gate)
 
+  baseline = tfx.dsl.Resolver(
+      strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
+      model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
+      model_blessing=tfx.dsl.Channel(
+          type=tfx.types.standard_artifacts.ModelBlessing),
+  ).with_id('latest_blessed_model_resolver')
+
   trainer = tfx.components.Trainer(
       run_fn=TRAINER_FN,
-      examples=examples.outputs['examples'],
+      examples=training_examples,
+      base_model=(baseline.outputs['model'] if config.training.warm_start
+                  else None),
       transform_graph=transform.outputs['transform_graph'],
       schema=schema.outputs['schema'],
       train_args=tfx.proto.TrainArgs(splits=['train']),
@@ -123,13 +152,6 @@ def create_pipeline(config: Config, pipeline_root: str, input_base: str,
       custom_config={'config': config.to_dict(),
                      'input_size': input_size,
                      'preprocessor': preprocessor})
-
-  baseline = tfx.dsl.Resolver(
-      strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
-      model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
-      model_blessing=tfx.dsl.Channel(
-          type=tfx.types.standard_artifacts.ModelBlessing),
-  ).with_id('latest_blessed_model_resolver')
 
   evaluator = tfx.components.Evaluator(
       examples=examples.outputs['examples'],
@@ -148,8 +170,9 @@ def create_pipeline(config: Config, pipeline_root: str, input_base: str,
   return tfx.dsl.Pipeline(
       pipeline_name=config.name,
       pipeline_root=pipeline_root,
-      components=[examples, statistics, schema, validator, gate, transform,
-                  trainer, baseline, evaluator, pusher],
+      components=[c for c in (examples, statistics, schema, validator, gate,
+                              spans, transform, baseline, trainer, evaluator,
+                              pusher) if c is not None],
       enable_cache=enable_cache,
       metadata_connection_config=metadata_connection_config,
       beam_pipeline_args=beam_pipeline_args(config))

@@ -138,10 +138,14 @@ def collect(metadata_path: str, pipeline_name: str, label_key: str) -> dict:
     out['components'].append({
         'name': node, 'state': STATES.get(execution.last_known_state, '?'),
         'seconds': round(seconds, 1)})
-    for keys, _, artifact in _artifacts(store, execution.id,
-                                        metadata_store_pb2.Event.INPUT):
+    for keys, type_name, artifact in _artifacts(
+        store, execution.id, metadata_store_pb2.Event.INPUT):
       if 'baseline_model' in keys:
         out['baseline_model'] = artifact.uri
+      if node == 'Trainer' and type_name == 'Examples':
+        span = _prop(artifact, 'span')
+        if span is not None:
+          out.setdefault('trained_on_spans', []).append(int(span))
     for _, type_name, artifact in _artifacts(store, execution.id,
                                              metadata_store_pb2.Event.OUTPUT):
       if type_name == 'ExampleStatistics':
@@ -177,6 +181,8 @@ def render(summary: dict) -> str:
   if summary.get('examples'):
     lines.append('  examples: ' + ', '.join(
         f'{k} {v}' for k, v in summary['examples'].items()))
+  if summary.get('trained_on_spans'):
+    lines.append(f'  trained on spans: {sorted(summary["trained_on_spans"])}')
   if summary.get('components'):
     lines.append('  components:')
     for c in summary['components']:

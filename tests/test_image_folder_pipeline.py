@@ -27,25 +27,36 @@ def _make_folder(root, per_class=14):
       image.save(folder / (f'{i}.jpg' if i % 2 else f'{i}.png'))
 
 
-def _config(tmp_path, extra=''):
+def _config(tmp_path, module='', model=''):
   path = tmp_path / 'folder.yaml'
   path.write_text(
       'name: colours\n'
       'data:\n  source: image_folder\n  path: images\n  eval_fraction: 0.3\n'
-      f'{extra}'
-      'module:\n  input_size: [32, 32]\n'
+      f'module:\n  input_size: [64, 64]\n{module}'
+      f'model:\n{model or "  integration: feature_extraction"}\n'
       'training:\n  epochs: 5\n  batch_size: 8\n  learning_rate: 0.01\n'
+      '  fine_tune_epochs: 1\n'
       'evaluation:\n  min_accuracy: 0.5\n'
       'beam:\n  direct_running_mode: in_memory\n')
   return load_config(str(path))
 
 
 def test_image_folder_runs_through_the_dag(tmp_path):
+  # Also the hybrid mode on a feature-map module: a conv head is trained on
+  # the frozen module's spatial features, then the top 2 blocks unfrozen.
   _make_folder(tmp_path / 'images')
-  summary = local_runner.run(_config(tmp_path), str(tmp_path / 'work'),
-                             echo=lambda _: None)
+  config = _config(tmp_path,
+                   module='  handle: mobilenet_v1_100_224_feature_map\n',
+                   model='  integration: hybrid\n  unfreeze: 2')
+  summary = local_runner.run(config, str(tmp_path / 'work'), echo=lambda _: None)
   assert summary['status'] == 'succeeded', summary.get('error')
-  assert summary['training']['num_classes'] == 3
+  assert summary['module']['output_kind'] == 'feature_map'
+  training = summary['training']
+  assert training['num_classes'] == 3
+  assert training['integration'] == 'hybrid'
+  assert {name.split('/')[0] for name in training['unfrozen_variables']} == {
+      'conv_dw_13', 'conv_pw_13', 'conv_dw_13_bn', 'conv_pw_13_bn'}
+  assert len(training['history']['hybrid_loss']) == 1
   assert sum(summary['examples'].values()) == 3 * 14
   assert summary['examples']['eval'] > 0
   assert summary['blessed'] and summary['pushed']

@@ -26,6 +26,7 @@ from hubpipe.components.hub_modules import mobilenet_v1
 
 PRETRAINED = 'mobilenet_v1_100_224'
 RANDOM = 'mobilenet_v1_100_224_random'
+FEATURE_MAP = 'mobilenet_v1_100_224_feature_map'
 # ImageNet classes 281-285 (tabby, tiger cat, Persian, Siamese, Egyptian cat),
 # shifted by one for the background class at index 0 of the 1001-way head.
 CAT_LOGITS = set(range(282, 287))
@@ -68,6 +69,11 @@ def pretrained_module():
 @pytest.fixture(scope='session')
 def random_module():
   return mobilenet_v1.build_module(RANDOM)
+
+
+@pytest.fixture(scope='session')
+def feature_map_module():
+  return mobilenet_v1.build_module(FEATURE_MAP)
 
 
 def test_frozen_graph_has_every_body_tensor(weights):
@@ -163,6 +169,57 @@ def test_building_twice_does_no_work(pretrained_module, monkeypatch):
   assert time.perf_counter() - start < 0.5
   assert marker.stat().st_mtime_ns == stamp
   assert marker.read_text() == mobilenet_v1.MODULES[PRETRAINED].fingerprint
+
+
+def test_feature_map_module_metadata(feature_map_module):
+  metadata = json.loads(
+      (feature_map_module / mobilenet_v1.METADATA_PATH).read_text())
+  assert metadata['name'] == FEATURE_MAP
+  assert metadata['output'] == 'feature_map'
+  assert metadata['output_dim'] == 1024
+  assert metadata['input_size'] == [224, 224]
+  assert metadata['value_range'] == [0, 1]
+  assert metadata['pretrained'] is True
+  assert mobilenet_v1.NUDITY_SDIST.sha256 in metadata['source']
+  obj = tf.saved_model.load(str(feature_map_module))
+  assert len(obj.trainable_variables) == 27 * 3
+  assert list(obj.regularization_losses) == []
+  for training in (False, True):
+    out = obj(tf.constant(_images(64, n=2)), training=training)
+    assert out.shape == (2, 2, 2, 1024) and out.dtype == tf.float32
+
+
+def test_feature_map_averages_to_the_feature_vector(feature_map_module,
+                                                     pretrained_module):
+  images = _images(96)
+  feature_map = hub.KerasLayer(str(feature_map_module), trainable=False)(images)
+  assert feature_map.shape == (4, 3, 3, 1024)
+  vector = hub.KerasLayer(str(pretrained_module), trainable=False)(images)
+  # The same body with the same weights: only the global average pooling differs.
+  np.testing.assert_allclose(tf.reduce_mean(feature_map, axis=[1, 2]).numpy(),
+                             vector.numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_feature_map_build_is_idempotent(feature_map_module, monkeypatch):
+  marker = feature_map_module / mobilenet_v1.COMPLETE_MARKER
+  stamp = marker.stat().st_mtime_ns
+  fingerprint = mobilenet_v1.MODULES[FEATURE_MAP].fingerprint
+  assert fingerprint != mobilenet_v1.MODULES[PRETRAINED].fingerprint
+
+  def no_rebuild(*args, **kwargs):
+    raise AssertionError('the module was exported again')
+
+  monkeypatch.setattr(mobilenet_v1, 'export_feature_vector_module', no_rebuild)
+  start = time.perf_counter()
+  assert mobilenet_v1.build_module(FEATURE_MAP) == feature_map_module
+  assert time.perf_counter() - start < 0.5
+  assert marker.stat().st_mtime_ns == stamp
+  assert marker.read_text() == fingerprint
+
+
+def test_feature_map_and_logits_are_exclusive():
+  with pytest.raises(ValueError, match='pooling'):
+    mobilenet_v1.build_keras_mobilenet(None, include_logits=True, pooling=False)
 
 
 def test_built_module_is_found_without_tensorflow(pretrained_module):

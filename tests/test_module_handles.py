@@ -21,7 +21,11 @@ def _tiny_module(path, input_shape=(None, None, None, 3), output='vector'):
     @tf.function(input_signature=[tf.TensorSpec(input_shape, tf.float32)])
     def __call__(self, images):
       maps = tf.einsum('nhwc,cd->nhwd', images, self.kernel)
-      return tf.reduce_mean(maps, axis=[1, 2]) if output == 'vector' else maps
+      if output == 'vector':
+        return tf.reduce_mean(maps, axis=[1, 2])
+      if output == 'sequence':
+        return tf.reshape(maps, [tf.shape(maps)[0], -1, 8])
+      return maps
 
   tf.saved_model.save(Tiny(), str(path))
   return str(path)

@@ -37,11 +37,15 @@ def test_image_module_on_text_config_names_both_sides():
   assert 'modality "text"' in message and 'rotten_tomatoes' in message
 
 
-def test_feature_map_module_is_refused_for_a_dense_head(tmp_path):
-  path = _tiny_module(tmp_path / 'maps', output='map')
-  config = load_config(None, {'module.handle': path})
-  with pytest.raises(inspect.IncompatibleModule, match='outputs a feature_map'):
-    inspect.check_compatible(inspect.describe(path), config)
+def test_feature_map_gets_a_conv_head_and_a_sequence_is_refused(tmp_path):
+  maps = _tiny_module(tmp_path / 'maps', output='map')
+  info = inspect.describe(maps)
+  assert info.output_kind == inspect.FEATURE_MAP
+  inspect.check_compatible(info, load_config(None, {'module.handle': maps}))
+  sequence = _tiny_module(tmp_path / 'sequence', output='sequence')
+  config = load_config(None, {'module.handle': sequence})
+  with pytest.raises(inspect.IncompatibleModule, match='outputs a sequence'):
+    inspect.check_compatible(inspect.describe(sequence), config)
 
 
 def test_fixed_input_size_must_match(tmp_path):

@@ -32,3 +32,9 @@ def test_explicit_choice_wins():
 def test_build_on_cpu():
   assert strategy.make('default').num_replicas_in_sync == 1
   assert strategy.make('mirrored').num_replicas_in_sync == 1
+
+
+def test_precision_policy_by_hardware():
+  assert strategy.precision_policy('tpu', 0) == 'mixed_bfloat16'
+  assert strategy.precision_policy('mirrored', 2) == 'mixed_float16'
+  assert strategy.precision_policy('default', 0) is None

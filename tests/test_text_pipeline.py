@@ -40,8 +40,8 @@ def _check_served_model(summary):
   out = _predict_texts(summary['pushed_model'], texts)
   assert out['probabilities'].shape == (len(texts), 2)
   accuracy = np.mean(out['class_id'].numpy() == labels)
-  assert accuracy == pytest.approx(
-      summary['evaluation']['metrics']['sparse_categorical_accuracy'], abs=1e-6)
+  assert accuracy == pytest.approx(  # the summary rounds to 4 decimals
+      summary['evaluation']['metrics']['sparse_categorical_accuracy'], abs=1e-4)
 
 
 def test_frozen_glove_with_bag_of_words_reference(tmp_path):

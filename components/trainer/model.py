@@ -24,15 +24,24 @@ class InferenceModeKerasLayer(hub.KerasLayer):
     return super().call(inputs, training=False)
 
 
-def module_layer(handle: str, trainable: bool, name='hub_module',
-                 **kwargs) -> hub.KerasLayer:
-  cls = InferenceModeKerasLayer if trainable else hub.KerasLayer
-  return cls(handle, trainable=trainable, name=name, **kwargs)
+def module_layer(handle: str, trainable, name='hub_module') -> hub.KerasLayer:
+  """The module as a Keras layer.
+
+  trainable: False (frozen), True (all of it, batch norm in inference mode),
+  or a `partial.select_trainable` spec (the top blocks only, for hybrid).
+  """
+  if trainable is False:
+    return hub.KerasLayer(handle, trainable=False, name=name)
+  if trainable is True:
+    return InferenceModeKerasLayer(handle, trainable=True, name=name)
+  from hubpipe.components.trainer import partial  # pylint: disable=g-import-not-at-top
+  return partial.PartiallyTrainableKerasLayer(handle, trainable_spec=trainable,
+                                              name=name)
 
 
 def feature_extractor(modality: str, handle: str, input_size=None,
                       preprocessor: str = None, seq_length: int = 128,
-                      trainable: bool = False) -> tf_keras.Model:
+                      trainable=False) -> tf_keras.Model:
   """Transformed input -> the module's feature vector.
 
   image: [N, H, W, 3] floats in [0, 1]; text: [N] strings. A BERT-style text
@@ -63,18 +72,30 @@ def _register_text_ops():
   import tensorflow_text  # pylint: disable=g-import-not-at-top,unused-import
 
 
-def head(input_dim: int, num_classes: int, hidden_units=(), dropout=0.0,
+def head(input_shape, num_classes: int, hidden_units=(), dropout=0.0,
          name='head') -> tf_keras.Model:
-  """The classification head on feature vectors; outputs logits."""
-  features = tf_keras.Input(shape=(input_dim,), name='features')
+  """The classification head on the module's output; outputs logits.
+
+  A feature vector [D] gets dense layers. A feature map [H, W, C] gets a small
+  convolutional head first (3x3 conv, global average pooling), so the spatial
+  structure the module kept is used rather than averaged away up front.
+  """
+  input_shape = tuple(input_shape) if not isinstance(input_shape, int) else (
+      input_shape,)
+  features = tf_keras.Input(shape=input_shape, name='features')
   x = features
+  if len(input_shape) == 3:
+    x = tf_keras.layers.Conv2D(256, 3, padding='same', activation='relu',
+                               name='conv_head')(x)
+    x = tf_keras.layers.GlobalAveragePooling2D(name='pool')(x)
   for i, units in enumerate(hidden_units):
     x = tf_keras.layers.Dense(units, activation='relu', name=f'hidden_{i}')(x)
     if dropout:
       x = tf_keras.layers.Dropout(dropout)(x)
   if dropout and not hidden_units:
     x = tf_keras.layers.Dropout(dropout)(x)
-  logits = tf_keras.layers.Dense(num_classes, name='logits')(x)
+  # float32 logits, also under a mixed-precision policy (stable softmax/loss).
+  logits = tf_keras.layers.Dense(num_classes, name='logits', dtype='float32')(x)
   return tf_keras.Model(features, logits, name=name)
 
 

@@ -8,6 +8,9 @@ Integration modes:
   fine_tune: module and head train together on the transformed examples, the
     module in inference mode (batch-norm statistics frozen) at the configured
     (small) learning rate.
+  hybrid: the head is trained as in feature_extraction; then the top blocks
+    of the module (model.unfreeze) train with it at
+    training.fine_tune_learning_rate for training.fine_tune_epochs.
 The served model takes the raw feature either way (image bytes or text).
 
 The config reaches the Trainer through `custom_config['config']`.
@@ -26,12 +29,15 @@ import tensorflow_transform as tft
 import tf_keras
 
 from hubpipe.components.hub_modules import resolve as hub_resolve
+from hubpipe.components.trainer import checkpoints
 from hubpipe.components.trainer import model as model_lib
 from hubpipe.components.trainer import strategy as strategy_lib
 from hubpipe.components.transform import labels as label_transform
 from hubpipe.pipeline.config import config_from_dict
 
 REPORT_FILE = 'training_report.json'
+# Inside each exported model: the weights a later run can warm-start from.
+WARM_START_DIR = os.path.join('assets.extra', 'warm_start')
 
 
 def num_classes_from(tf_transform_output) -> int:
@@ -86,17 +92,55 @@ def raw_column(patterns, key, dtype=tf.int64) -> np.ndarray:
   return np.concatenate(list(ds.as_numpy_iterator()))
 
 
+def class_weights(labels: np.ndarray, num_classes: int, mode: str):
+  """None, or {class: weight} that gives every class the same total weight."""
+  if mode == 'none':
+    return None
+  counts = np.bincount(labels, minlength=num_classes).astype('float64')
+  present = counts > 0
+  weights = np.zeros(num_classes)
+  weights[present] = len(labels) / (present.sum() * counts[present])
+  return {i: float(w) for i, w in enumerate(weights)}
+
+
+def _callbacks(config, checkpoint_dir, name, extra=()):
+  callbacks = list(extra) + [checkpoints.backup_callback(checkpoint_dir, name)]
+  if config.training.early_stopping_patience:
+    callbacks.append(tf_keras.callbacks.EarlyStopping(
+        monitor='val_accuracy', mode='max', restore_best_weights=True,
+        patience=config.training.early_stopping_patience))
+  return callbacks
+
+
+def _warm_start(model, base_model_dir, name) -> str:
+  """Loads `name` weights saved inside the base model; returns what happened."""
+  if not base_model_dir:
+    return 'off'
+  path = os.path.join(base_model_dir, WARM_START_DIR, name)
+  if not tf.io.gfile.exists(path + '.index'):
+    return f'skipped: {base_model_dir} holds no {name} weights'
+  try:
+    model.load_weights(path)
+  except (ValueError, tf.errors.OpError) as err:
+    return f'skipped: the base model does not match ({err})'[:300]
+  return f'from {base_model_dir}'
+
+
 def _fit_head(strategy, features, labels, eval_features, eval_labels,
-              num_classes, config, callbacks=(), name='head'):
+              num_classes, config, callbacks=(), name='head',
+              base_model_dir=None):
   with strategy.scope():
-    head = model_lib.head(features.shape[1], num_classes,
+    head = model_lib.head(features.shape[1:], num_classes,
                           config.model.hidden_units, config.model.dropout,
                           name=name)
+    head.warm_start = _warm_start(head, base_model_dir, 'head')
     model_lib.compile_for_training(head, config.training.learning_rate)
   global_batch = config.training.batch_size * strategy.num_replicas_in_sync
   history = head.fit(features, labels, batch_size=global_batch,
                      epochs=config.training.epochs,
                      validation_data=(eval_features, eval_labels),
+                     class_weight=class_weights(labels, num_classes,
+                                                config.training.class_weight),
                      callbacks=list(callbacks), verbose=2)
   _, accuracy = head.evaluate(eval_features, eval_labels,
                               batch_size=global_batch, verbose=0)
@@ -135,8 +179,11 @@ def run_fn(fn_args):
   tf_transform_output = tft.TFTransformOutput(fn_args.transform_output)
   num_classes = num_classes_from(tf_transform_output)
 
-  strategy = strategy_lib.make(config.training.strategy)
+  strategy = strategy_lib.make(config.training.strategy,
+                               config.training.mixed_precision)
   handle = hub_resolve.resolve(config.module.handle)
+  base_model_dir = (getattr(fn_args, 'base_model', None)
+                    if config.training.warm_start else None)
   preprocessor = fn_args.custom_config.get('preprocessor')
   if preprocessor:
     preprocessor = hub_resolve.resolve(preprocessor)
@@ -161,11 +208,17 @@ def run_fn(fn_args):
   eval_labels = raw_column(fn_args.eval_files, label_key)
   tensorboard = tf_keras.callbacks.TensorBoard(
       os.path.join(fn_args.model_run_dir, 'logs'))
+  checkpoint_dir = checkpoints.checkpoint_dir(fn_args)
 
-  def embed(extractor):
+  def embed(extractor, name):
+    """The frozen module's features, computed once (kept across retries)."""
     start = time.time()
-    train = extractor.predict(train_ds, verbose=0)
-    evaluation = extractor.predict(eval_ds, verbose=0)
+    train = checkpoints.cached_array(
+        checkpoint_dir, f'{name}-train',
+        lambda: extractor.predict(train_ds, verbose=0))
+    evaluation = checkpoints.cached_array(
+        checkpoint_dir, f'{name}-eval',
+        lambda: extractor.predict(eval_ds, verbose=0))
     return train, evaluation, time.time() - start
 
   report = {
@@ -181,31 +234,58 @@ def run_fn(fn_args):
       'strategy': strategy_lib.describe(strategy),
       'replicas': strategy.num_replicas_in_sync,
   }
+  def fit_end_to_end(model, learning_rate, epochs, name):
+    """Trains module (what of it is trainable) and head on the examples."""
+    with strategy.scope():
+      model_lib.compile_for_training(model, learning_rate)
+    fitted = model.fit(
+        train_ds, epochs=epochs, validation_data=eval_ds,
+        class_weight=class_weights(train_labels, num_classes,
+                                   config.training.class_weight),
+        callbacks=_callbacks(config, checkpoint_dir, name, [tensorboard]),
+        verbose=2)
+    return fitted.history, float(model.evaluate(eval_ds, verbose=0)[1])
+
   start = time.time()
-  if config.model.integration == 'feature_extraction':
+  if config.model.integration in ('feature_extraction', 'hybrid'):
     extractor = extractor_for(handle, module_preprocessor=preprocessor)
-    train_feat, eval_feat, report['embedding_seconds'] = embed(extractor)
+    train_feat, eval_feat, report['embedding_seconds'] = embed(extractor,
+                                                               'module')
     start = time.time()
     head, accuracy, history = _fit_head(
         strategy, train_feat, train_labels, eval_feat, eval_labels,
-        num_classes, config, callbacks=[tensorboard])
+        num_classes, config,
+        callbacks=_callbacks(config, checkpoint_dir, 'head', [tensorboard]),
+        base_model_dir=base_model_dir)
+    report['warm_start'] = head.warm_start
     with strategy.scope():
       served = model_lib.classifier(extractor, head)
+    if config.model.integration == 'hybrid':
+      report['head_eval_accuracy'] = float(accuracy)
+      # The same module, with its top blocks trainable, under the trained head.
+      extractor = extractor_for(handle, trainable=config.model.unfreeze,
+                                module_preprocessor=preprocessor)
+      layer = extractor.get_layer('hub_module')
+      report['unfrozen_variables'] = sorted(layer.selected_variable_names)
+      with strategy.scope():
+        served = model_lib.classifier(extractor, head)
+      second, accuracy = fit_end_to_end(
+          served, config.training.fine_tune_learning_rate,
+          config.training.fine_tune_epochs, 'hybrid')
+      history = {**history, **{f'hybrid_{k}': v for k, v in second.items()}}
   else:  # fine_tune
     extractor = extractor_for(handle, trainable=True,
                               module_preprocessor=preprocessor)
     with strategy.scope():
-      head = model_lib.head(extractor.output_shape[-1], num_classes,
+      head = model_lib.head(extractor.output_shape[1:], num_classes,
                             config.model.hidden_units, config.model.dropout)
       served = model_lib.classifier(extractor, head)
-      model_lib.compile_for_training(served, config.training.learning_rate)
-    fitted = served.fit(train_ds, epochs=config.training.epochs,
-                        validation_data=eval_ds, callbacks=[tensorboard],
-                        verbose=2)
-    history = fitted.history
-    _, accuracy = served.evaluate(eval_ds, verbose=0)
+      report['warm_start'] = _warm_start(served, base_model_dir, 'model')
+    history, accuracy = fit_end_to_end(served, config.training.learning_rate,
+                                       config.training.epochs, 'fine_tune')
   report['training_seconds'] = round(time.time() - start, 2)
   report['eval_accuracy'] = float(accuracy)
+  report['epochs_run'] = len(next(iter(history.values()), []))
   report['history'] = {k: [float(v) for v in vals]
                        for k, vals in history.items()}
 
@@ -215,11 +295,12 @@ def run_fn(fn_args):
     # tiny (untrained BatchNorm), so they are standardised first, which only
     # helps the control.
     control = extractor_for(hub_resolve.resolve(config.module.control_handle))
-    c_train, c_eval, _ = embed(control)
+    c_train, c_eval, _ = embed(control, 'control')
     c_train, c_eval = _standardise(c_train, c_eval)
-    _, c_accuracy, _ = _fit_head(strategy, c_train, train_labels, c_eval,
-                                 eval_labels, num_classes, config,
-                                 name='control_head')
+    _, c_accuracy, _ = _fit_head(
+        strategy, c_train, train_labels, c_eval, eval_labels, num_classes,
+        config, callbacks=_callbacks(config, checkpoint_dir, 'control_head'),
+        name='control_head')
     report['control'] = {'module': config.module.control_handle,
                          'eval_accuracy': c_accuracy,
                          'features': 'standardised'}
@@ -235,7 +316,14 @@ def run_fn(fn_args):
 
   model_lib.export_serving_model(served, tf_transform_output, input_key,
                                  label_key, fn_args.serving_model_dir)
+  # Frozen module: the head is all a later run needs; a module that trained
+  # (fine_tune, hybrid) is saved whole as well.
+  warm_start_dir = os.path.join(fn_args.serving_model_dir, WARM_START_DIR)
+  head.save_weights(os.path.join(warm_start_dir, 'head'))
+  if config.model.integration != 'feature_extraction':
+    served.save_weights(os.path.join(warm_start_dir, 'model'))
   tf.io.gfile.makedirs(fn_args.model_run_dir)
   with tf.io.gfile.GFile(os.path.join(fn_args.model_run_dir, REPORT_FILE),
                          'w') as f:
     json.dump(report, f, indent=2)
+  checkpoints.clear(checkpoint_dir)

@@ -7,6 +7,7 @@ can be tested without the hardware.
 """
 
 import json
+import logging
 import os
 from typing import Optional
 
@@ -40,11 +41,19 @@ def choose(requested: str, num_gpus: int, tf_config: Optional[str] = None,
   return 'default'
 
 
-def make(requested: str) -> tf.distribute.Strategy:
+def make(requested: str, mixed_precision: bool = False) -> tf.distribute.Strategy:
   """Builds the strategy; create every variable inside its scope()."""
   gpus = tf.config.list_logical_devices('GPU')
   tpu_address = os.environ.get('TPU_NAME') or os.environ.get('TPU_ADDRESS')
   name = choose(requested, len(gpus), os.environ.get('TF_CONFIG'), tpu_address)
+  if mixed_precision:
+    import tf_keras  # pylint: disable=g-import-not-at-top
+    policy = precision_policy(name, len(gpus))
+    if policy:
+      tf_keras.mixed_precision.set_global_policy(policy)
+    else:
+      logging.warning('training.mixed_precision: no effect on CPU; training '
+                      'in float32.')
   if name == 'tpu':
     resolver = tf.distribute.cluster_resolver.TPUClusterResolver(
         tpu=tpu_address or '')
@@ -64,3 +73,18 @@ def describe(strategy: tf.distribute.Strategy) -> str:
   """A readable name: MirroredStrategy, DefaultStrategy, ..."""
   return type(strategy).__name__.strip('_').replace(
       'DistributionStrategy', 'Strategy')
+
+
+def precision_policy(strategy_name: str, num_gpus: int) -> 'str | None':
+  """The Keras mixed-precision policy for the hardware, or None (float32).
+
+  bfloat16 on TPU, float16 on GPU (Keras then scales the loss), nothing on
+  CPU, where it would only slow training down. A Hub SavedModel computes in
+  the dtype it was exported with, so only the layers around it (the head)
+  change precision.
+  """
+  if strategy_name == 'tpu':
+    return 'mixed_bfloat16'
+  if num_gpus:
+    return 'mixed_float16'
+  return None

@@ -1,0 +1,55 @@
+"""Scheduled retraining: new data arrives as span folders; the next run trains on it.
+
+Run 1 sees span-1; span-2 arrives; run 2 ingests it, trains on the latest two
+spans, warm-starts from the first blessed model and is evaluated against it.
+"""
+
+import shutil
+
+from hubpipe.components.datasets import fashion_mnist
+from hubpipe.pipeline import local_runner
+from hubpipe.pipeline.config import load_config
+
+
+def _add_span(root, number, seed):
+  source = fashion_mnist.prepare(150, 60, seed=seed)
+  for split in ('train', 'eval'):
+    shutil.copytree(source / split, root / f'span-{number}' / split)
+
+
+def test_two_runs_over_growing_spans(tmp_path):
+  spans = tmp_path / 'spans'
+  _add_span(spans, 1, seed=1)
+  config_file = tmp_path / 'spans.yaml'
+  config_file.write_text(
+      'name: span-retraining\n'
+      'data:\n  source: tfrecord\n  path: spans\n'
+      '  span_pattern: span-{SPAN}\n  latest_spans: 2\n'
+      'module:\n  input_size: [48, 48]\n'
+      'training:\n  epochs: 6\n  batch_size: 32\n  warm_start: true\n'
+      'evaluation:\n  min_accuracy: 0.2\n  max_accuracy_drop: 0.3\n'
+      'beam:\n  direct_running_mode: in_memory\n')
+  config = load_config(str(config_file))
+  workdir = str(tmp_path / 'work')
+
+  first = local_runner.run(config, workdir, echo=lambda _: None)
+  assert first['status'] == 'succeeded', first.get('error')
+  assert first['trained_on_spans'] == [1]
+  assert first['baseline_model'] is None
+  assert first['training']['warm_start'].startswith('skipped') or \
+      first['training']['warm_start'] == 'off'
+  assert first['pushed']
+
+  _add_span(spans, 2, seed=2)
+  second = local_runner.run(config, workdir, echo=lambda _: None)
+  assert second['status'] in ('succeeded', 'not_blessed'), second.get('error')
+  states = {c['name']: c['state'] for c in second['components']}
+  assert states['ImportExampleGen'] == 'complete'  # the new span was ingested
+  assert sorted(second['trained_on_spans']) == [1, 2]
+  assert second['training']['train_examples'] == 300
+  assert second['training']['warm_start'].startswith('from ')
+  # Evaluated against the model the first run pushed.
+  first_model = first['pushed_model']
+  assert second['baseline_model'] is not None
+  assert second['evaluation']['baseline_metrics']['example_count'] == 60
+  assert first_model != second.get('pushed_model')
