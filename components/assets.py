@@ -5,12 +5,15 @@ Debian. Everything hubpipe downloads goes through here, so that each file is pin
 by name, version and sha256, cached under the data directory, and never fetched twice.
 """
 
+import contextlib
 import hashlib
 import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
+import zipfile
 from pathlib import Path
 
 
@@ -112,4 +115,39 @@ def extract_deb(deb: Path, dest: Path) -> Path:
   dest.mkdir(parents=True, exist_ok=True)
   subprocess.run(['dpkg-deb', '-x', str(deb), str(dest)], check=True)
   marker.touch()
+  return dest
+
+
+def extract_member(archive: Path, member: str, sha256: str, dest: Path) -> Path:
+  """Extracts one file of a zip (wheel) or tar (sdist) archive to dest and checks it.
+
+  The member is copied into a temporary file beside dest, checked against its
+  pinned sha256 and only then renamed onto dest, so dest is never a partial or
+  unchecked file. dest's folder is created if needed.
+
+  Raises:
+    AssetError: the archive has no such file, or its sha256 does not match (the
+      extracted copy is removed).
+  """
+  archive, dest = Path(archive), Path(dest)
+  dest.parent.mkdir(parents=True, exist_ok=True)
+  with contextlib.ExitStack() as stack:
+    if zipfile.is_zipfile(archive):
+      open_member = stack.enter_context(zipfile.ZipFile(archive)).open
+    else:
+      open_member = stack.enter_context(tarfile.open(archive, 'r:*')).extractfile
+    try:
+      stream = open_member(member)
+    except KeyError:
+      stream = None  # tarfile also answers None for a member that is not a file.
+    if stream is None:
+      raise AssetError(f'{archive.name} has no file {member}')
+    with stream, tempfile.NamedTemporaryFile(dir=dest.parent, delete=False) as out:
+      shutil.copyfileobj(stream, out)
+  extracted = Path(out.name)
+  if sha256_of(extracted) != sha256:
+    extracted.unlink()
+    raise AssetError(f'{member} in {archive.name}: sha256 does not match the '
+                     f'pinned {sha256}')
+  os.replace(extracted, dest)
   return dest

@@ -25,8 +25,9 @@ def test_two_runs_over_growing_spans(tmp_path):
       'name: span-retraining\n'
       'data:\n  source: tfrecord\n  path: spans\n'
       '  span_pattern: span-{SPAN}\n  latest_spans: 2\n'
-      'module:\n  input_size: [48, 48]\n'
-      'training:\n  epochs: 6\n  batch_size: 32\n  warm_start: true\n'
+      'module:\n  input_size: [64, 64]\n'
+      'training:\n  epochs: 8\n  batch_size: 32\n  learning_rate: 0.01\n'
+      '  warm_start: true\n'
       'evaluation:\n  min_accuracy: 0.2\n  max_accuracy_drop: 0.3\n'
       'beam:\n  direct_running_mode: in_memory\n')
   config = load_config(str(config_file))

