@@ -12,7 +12,7 @@ export HUBPIPE_DATA_DIR ?= $(CURDIR)/data
 export TF_USE_LEGACY_KERAS := 1
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: demo test assets install clean
+.PHONY: demo test assets test-assets install clean
 
 install: $(STAMP)
 
@@ -29,13 +29,21 @@ $(STAMP): setup.py constraints.txt
 	  tensorflow-hub==0.16.1 tensorflow-text==2.16.1
 	@touch $@
 
+# What the demo needs: its data set and modules (fetched once, sha256-checked).
 assets: $(STAMP)
 	$(BIN)/hubpipe assets --config $(CONFIG)
+
+# What the tests need: every offline module and bundled data set, so that the
+# tests themselves only read local copies.
+test-assets: $(STAMP)
+	$(BIN)/hubpipe modules build --all
+	for config in pipeline/configs/*.yaml; do \
+	  $(BIN)/hubpipe assets --config $$config || exit 1; done
 
 demo: assets
 	$(BIN)/hubpipe run --config $(CONFIG) --workdir $(WORKDIR)
 
-test: assets
+test: test-assets
 	$(BIN)/python -m pytest tests -q
 
 clean:

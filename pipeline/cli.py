@@ -3,7 +3,7 @@
   hubpipe run [--config FILE] [--workdir DIR]   run the DAG locally
   hubpipe assets [--config FILE]                fetch and build what a config needs
   hubpipe modules list                          the modules hubpipe builds offline
-  hubpipe modules build NAME [--force]          fetch, check and convert one
+  hubpipe modules build NAME|--all [--force]    fetch, check and convert
   hubpipe modules inspect HANDLE [--json]       what a module takes and gives
 """
 
@@ -66,6 +66,10 @@ def cmd_modules(args) -> int:
     for name, description in sorted(registry.offline_modules().items()):
       print(f'{name:<30} {description}')
     return 0
+  if args.action == 'build' and args.all:
+    for name in sorted(registry.offline_modules()):
+      print(registry.build(name, force=args.force))
+    return 0
   if not args.name:
     print(f'hubpipe: modules {args.action} needs a module', file=sys.stderr)
     return 2
@@ -122,6 +126,8 @@ def main(argv=None) -> int:
   modules.add_argument('name', nargs='?',
                        help='build: an offline module; inspect: any handle')
   modules.add_argument('--force', action='store_true', help='build: rebuild')
+  modules.add_argument('--all', action='store_true',
+                       help='build: every offline module')
   modules.add_argument('--json', action='store_true', help='inspect: as JSON')
   modules.set_defaults(func=cmd_modules)
   args = parser.parse_args(argv)

@@ -171,118 +171,156 @@ def bag_of_words_accuracy(train_texts, train_labels, eval_texts, eval_labels,
   return float(np.mean(predicted == eval_labels))
 
 
-def run_fn(fn_args):
-  """Trains the head (and, when fine-tuning, the module); exports the served model."""
-  config = config_from_dict(fn_args.custom_config['config'])
-  input_key, label_key = config.input_feature, config.data.label_feature
-  tf_keras.utils.set_random_seed(config.training.seed)
-  tf_transform_output = tft.TFTransformOutput(fn_args.transform_output)
-  num_classes = num_classes_from(tf_transform_output)
+class _Training:
+  """One Trainer execution: config, strategy, data, and what every mode uses."""
 
-  strategy = strategy_lib.make(config.training.strategy,
-                               config.training.mixed_precision)
-  handle = hub_resolve.resolve(config.module.handle)
-  base_model_dir = (getattr(fn_args, 'base_model', None)
-                    if config.training.warm_start else None)
-  preprocessor = fn_args.custom_config.get('preprocessor')
-  if preprocessor:
-    preprocessor = hub_resolve.resolve(preprocessor)
-  logging.info('Trainer: module %s, %d classes, %s, strategy %s with %d '
-               'replica(s)', handle, num_classes, config.model.integration,
-               strategy_lib.describe(strategy), strategy.num_replicas_in_sync)
+  def __init__(self, fn_args):
+    self.fn_args = fn_args
+    self.config = config = config_from_dict(fn_args.custom_config['config'])
+    tf_keras.utils.set_random_seed(config.training.seed)
+    self.input_key = config.input_feature
+    self.label_key = config.data.label_feature
+    transform_output = tft.TFTransformOutput(fn_args.transform_output)
+    self.transform_output = transform_output
+    self.num_classes = num_classes_from(transform_output)
+    self.strategy = strategy_lib.make(config.training.strategy,
+                                      config.training.mixed_precision)
+    self.handle = hub_resolve.resolve(config.module.handle)
+    preprocessor = fn_args.custom_config.get('preprocessor')
+    self.preprocessor = hub_resolve.resolve(preprocessor) if preprocessor else None
+    self.base_model_dir = (getattr(fn_args, 'base_model', None)
+                           if config.training.warm_start else None)
+    batch = config.training.batch_size * self.strategy.num_replicas_in_sync
+    self.train_ds = transformed_dataset(fn_args.train_files, transform_output,
+                                        self.input_key, self.label_key, batch)
+    self.eval_ds = transformed_dataset(fn_args.eval_files, transform_output,
+                                       self.input_key, self.label_key, batch)
+    self.train_labels = raw_column(fn_args.train_files, self.label_key)
+    self.eval_labels = raw_column(fn_args.eval_files, self.label_key)
+    self.tensorboard = tf_keras.callbacks.TensorBoard(
+        os.path.join(fn_args.model_run_dir, 'logs'))
+    self.checkpoint_dir = checkpoints.checkpoint_dir(fn_args)
 
-  def extractor_for(module_handle, trainable=False, module_preprocessor=None):
-    with strategy.scope():
+  def extractor(self, handle, trainable=False):
+    with self.strategy.scope():
       return model_lib.feature_extractor(
-          config.modality, module_handle,
-          input_size=fn_args.custom_config.get('input_size'),
-          preprocessor=module_preprocessor, seq_length=config.module.seq_length,
-          trainable=trainable)
+          self.config.modality, handle,
+          input_size=self.fn_args.custom_config.get('input_size'),
+          preprocessor=self.preprocessor if handle == self.handle else None,
+          seq_length=self.config.module.seq_length, trainable=trainable)
 
-  batch = config.training.batch_size * strategy.num_replicas_in_sync
-  train_ds = transformed_dataset(fn_args.train_files, tf_transform_output,
-                                 input_key, label_key, batch)
-  eval_ds = transformed_dataset(fn_args.eval_files, tf_transform_output,
-                                input_key, label_key, batch)
-  train_labels = raw_column(fn_args.train_files, label_key)
-  eval_labels = raw_column(fn_args.eval_files, label_key)
-  tensorboard = tf_keras.callbacks.TensorBoard(
-      os.path.join(fn_args.model_run_dir, 'logs'))
-  checkpoint_dir = checkpoints.checkpoint_dir(fn_args)
-
-  def embed(extractor, name):
+  def embed(self, extractor, name):
     """The frozen module's features, computed once (kept across retries)."""
-    start = time.time()
-    train = checkpoints.cached_array(
-        checkpoint_dir, f'{name}-train',
-        lambda: extractor.predict(train_ds, verbose=0))
-    evaluation = checkpoints.cached_array(
-        checkpoint_dir, f'{name}-eval',
-        lambda: extractor.predict(eval_ds, verbose=0))
-    return train, evaluation, time.time() - start
+    predict = lambda ds: (lambda: extractor.predict(ds, verbose=0))
+    return (checkpoints.cached_array(self.checkpoint_dir, f'{name}-train',
+                                     predict(self.train_ds)),
+            checkpoints.cached_array(self.checkpoint_dir, f'{name}-eval',
+                                     predict(self.eval_ds)))
 
-  report = {
-      'module': config.module.handle,
-      'resolved_module': handle,
-      'preprocessor': preprocessor,
-      'integration': config.model.integration,
-      'num_classes': num_classes,
-      'train_examples': int(len(train_labels)),
-      'eval_examples': int(len(eval_labels)),
-      'epochs': config.training.epochs,
-      'learning_rate': config.training.learning_rate,
-      'strategy': strategy_lib.describe(strategy),
-      'replicas': strategy.num_replicas_in_sync,
-  }
-  def fit_end_to_end(model, learning_rate, epochs, name):
-    """Trains module (what of it is trainable) and head on the examples."""
-    with strategy.scope():
+  def fit_head(self, features, eval_features, name='head', base_model_dir=None):
+    extra = [self.tensorboard] if name == 'head' else []
+    return _fit_head(
+        self.strategy, features, self.train_labels, eval_features,
+        self.eval_labels, self.num_classes, self.config,
+        callbacks=_callbacks(self.config, self.checkpoint_dir, name, extra),
+        name=name, base_model_dir=base_model_dir)
+
+  def fit_end_to_end(self, model, learning_rate, epochs, name):
+    """Trains the module (what of it is trainable) and the head on examples."""
+    with self.strategy.scope():
       model_lib.compile_for_training(model, learning_rate)
     fitted = model.fit(
-        train_ds, epochs=epochs, validation_data=eval_ds,
-        class_weight=class_weights(train_labels, num_classes,
-                                   config.training.class_weight),
-        callbacks=_callbacks(config, checkpoint_dir, name, [tensorboard]),
+        self.train_ds, epochs=epochs, validation_data=self.eval_ds,
+        class_weight=class_weights(self.train_labels, self.num_classes,
+                                   self.config.training.class_weight),
+        callbacks=_callbacks(self.config, self.checkpoint_dir, name,
+                             [self.tensorboard]),
         verbose=2)
-    return fitted.history, float(model.evaluate(eval_ds, verbose=0)[1])
+    return fitted.history, float(model.evaluate(self.eval_ds, verbose=0)[1])
 
+
+def _train_head_on_frozen_module(t: _Training, report: dict):
+  """feature_extraction: embeddings once, then the head on them."""
+  extractor = t.extractor(t.handle)
   start = time.time()
-  if config.model.integration in ('feature_extraction', 'hybrid'):
-    extractor = extractor_for(handle, module_preprocessor=preprocessor)
-    train_feat, eval_feat, report['embedding_seconds'] = embed(extractor,
-                                                               'module')
-    start = time.time()
-    head, accuracy, history = _fit_head(
-        strategy, train_feat, train_labels, eval_feat, eval_labels,
-        num_classes, config,
-        callbacks=_callbacks(config, checkpoint_dir, 'head', [tensorboard]),
-        base_model_dir=base_model_dir)
-    report['warm_start'] = head.warm_start
-    with strategy.scope():
-      served = model_lib.classifier(extractor, head)
-    if config.model.integration == 'hybrid':
-      report['head_eval_accuracy'] = float(accuracy)
-      # The same module, with its top blocks trainable, under the trained head.
-      extractor = extractor_for(handle, trainable=config.model.unfreeze,
-                                module_preprocessor=preprocessor)
-      layer = extractor.get_layer('hub_module')
-      report['unfrozen_variables'] = sorted(layer.selected_variable_names)
-      with strategy.scope():
-        served = model_lib.classifier(extractor, head)
-      second, accuracy = fit_end_to_end(
-          served, config.training.fine_tune_learning_rate,
-          config.training.fine_tune_epochs, 'hybrid')
-      history = {**history, **{f'hybrid_{k}': v for k, v in second.items()}}
-  else:  # fine_tune
-    extractor = extractor_for(handle, trainable=True,
-                              module_preprocessor=preprocessor)
-    with strategy.scope():
-      head = model_lib.head(extractor.output_shape[1:], num_classes,
-                            config.model.hidden_units, config.model.dropout)
-      served = model_lib.classifier(extractor, head)
-      report['warm_start'] = _warm_start(served, base_model_dir, 'model')
-    history, accuracy = fit_end_to_end(served, config.training.learning_rate,
-                                       config.training.epochs, 'fine_tune')
+  train_features, eval_features = t.embed(extractor, 'module')
+  report['embedding_seconds'] = round(time.time() - start, 2)
+  head, accuracy, history = t.fit_head(train_features, eval_features,
+                                       base_model_dir=t.base_model_dir)
+  report['warm_start'] = head.warm_start
+  with t.strategy.scope():
+    served = model_lib.classifier(extractor, head)
+  return served, head, accuracy, history
+
+
+def _train_hybrid(t: _Training, report: dict):
+  """hybrid: the head on the frozen module, then the module's top blocks too."""
+  _, head, accuracy, history = _train_head_on_frozen_module(t, report)
+  report['head_eval_accuracy'] = float(accuracy)
+  extractor = t.extractor(t.handle, trainable=t.config.model.unfreeze)
+  report['unfrozen_variables'] = sorted(
+      extractor.get_layer('hub_module').selected_variable_names)
+  with t.strategy.scope():
+    served = model_lib.classifier(extractor, head)
+  second, accuracy = t.fit_end_to_end(
+      served, t.config.training.fine_tune_learning_rate,
+      t.config.training.fine_tune_epochs, 'hybrid')
+  history = {**history, **{f'hybrid_{k}': v for k, v in second.items()}}
+  return served, head, accuracy, history
+
+
+def _train_fine_tune(t: _Training, report: dict):
+  """fine_tune: the whole module and the head, end to end."""
+  extractor = t.extractor(t.handle, trainable=True)
+  with t.strategy.scope():
+    head = model_lib.head(extractor.output_shape[1:], t.num_classes,
+                          t.config.model.hidden_units, t.config.model.dropout)
+    served = model_lib.classifier(extractor, head)
+    report['warm_start'] = _warm_start(served, t.base_model_dir, 'model')
+  history, accuracy = t.fit_end_to_end(
+      served, t.config.training.learning_rate, t.config.training.epochs,
+      'fine_tune')
+  return served, head, accuracy, history
+
+
+MODES = {'feature_extraction': _train_head_on_frozen_module,
+         'hybrid': _train_hybrid,
+         'fine_tune': _train_fine_tune}
+
+
+def _control_accuracy(t: _Training) -> float:
+  """The value of reuse: the same head on the control module (e.g. the same
+  architecture, randomly initialised). A random module's features can be tiny
+  (untrained batch norm), so they are standardised first, which only helps
+  the control."""
+  control = t.extractor(hub_resolve.resolve(t.config.module.control_handle))
+  train_features, eval_features = _standardise(*t.embed(control, 'control'))
+  return t.fit_head(train_features, eval_features, name='control_head')[1]
+
+
+def run_fn(fn_args):
+  """Trains the model as the config's integration mode says; exports it."""
+  t = _Training(fn_args)
+  config = t.config
+  logging.info('Trainer: module %s, %d classes, %s, strategy %s with %d '
+               'replica(s)', t.handle, t.num_classes, config.model.integration,
+               strategy_lib.describe(t.strategy),
+               t.strategy.num_replicas_in_sync)
+  report = {
+      'module': config.module.handle,
+      'resolved_module': t.handle,
+      'preprocessor': t.preprocessor,
+      'integration': config.model.integration,
+      'num_classes': t.num_classes,
+      'train_examples': int(len(t.train_labels)),
+      'eval_examples': int(len(t.eval_labels)),
+      'epochs': config.training.epochs,
+      'learning_rate': config.training.learning_rate,
+      'strategy': strategy_lib.describe(t.strategy),
+      'replicas': t.strategy.num_replicas_in_sync,
+  }
+  start = time.time()
+  served, head, accuracy, history = MODES[config.model.integration](t, report)
   report['training_seconds'] = round(time.time() - start, 2)
   report['eval_accuracy'] = float(accuracy)
   report['epochs_run'] = len(next(iter(history.values()), []))
@@ -290,32 +328,22 @@ def run_fn(fn_args):
                        for k, vals in history.items()}
 
   if config.module.control_handle:
-    # The value of reuse: the same head on a control module (e.g. the same
-    # architecture, randomly initialised). A random module's features can be
-    # tiny (untrained BatchNorm), so they are standardised first, which only
-    # helps the control.
-    control = extractor_for(hub_resolve.resolve(config.module.control_handle))
-    c_train, c_eval, _ = embed(control, 'control')
-    c_train, c_eval = _standardise(c_train, c_eval)
-    _, c_accuracy, _ = _fit_head(
-        strategy, c_train, train_labels, c_eval, eval_labels, num_classes,
-        config, callbacks=_callbacks(config, checkpoint_dir, 'control_head'),
-        name='control_head')
     report['control'] = {'module': config.module.control_handle,
-                         'eval_accuracy': c_accuracy,
+                         'eval_accuracy': _control_accuracy(t),
                          'features': 'standardised'}
   if config.training.bag_of_words_baseline:
     report['bag_of_words_baseline'] = {
         'model': 'tf-idf unigrams+bigrams, logistic regression',
         'eval_accuracy': bag_of_words_accuracy(
-            raw_column(fn_args.train_files, input_key, tf.string), train_labels,
-            raw_column(fn_args.eval_files, input_key, tf.string), eval_labels,
-            seed=config.training.seed)}
+            raw_column(fn_args.train_files, t.input_key, tf.string),
+            t.train_labels,
+            raw_column(fn_args.eval_files, t.input_key, tf.string),
+            t.eval_labels, seed=config.training.seed)}
   logging.info('Trainer report: %s', {k: v for k, v in report.items()
                                       if k != 'history'})
 
-  model_lib.export_serving_model(served, tf_transform_output, input_key,
-                                 label_key, fn_args.serving_model_dir)
+  model_lib.export_serving_model(served, t.transform_output, t.input_key,
+                                 t.label_key, fn_args.serving_model_dir)
   # Frozen module: the head is all a later run needs; a module that trained
   # (fine_tune, hybrid) is saved whole as well.
   warm_start_dir = os.path.join(fn_args.serving_model_dir, WARM_START_DIR)
@@ -326,4 +354,4 @@ def run_fn(fn_args):
   with tf.io.gfile.GFile(os.path.join(fn_args.model_run_dir, REPORT_FILE),
                          'w') as f:
     json.dump(report, f, indent=2)
-  checkpoints.clear(checkpoint_dir)
+  checkpoints.clear(t.checkpoint_dir)
