@@ -121,6 +121,35 @@ class EvaluationConfig:
   max_accuracy_drop: float = 0.01
 
 
+COMPRESSION_TECHNIQUES = ('dynamic_range', 'float16', 'int8', 'int8_selective',
+                          'pruning', 'distillation')
+
+
+@dataclasses.dataclass
+class CompressionConfig:
+  # The Compressor runs between Evaluator and Pusher for image models (TFLite).
+  enabled: bool = True
+  techniques: list = dataclasses.field(
+      default_factory=lambda: list(COMPRESSION_TECHNIQUES))
+  # Policy: a variant passes when its eval accuracy is at most this far below
+  # the uncompressed model's, and (if set) within the size and latency limits.
+  max_accuracy_drop: float = 0.01
+  max_size_ratio: Optional[float] = None   # against the float32 TFLite file
+  max_latency_ms: Optional[float] = None   # per example, batch 1
+  # When nothing passes: 'uncompressed' pushes the trained model alone,
+  # 'none' pushes nothing.
+  on_no_pass: str = 'uncompressed'
+  calibration_examples: int = 500
+  eval_examples: int = 1000
+  # Train examples for pruning's fine-tune and the distilled student.
+  fine_tune_examples: int = 2000
+  pruning_sparsity: float = 0.5
+  pruning_epochs: int = 2
+  distillation_epochs: int = 10
+  # int8_selective: at most this many ops kept in float.
+  max_float_layers: int = 6
+
+
 @dataclasses.dataclass
 class PushConfig:
   # Base folder of the versioned serving models; default <workdir>/serving.
@@ -146,6 +175,8 @@ class Config:
   training: TrainingConfig = dataclasses.field(default_factory=TrainingConfig)
   evaluation: EvaluationConfig = dataclasses.field(
       default_factory=EvaluationConfig)
+  compression: CompressionConfig = dataclasses.field(
+      default_factory=CompressionConfig)
   push: PushConfig = dataclasses.field(default_factory=PushConfig)
   beam: BeamConfig = dataclasses.field(default_factory=BeamConfig)
   # Where the config was loaded from; paths in it are relative to its folder.
@@ -311,6 +342,19 @@ def validate(config: Config) -> Config:
   if not 0.0 <= e.max_accuracy_drop <= 1.0:
     raise ConfigError(f'evaluation.max_accuracy_drop: must be in [0, 1], got '
                       f'{e.max_accuracy_drop}.')
+  c = config.compression
+  for technique in c.techniques:
+    _choice('compression.techniques', technique, COMPRESSION_TECHNIQUES)
+  _choice('compression.on_no_pass', c.on_no_pass, ('uncompressed', 'none'))
+  if not 0.0 <= c.max_accuracy_drop <= 1.0:
+    raise ConfigError(f'compression.max_accuracy_drop: must be in [0, 1], got '
+                      f'{c.max_accuracy_drop}.')
+  if not 0.0 < c.pruning_sparsity < 1.0:
+    raise ConfigError(f'compression.pruning_sparsity: must be in (0, 1), got '
+                      f'{c.pruning_sparsity}.')
+  for key in ('calibration_examples', 'eval_examples', 'fine_tune_examples',
+              'pruning_epochs', 'distillation_epochs'):
+    _positive(f'compression.{key}', getattr(c, key))
   _choice('beam.direct_running_mode', config.beam.direct_running_mode,
           DIRECT_RUNNING_MODES)
   _positive('beam.direct_num_workers', config.beam.direct_num_workers,

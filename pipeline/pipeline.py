@@ -2,7 +2,8 @@
 
   ExampleGen -> StatisticsGen -> ImportSchemaGen -> ExampleValidator
     -> AnomalyGate -> Transform -> Trainer (Hub module, tf.distribute)
-    -> Evaluator (TFMA; baseline = latest blessed model) -> Pusher
+    -> Evaluator (TFMA; baseline = latest blessed model)
+    -> Compressor (image models: TFLite variants, measured) -> Pusher
   (+ a span resolver feeding Transform and Trainer the latest N spans, when
   the data arrives in span folders; + the latest blessed model as the
   Trainer's warm start, on request)
@@ -19,11 +20,21 @@ import tensorflow_model_analysis as tfma
 from tfx import v1 as tfx
 
 from hubpipe.components.anomaly_gate.component import AnomalyGate
+from hubpipe.components.compressor.component import Compressor
 from hubpipe.pipeline.config import Config
 
 TRANSFORM_FN = 'hubpipe.components.transform.{modality}.preprocessing_fn'
 TRAINER_FN = 'hubpipe.components.trainer.run.run_fn'
 EVAL_SPLIT = 'eval'
+
+
+# The config sections the Trainer depends on: only a change to these should
+# retrain (a new evaluation or compression policy reuses the cached model).
+TRAINER_SECTIONS = ('name', 'modality', 'data', 'module', 'model', 'training')
+
+
+def _sections(config: Config, keys) -> dict:
+  return {k: v for k, v in config.to_dict().items() if k in keys}
 
 
 def beam_pipeline_args(config: Config) -> List[str]:
@@ -149,7 +160,7 @@ def create_pipeline(config: Config, pipeline_root: str, input_base: str,
       schema=schema.outputs['schema'],
       train_args=tfx.proto.TrainArgs(splits=['train']),
       eval_args=tfx.proto.EvalArgs(splits=[EVAL_SPLIT]),
-      custom_config={'config': config.to_dict(),
+      custom_config={'config': _sections(config, TRAINER_SECTIONS),
                      'input_size': input_size,
                      'preprocessor': preprocessor})
 
@@ -160,9 +171,25 @@ def create_pipeline(config: Config, pipeline_root: str, input_base: str,
       example_splits=[EVAL_SPLIT],
       eval_config=eval_config(config))
 
+  # Image models: the Compressor makes and measures the TFLite variants and
+  # hands the Pusher the SavedModel plus the chosen .tflite, and its own
+  # blessing (the Evaluator's, and a variant the policy accepts).
+  compressor = None
+  push_model, push_blessing = (trainer.outputs['model'],
+                               evaluator.outputs['blessing'])
+  if config.modality == 'image' and config.compression.enabled:
+    compressor = Compressor(
+        model=trainer.outputs['model'], examples=examples.outputs['examples'],
+        transform_graph=transform.outputs['transform_graph'],
+        blessing=evaluator.outputs['blessing'],
+        config=_sections(config, TRAINER_SECTIONS + ('compression',)),
+        input_size=input_size)
+    push_model = compressor.outputs['compressed_model']
+    push_blessing = compressor.outputs['push_blessing']
+
   pusher = tfx.components.Pusher(
-      model=trainer.outputs['model'],
-      model_blessing=evaluator.outputs['blessing'],
+      model=push_model,
+      model_blessing=push_blessing,
       push_destination=tfx.proto.PushDestination(
           filesystem=tfx.proto.PushDestination.Filesystem(
               base_directory=serving_dir)))
@@ -172,7 +199,7 @@ def create_pipeline(config: Config, pipeline_root: str, input_base: str,
       pipeline_root=pipeline_root,
       components=[c for c in (examples, statistics, schema, validator, gate,
                               spans, transform, baseline, trainer, evaluator,
-                              pusher) if c is not None],
+                              compressor, pusher) if c is not None],
       enable_cache=enable_cache,
       metadata_connection_config=metadata_connection_config,
       beam_pipeline_args=beam_pipeline_args(config))

@@ -160,11 +160,23 @@ def collect(metadata_path: str, pipeline_name: str, label_key: str) -> dict:
           out['evaluation'] = _evaluation(artifact.uri, label_key)
         except Exception as err:  # pylint: disable=broad-except
           out['evaluation'] = {'error': f'could not read: {err}'}
-      elif type_name == 'ModelBlessing':
+      elif type_name == 'ModelBlessing' and node == 'Evaluator':
         out['blessed'] = bool(_prop(artifact, 'blessed'))
+      elif type_name == 'hubpipe.CompressionReport':
+        path = os.path.join(artifact.uri, 'compression_report.json')
+        if os.path.exists(path):
+          with open(path) as f:
+            report = json.load(f)
+          out['compression'] = {
+              'report_html': os.path.join(artifact.uri,
+                                          'compression_report.html'),
+              **{k: report.get(k) for k in ('reference_accuracy', 'decision',
+                                            'variants', 'skipped')}}
       elif type_name == 'PushedModel':
         out['pushed'] = bool(_prop(artifact, 'pushed'))
         out['pushed_model'] = _prop(artifact, 'pushed_destination')
+        tflite = os.path.join(out['pushed_model'] or '', 'model.tflite')
+        out['pushed_tflite'] = tflite if os.path.exists(tflite) else None
   return out
 
 
@@ -215,9 +227,27 @@ def render(summary: dict) -> str:
           f'{k} {v}' for k, v in sorted(evaluation['baseline_metrics'].items())))
     for failure in evaluation.get('validation_failures', []):
       lines.append(f'    failed: {failure}')
+  compression = summary.get('compression') or {}
+  if compression.get('variants'):
+    lines.append(f'  compressor (uncompressed accuracy '
+                 f'{compression["reference_accuracy"]:.4f}):')
+    lines.append(f'    {"variant":<16} {"accuracy":>8} {"drop":>7} {"size MB":>8} '
+                 f'{"ratio":>6} {"gzip":>6} {"ms b1":>7} {"speed-up":>8}')
+    for v in compression['variants']:
+      if v.get('error'):
+        lines.append(f'    {v["name"]:<16} failed: {v["error"][:60]}')
+        continue
+      lines.append(
+          f'    {v["name"]:<16} {v["accuracy"]:>8.4f} {v["accuracy_drop"]:>+7.4f} '
+          f'{v["size_bytes"] / 1e6:>8.2f} {v["size_ratio"]:>6.2f} '
+          f'{v["gzip_ratio"]:>6.2f} {v["latency_ms_b1"]:>7.3f} '
+          f'{v["speedup_b1"]:>7.2f}x')
+    lines.append(f'    decision: {compression["decision"]["reason"]}')
+    lines.append(f'    report: {compression["report_html"]}')
   lines.append(f'  baseline model: {summary.get("baseline_model") or "none (first blessed run)"}')
   lines.append(f'  blessed: {summary.get("blessed")}')
-  lines.append(f'  pushed: {summary.get("pushed_model") if summary.get("pushed") else "no"}')
+  lines.append(f'  pushed: {summary.get("pushed_model") if summary.get("pushed") else "no"}'
+               f'{" (+ model.tflite)" if summary.get("pushed_tflite") else ""}')
   if summary.get('wall_seconds') is not None:
     lines.append(f'  wall time: {summary["wall_seconds"]:.1f} s')
   lines.append(f'  summary: {summary.get("summary_path")}')

@@ -37,6 +37,7 @@ def _config(tmp_path, module='', model=''):
       'training:\n  epochs: 5\n  batch_size: 8\n  learning_rate: 0.01\n'
       '  fine_tune_epochs: 1\n'
       'evaluation:\n  min_accuracy: 0.5\n'
+      'compression:\n  techniques: [int8]\n  max_accuracy_drop: 0.2\n'
       'beam:\n  direct_running_mode: in_memory\n')
   return load_config(str(path))
 
@@ -57,6 +58,10 @@ def test_image_folder_runs_through_the_dag(tmp_path):
   assert {name.split('/')[0] for name in training['unfrozen_variables']} == {
       'conv_dw_13', 'conv_pw_13', 'conv_dw_13_bn', 'conv_pw_13_bn'}
   assert len(training['history']['hybrid_loss']) == 1
+  # The Compressor rebuilt the hybrid model's core from its saved weights.
+  variants = {v['name']: v for v in summary['compression']['variants']}
+  assert set(variants) == {'float32', 'int8'}
+  assert variants['float32']['accuracy_drop'] == pytest.approx(0.0, abs=1e-6)
   assert sum(summary['examples'].values()) == 3 * 14
   assert summary['examples']['eval'] > 0
   assert summary['blessed'] and summary['pushed']

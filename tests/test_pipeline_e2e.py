@@ -19,7 +19,7 @@ from hubpipe.pipeline.config import load_config
 ALL_COMPONENTS = {
     'ImportExampleGen', 'StatisticsGen', 'ImportSchemaGen', 'ExampleValidator',
     'AnomalyGate', 'Transform', 'Trainer', 'latest_blessed_model_resolver',
-    'Evaluator', 'Pusher'}
+    'Evaluator', 'Compressor', 'Pusher'}
 
 TINY = {
     'name': 'tiny-e2e',
@@ -29,6 +29,10 @@ TINY = {
     'training.epochs': 3,
     'training.batch_size': 32,
     'evaluation.min_accuracy': 0.3,
+    'compression.calibration_examples': 100,
+    'compression.pruning_epochs': 1,
+    'compression.distillation_epochs': 2,
+    'compression.max_accuracy_drop': 0.05,
 }
 
 
@@ -120,8 +124,41 @@ def test_pushed_model_predicts_from_raw_image_bytes(first_run):
   assert out['probabilities'].shape == (1, 10)
 
 
+def test_compressor_measures_variants_and_pushes_the_chosen_tflite(first_run):
+  _, _, summary, _ = first_run
+  compression = summary['compression']
+  names = [v['name'] for v in compression['variants']]
+  assert names == ['float32', 'dynamic_range', 'float16', 'int8',
+                   'int8_selective', 'pruned', 'distilled']
+  for variant in compression['variants']:
+    assert 'error' not in variant, variant
+    assert variant['size_bytes'] > 0 and variant['latency_ms_b1'] > 0
+  by_name = {v['name']: v for v in compression['variants']}
+  assert by_name['int8']['size_ratio'] < 0.35
+  assert by_name['pruned']['gzip_ratio'] < 0.9  # zeros compress
+  assert by_name['distilled']['size_ratio'] < 0.2
+  chosen = compression['decision']['chosen']
+  assert by_name[chosen]['accuracy_drop'] <= 0.05
+  assert os.path.exists(compression['report_html'])
+  # The pushed folder holds the SavedModel and, beside it, the chosen variant,
+  # which takes the transformed images (here 64x64x3 in [0, 1]).
+  assert summary['pushed_tflite'] == os.path.join(summary['pushed_model'],
+                                                  'model.tflite')
+  interpreter = tf.lite.Interpreter(model_path=summary['pushed_tflite'])
+  interpreter.allocate_tensors()
+  (inp,), (out,) = interpreter.get_input_details(), interpreter.get_output_details()
+  assert list(inp['shape'][1:]) == [64, 64, 3]
+  interpreter.set_tensor(inp['index'], np.zeros(inp['shape'], np.float32))
+  interpreter.invoke()
+  assert interpreter.get_tensor(out['index']).shape[-1] == 10
+
+
 def test_second_run_reuses_cache_and_compares_with_first_push(first_run):
   config, workdir, first, _ = first_run
+  # The same inputs, and a compression policy nothing can pass with
+  # on_no_pass: none: the blessed model must then not be pushed.
+  config.compression.max_size_ratio = 0.001
+  config.compression.on_no_pass = 'none'
   summary = local_runner.run(config, str(workdir), echo=lambda _: None)
   states = {c['name']: c['state'] for c in summary['components']}
   for name in ('ImportExampleGen', 'StatisticsGen', 'Transform', 'Trainer'):
@@ -130,7 +167,9 @@ def test_second_run_reuses_cache_and_compares_with_first_push(first_run):
   assert summary['evaluation']['baseline_metrics'][
       'sparse_categorical_accuracy'] == pytest.approx(
           first['evaluation']['metrics']['sparse_categorical_accuracy'])
-  assert summary['blessed'] is True
+  assert summary['blessed'] is True  # by the Evaluator ...
+  assert summary['compression']['decision']['chosen'] is None  # ... but
+  assert summary['pushed'] is False  # the Compressor's policy stops the push
 
 
 def test_schema_anomaly_stops_the_run_before_transform(tmp_path):

@@ -29,6 +29,7 @@ def test_two_runs_over_growing_spans(tmp_path):
       'training:\n  epochs: 8\n  batch_size: 32\n  learning_rate: 0.01\n'
       '  warm_start: true\n'
       'evaluation:\n  min_accuracy: 0.2\n  max_accuracy_drop: 0.3\n'
+      'compression:\n  enabled: false\n'
       'beam:\n  direct_running_mode: in_memory\n')
   config = load_config(str(config_file))
   workdir = str(tmp_path / 'work')

@@ -1,0 +1,253 @@
+"""The Compressor's executor: make each variant, measure it, decide, write out.
+
+Every variant serves the trained model's core (transformed images in, logits
+out) and is measured on the same transformed eval examples: accuracy against
+the uncompressed model, file size (and gzip size), TFLite CPU latency per
+example at batch 1 and at batch 32. The decision follows the policy in
+`policy.choose`; the output Model holds the trained SavedModel (raw tf.Example
+signature, for TF Serving) and, beside it, `model.tflite` (the chosen variant,
+for edge use), so the Pusher puts both in the versioned folder. The output
+ModelBlessing gates the Pusher: it is blessed only when the Evaluator blessed
+the model and the policy chose something to push.
+"""
+
+import json
+import logging
+import os
+import time
+
+os.environ.setdefault('TF_USE_LEGACY_KERAS', '1')
+
+import numpy as np  # pylint: disable=g-import-not-at-top
+import tensorflow as tf
+import tensorflow_transform as tft
+from tfx.dsl.components.base import base_executor
+from tfx.types import artifact_utils
+from tfx.utils import io_utils
+from tfx.utils import path_utils
+
+from hubpipe.components.compressor import measure
+from hubpipe.components.compressor import policy
+from hubpipe.components.compressor import techniques
+from hubpipe.components.hub_modules import resolve as hub_resolve
+from hubpipe.components.trainer import model as model_lib
+from hubpipe.components.trainer import run as trainer_run
+from hubpipe.pipeline.config import config_from_dict
+
+TFLITE_FILE = 'model.tflite'
+LATENCY_BATCH = 32
+
+
+class CompressorError(ValueError):
+  """The Compressor's inputs are missing or unusable."""
+
+
+def _split_files(examples_artifacts, split):
+  files = []
+  for artifact in examples_artifacts:
+    splits = artifact_utils.decode_split_names(artifact.split_names)
+    if split in splits:
+      files.append(os.path.join(artifact_utils.get_split_uri([artifact], split),
+                                '*'))
+  if not files:
+    raise CompressorError(f'the examples have no "{split}" split.')
+  return files
+
+
+def _arrays(files, transform_output, config, limit):
+  """Up to `limit` transformed (inputs, labels) as numpy, in file order."""
+  ds = trainer_run.transformed_dataset(files, transform_output,
+                                       config.input_feature,
+                                       config.data.label_feature, 64)
+  xs, ys, count = [], [], 0
+  for x, y in ds:
+    xs.append(x.numpy())
+    ys.append(y.numpy())
+    count += len(y)
+    if count >= limit:
+      break
+  if not xs:
+    raise CompressorError(f'no examples in {files}.')
+  return np.concatenate(xs)[:limit], np.concatenate(ys)[:limit]
+
+
+def core_model(config, serving_dir, input_size, num_classes):
+  """The trained model's core (transformed images -> logits), rebuilt from
+  the weights the Trainer stores inside the model it exports."""
+  integration = config.model.integration
+  trainable = {'feature_extraction': False, 'fine_tune': True,
+               'hybrid': config.model.unfreeze}[integration]
+  extractor = model_lib.feature_extractor(
+      config.modality, hub_resolve.resolve(config.module.handle),
+      input_size=input_size, trainable=trainable)
+  head = model_lib.head(extractor.output_shape[1:], num_classes,
+                        config.model.hidden_units, config.model.dropout)
+  model = model_lib.classifier(extractor, head)
+  weights = os.path.join(serving_dir, trainer_run.WARM_START_DIR)
+  target, name = (head, 'head') if integration == 'feature_extraction' else (
+      model, 'model')
+  if not tf.io.gfile.exists(os.path.join(weights, name) + '.index'):
+    raise CompressorError(f'the trained model at {serving_dir} holds no '
+                          f'{name} weights ({trainer_run.WARM_START_DIR}); '
+                          'was it made by hubpipe\'s Trainer?')
+  target.load_weights(os.path.join(weights, name)).expect_partial()
+  return model
+
+
+def _row(name, tflite_bytes, x, y, reference, float_row=None, note='',
+         threads=2):
+  size = measure.sizes(tflite_bytes)
+  accuracy = measure.tflite_accuracy(tflite_bytes, x, y, threads=threads)
+  row = {
+      'name': name, 'accuracy': accuracy,
+      'accuracy_drop': reference - accuracy,
+      'size_bytes': size['bytes'], 'gzip_bytes': size['gzip_bytes'],
+      'latency_ms_b1': measure.tflite_latency(tflite_bytes, x, 1, runs=50,
+                                              threads=threads),
+      'latency_ms_b32': measure.tflite_latency(tflite_bytes, x, LATENCY_BATCH,
+                                               runs=5, threads=threads),
+      'note': note,
+  }
+  base = float_row or row
+  row['size_ratio'] = row['size_bytes'] / base['size_bytes']
+  row['gzip_ratio'] = row['gzip_bytes'] / base['gzip_bytes']
+  row['speedup_b1'] = base['latency_ms_b1'] / row['latency_ms_b1']
+  row['speedup_b32'] = base['latency_ms_b32'] / row['latency_ms_b32']
+  return row
+
+
+def compress(model, train_x, train_y, eval_x, eval_y, settings, log=print):
+  """All variants of `model`, measured: (rows, {name: tflite bytes})."""
+  techs = settings['techniques']
+  reference = measure.keras_accuracy(model, eval_x, eval_y)
+  calibration = train_x[:settings['calibration_examples']]
+  variants, rows = {}, []
+
+  def add(name, make, note=''):
+    start = time.time()
+    try:
+      result = make()
+      data, note = result if isinstance(result, tuple) else (result, note)
+      variants[name] = data
+      rows.append(_row(name, data, eval_x, eval_y, reference,
+                       rows[0] if rows else None, note))
+    except Exception as err:  # pylint: disable=broad-except
+      logging.exception('compression variant %s failed', name)
+      rows.append({'name': name, 'error': f'{type(err).__name__}: {err}'[:300]})
+    log(f'  {name}: {time.time() - start:.1f} s')
+
+  add('float32', lambda: techniques.to_tflite(model, 'float32'),
+      'TFLite reference, no quantization')
+  for mode in ('dynamic_range', 'float16', 'int8'):
+    if mode in techs:
+      add(mode, lambda m=mode: techniques.to_tflite(model, m, calibration))
+  if 'int8_selective' in techs:
+    def selective():
+      # Ops are chosen on train examples past the calibration ones, so the
+      # eval split that reports the result played no part in choosing.
+      selection = slice(settings['calibration_examples'], None)
+      if len(train_x[selection]) < 100:
+        selection = slice(None)
+      result = techniques.int8_selective(
+          model, calibration, train_x[selection], train_y[selection],
+          budget=settings['max_accuracy_drop'],
+          max_float_layers=settings['max_float_layers'])
+      return result.tflite, ('float: ' + ', '.join(result.float_layers)
+                             if result.float_layers else 'all int8')
+    add('int8_selective', selective)
+  if 'pruning' in techs:
+    def pruned():
+      stripped, sparsity = techniques.prune(
+          model, train_x, train_y, settings['pruning_sparsity'],
+          epochs=settings['pruning_epochs'])
+      return (techniques.to_tflite(stripped, 'float32'),
+              f'{sparsity:.0%} of the module kernels are zero')
+    add('pruned', pruned)
+  if 'distillation' in techs:
+    def distilled():
+      student = techniques.small_cnn_student(train_x.shape[1:],
+                                             int(model.output_shape[-1]))
+      techniques.distill(model, student, train_x,
+                         epochs=settings['distillation_epochs'],
+                         train_y=train_y)
+      return (techniques.to_tflite(student, 'float32'),
+              f'small CNN student, {student.count_params():,} parameters '
+              f'(teacher {model.count_params():,})')
+    add('distilled', distilled)
+  return reference, rows, variants
+
+
+class Executor(base_executor.BaseExecutor):
+  """Compresses the blessed model; see the module docstring."""
+
+  def Do(self, input_dict, output_dict, exec_properties):
+    params = json.loads(exec_properties['config'])
+    config = config_from_dict(params['config'])
+    settings = config.to_dict()['compression']
+    model_artifact = artifact_utils.get_single_instance(input_dict['model'])
+    blessing = artifact_utils.get_single_instance(input_dict['blessing'])
+    out_model = artifact_utils.get_single_instance(
+        output_dict['compressed_model'])
+    out_blessing = artifact_utils.get_single_instance(
+        output_dict['push_blessing'])
+    report_dir = artifact_utils.get_single_uri(output_dict['report'])
+    tf.io.gfile.makedirs(report_dir)
+    serving_dir = path_utils.serving_model_path(model_artifact.uri)
+    if not tf.io.gfile.exists(os.path.join(serving_dir, 'saved_model.pb')):
+      raise CompressorError(f'no SavedModel in the trained model at '
+                            f'{serving_dir}.')
+    out_blessing.set_string_custom_property('current_model',
+                                            model_artifact.uri)
+    out_blessing.set_int_custom_property('current_model_id', model_artifact.id)
+
+    if not blessing.get_int_custom_property('blessed'):
+      out_blessing.set_int_custom_property('blessed', 0)
+      out_model.set_string_custom_property('compression_decision',
+                                           'skipped: the model was not blessed')
+      policy.write({'skipped': 'the Evaluator did not bless the model'},
+                   report_dir, html_page=False)
+      return
+
+    transform_output = tft.TFTransformOutput(
+        artifact_utils.get_single_uri(input_dict['transform_graph']))
+    num_classes = trainer_run.num_classes_from(transform_output)
+    examples = input_dict['examples']
+    train_x, train_y = _arrays(_split_files(examples, 'train'), transform_output,
+                               config, settings['fine_tune_examples'])
+    eval_x, eval_y = _arrays(_split_files(examples, 'eval'), transform_output,
+                             config, settings['eval_examples'])
+    model = core_model(config, serving_dir, params['input_size'], num_classes)
+    reference, rows, variants = compress(model, train_x, train_y, eval_x,
+                                         eval_y, settings, log=logging.info)
+    decision = policy.choose(rows, settings['max_accuracy_drop'],
+                             settings['max_size_ratio'],
+                             settings['max_latency_ms'],
+                             settings['on_no_pass'])
+    report = {
+        'model': model_artifact.uri,
+        'reference_accuracy': reference,
+        'eval_examples': int(len(eval_y)),
+        'calibration_examples': int(min(len(train_x),
+                                        settings['calibration_examples'])),
+        'threads': 2,
+        'policy': {k: settings[k] for k in ('max_accuracy_drop',
+                                            'max_size_ratio', 'max_latency_ms',
+                                            'on_no_pass')},
+        'variants': rows,
+        'decision': decision,
+    }
+    policy.write(report, report_dir)
+
+    chosen = decision['chosen']
+    out_model.set_string_custom_property('compression_decision',
+                                         decision['reason'])
+    out_model.set_string_custom_property('compression_variant',
+                                         chosen or 'none')
+    out_blessing.set_int_custom_property('blessed', int(chosen is not None))
+    if chosen is None:
+      return
+    out_serving = path_utils.serving_model_path(out_model.uri)
+    io_utils.copy_dir(serving_dir, out_serving)
+    if chosen != policy.UNCOMPRESSED:
+      with tf.io.gfile.GFile(os.path.join(out_serving, TFLITE_FILE), 'wb') as f:
+        f.write(variants[chosen])

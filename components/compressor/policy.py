@@ -1,0 +1,180 @@
+"""The Compressor's acceptance policy and its report, as pure functions.
+
+Each measured variant is a row (dict) with at least: name, accuracy,
+accuracy_drop (against the uncompressed model, in accuracy points as a
+fraction), size_bytes, size_ratio (against the float32 TFLite reference) and
+latency_ms_b1; a row with `candidate: False` (e.g. the float32 reference)
+is shown but never chosen. `choose` picks what the Pusher gets; `render_html` writes the
+page a user reads.
+"""
+
+import html
+import json
+from typing import Dict, List, Optional, Sequence
+
+UNCOMPRESSED = 'uncompressed'
+
+
+def passes(row: Dict, max_accuracy_drop: float,
+           max_size_ratio: Optional[float] = None,
+           max_latency_ms: Optional[float] = None) -> List[str]:
+  """Why `row` fails the policy ([] when it passes)."""
+  reasons = []
+  if row.get('error'):
+    return [f'failed: {row["error"]}']
+  if row['accuracy_drop'] > max_accuracy_drop + 1e-9:
+    reasons.append(f'accuracy drop {row["accuracy_drop"]:.4f} > '
+                   f'{max_accuracy_drop:.4f}')
+  if max_size_ratio is not None and row['size_ratio'] > max_size_ratio:
+    reasons.append(f'size ratio {row["size_ratio"]:.2f} > {max_size_ratio:.2f}')
+  if max_latency_ms is not None and row['latency_ms_b1'] > max_latency_ms:
+    reasons.append(f'latency {row["latency_ms_b1"]:.2f} ms > '
+                   f'{max_latency_ms:.2f} ms')
+  return reasons
+
+
+def choose(rows: Sequence[Dict], max_accuracy_drop: float,
+           max_size_ratio: Optional[float] = None,
+           max_latency_ms: Optional[float] = None,
+           on_no_pass: str = UNCOMPRESSED) -> Dict:
+  """The decision: the smallest passing variant that is not slower than the
+  float32 TFLite reference (more than 10%), else the smallest passing one.
+
+  Returns {'chosen': name or None, 'reason': text, 'failures': {name: [..]}}.
+  With no passing variant, `on_no_pass` decides: 'uncompressed' pushes the
+  trained model as it is, 'none' pushes nothing.
+  """
+  failures = {r['name']: passes(r, max_accuracy_drop, max_size_ratio,
+                                max_latency_ms) for r in rows}
+  passing = [r for r in rows if not failures[r['name']]
+             and r.get('candidate', True)]
+  # A smaller file that runs slower than the float32 reference (dynamic-range
+  # kernels under XNNPACK, say) is a poor trade unless nothing else passes.
+  reference = next((r for r in rows if r['name'] == 'float32'
+                    and not r.get('error')), None)
+  not_slower = [r for r in passing if reference is None or
+                r['latency_ms_b1'] <= reference['latency_ms_b1'] * 1.1]
+  if passing:
+    best = min(not_slower or passing,
+               key=lambda r: (r['size_bytes'], r['latency_ms_b1']))
+    return {'chosen': best['name'], 'failures': failures,
+            'reason': (f'{best["name"]}: the smallest variant within the '
+                       f'policy{"" if not_slower else " (all passing ones are slower than float32)"} '
+                       f'({best["size_ratio"]:.2f}x the float32 size, '
+                       f'{best["speedup_b1"]:.2f}x its speed at batch 1, '
+                       f'accuracy drop {best["accuracy_drop"]:+.4f})')}
+  if on_no_pass == UNCOMPRESSED:
+    return {'chosen': UNCOMPRESSED, 'failures': failures,
+            'reason': 'no variant passed the policy; pushing the uncompressed '
+                      'model (compression.on_no_pass: uncompressed)'}
+  return {'chosen': None, 'failures': failures,
+          'reason': 'no variant passed the policy; pushing nothing '
+                    '(compression.on_no_pass: none)'}
+
+
+def _scatter_svg(rows: Sequence[Dict], x_key: str, x_label: str,
+                 chosen: Optional[str], width=420, height=300) -> str:
+  """An SVG scatter of accuracy against x_key, one labelled point per row."""
+  points = [r for r in rows if not r.get('error') and r.get(x_key)]
+  if not points:
+    return ''
+  pad = 50
+  xs = [r[x_key] for r in points]
+  ys = [r['accuracy'] for r in points]
+  x0, x1 = min(xs) * 0.9, max(xs) * 1.1
+  y0, y1 = min(ys) - 0.02, max(ys) + 0.02
+  sx = lambda v: pad + (v - x0) / (x1 - x0 or 1) * (width - 2 * pad)
+  sy = lambda v: height - pad - (v - y0) / (y1 - y0 or 1) * (height - 2 * pad)
+  parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" '
+           f'height="{height}" font-family="sans-serif" font-size="11">',
+           f'<line x1="{pad}" y1="{height - pad}" x2="{width - pad}" '
+           f'y2="{height - pad}" stroke="black"/>',
+           f'<line x1="{pad}" y1="{pad}" x2="{pad}" y2="{height - pad}" '
+           'stroke="black"/>',
+           f'<text x="{width / 2}" y="{height - 12}" text-anchor="middle">'
+           f'{html.escape(x_label)}</text>',
+           f'<text x="14" y="{height / 2}" text-anchor="middle" '
+           f'transform="rotate(-90 14 {height / 2})">eval accuracy</text>',
+           f'<text x="{pad}" y="{height - pad + 14}">{x0:.3g}</text>',
+           f'<text x="{width - pad}" y="{height - pad + 14}" '
+           f'text-anchor="end">{x1:.3g}</text>',
+           f'<text x="{pad - 4}" y="{height - pad}" text-anchor="end">'
+           f'{y0:.3f}</text>',
+           f'<text x="{pad - 4}" y="{pad + 4}" text-anchor="end">{y1:.3f}</text>']
+  for r in points:
+    colour = '#c0392b' if r['name'] == chosen else '#2c3e50'
+    parts.append(f'<circle cx="{sx(r[x_key]):.1f}" cy="{sy(r["accuracy"]):.1f}" '
+                 f'r="5" fill="{colour}"/>')
+    parts.append(f'<text x="{sx(r[x_key]) + 7:.1f}" '
+                 f'y="{sy(r["accuracy"]) - 6:.1f}">{html.escape(r["name"])}</text>')
+  parts.append('</svg>')
+  return ''.join(parts)
+
+
+COLUMNS = (('name', 'variant', '{}'), ('accuracy', 'accuracy', '{:.4f}'),
+           ('accuracy_drop', 'drop', '{:+.4f}'),
+           ('size_bytes', 'size (MB)', lambda v: f'{v / 1e6:.2f}'),
+           ('size_ratio', 'size ratio', '{:.2f}'),
+           ('gzip_ratio', 'gzip ratio', '{:.2f}'),
+           ('latency_ms_b1', 'ms/example b1', '{:.3f}'),
+           ('latency_ms_b32', 'ms/example b32', '{:.3f}'),
+           ('speedup_b1', 'speed-up b1', '{:.2f}x'), ('note', 'note', '{}'))
+
+
+def _cell(row, key, fmt):
+  value = row.get(key)
+  if value is None:
+    return ''
+  return fmt(value) if callable(fmt) else fmt.format(value)
+
+
+def render_html(report: Dict) -> str:
+  """The report as a self-contained page: policy, decision, table, plots."""
+  rows, decision = report['variants'], report['decision']
+  chosen = decision['chosen']
+  head = ''.join(f'<th>{html.escape(label)}</th>' for _, label, _ in COLUMNS)
+  body = []
+  for row in rows:
+    failed = decision['failures'].get(row['name'])
+    style = (' style="background:#fdebd0"' if row['name'] == chosen else '')
+    cells = ''.join(f'<td>{html.escape(_cell(row, k, f))}</td>'
+                    for k, _, f in COLUMNS)
+    verdict = ('passes' if not failed else '; '.join(failed))
+    body.append(f'<tr{style}>{cells}<td>{html.escape(verdict)}</td></tr>')
+  policy = report['policy']
+  return f'''<!doctype html>
+<html><head><meta charset="utf-8"><title>hubpipe compression report</title>
+<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}
+td,th{{border:1px solid #bbb;padding:4px 8px;text-align:right}}
+td:first-child,th:first-child{{text-align:left}}</style></head><body>
+<h1>Compression report</h1>
+<p>Model: {html.escape(str(report.get('model', '')))}<br>
+Uncompressed (Keras) eval accuracy: {report['reference_accuracy']:.4f} on
+{report['eval_examples']} eval examples; calibration: {report['calibration_examples']}
+train examples. Latency: TFLite interpreter, {report.get('threads', 2)} threads,
+median ms per example.</p>
+<p>Policy: accuracy drop at most {policy['max_accuracy_drop']:.4f}
+{'' if policy.get('max_size_ratio') is None else f"; size ratio at most {policy['max_size_ratio']}"}
+{'' if policy.get('max_latency_ms') is None else f"; latency at most {policy['max_latency_ms']} ms"};
+when nothing passes: {html.escape(policy['on_no_pass'])}.</p>
+<p><b>Decision: {html.escape(str(chosen))}</b> &mdash; {html.escape(decision['reason'])}</p>
+<table><tr>{head}<th>policy</th></tr>{''.join(body)}</table>
+<h2>Accuracy against size and latency</h2>
+{_scatter_svg(rows, 'size_bytes', 'file size (bytes)', chosen)}
+{_scatter_svg(rows, 'latency_ms_b1', 'latency, batch 1 (ms/example)', chosen)}
+</body></html>
+'''
+
+
+REPORT_JSON = 'compression_report.json'
+REPORT_HTML = 'compression_report.html'
+
+
+def write(report: Dict, folder: str, html_page: bool = True) -> None:
+  """compression_report.json (and .html) in `folder`."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  with tf.io.gfile.GFile(f'{folder}/{REPORT_JSON}', 'w') as f:
+    json.dump(report, f, indent=2)
+  if html_page:
+    with tf.io.gfile.GFile(f'{folder}/{REPORT_HTML}', 'w') as f:
+      f.write(render_html(report))

@@ -1,0 +1,529 @@
+"""Compression techniques for the trained core model, as pure functions.
+
+The core model maps transformed inputs to logits (images: float32 [N, H, W, 3] in
+[0, 1] -> [N, K]) and usually holds a hub.KerasLayer. Nothing here mutates the
+model it is given.
+
+TFLite conversion (`to_tflite`), in four modes:
+
+  float32        no quantization: the reference every other variant is held to.
+  dynamic_range  int8 weights, float activations (weights dequantized or
+                 "hybrid" kernels at run time); no calibration data.
+  float16        float16 weights, dequantized to float32 at load: size only.
+  int8           full integer: int8 weights and activations, calibrated on a
+                 representative dataset drawn from the calibration array.
+
+Interface choice for int8: the input and output tensors stay float32 (the
+converter puts a QUANTIZE op at the entrance and a DEQUANTIZE op at the exit).
+So every variant takes the same float32 [N, H, W, 3] images and returns float32
+logits, the served interface does not change, and measurements (accuracy and
+latency, the two extra ops included) compare like for like.
+
+Conversion tries `TFLiteConverter.from_keras_model` first (it handles a
+hub.KerasLayer) and falls back to `from_concrete_functions` on a tf.function of
+the model with a fixed input signature (batch dimension left free).
+
+`int8_selective` keeps the ops the TFLite quantization debugger finds most
+sensitive in float, adding them one at a time until the int8 model is within an
+accuracy budget of the float32 TFLite model. `prune` applies TFMOT magnitude
+pruning to the Hub module's kernels and fine-tunes briefly. `distill` trains a
+smaller student on the teacher's softened logits.
+"""
+
+import os
+
+os.environ.setdefault('TF_USE_LEGACY_KERAS', '1')
+
+import csv  # pylint: disable=g-import-not-at-top
+import io
+import math
+import re
+from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_hub as hub
+import tensorflow_model_optimization as tfmot
+import tf_keras
+
+from hubpipe.components.compressor import measure
+from hubpipe.components.trainer import model as model_lib
+
+MODES = ('float32', 'dynamic_range', 'float16', 'int8')
+# Calibration examples drawn (in order) from the representative array.
+MAX_CALIBRATION = 500
+# Ops int8_selective considers keeping in float: the ones with weights, where
+# both weight and activation quantization error arise.
+WEIGHTED_OPS = ('CONV_2D', 'DEPTHWISE_CONV_2D', 'FULLY_CONNECTED')
+
+
+# ---------------------------------------------------------------------------
+# TFLite conversion
+
+
+def representative_dataset(x: np.ndarray, max_examples: int = MAX_CALIBRATION
+                           ) -> Callable:
+  """A representative-dataset factory: the first `max_examples` rows of x, one
+  example per step, always in the same order (so calibration is deterministic)."""
+  x = np.asarray(x, np.float32)[:max_examples]
+  if len(x) == 0:
+    raise ValueError('the representative (calibration) array is empty')
+
+  def generator():
+    for i in range(len(x)):
+      yield [x[i:i + 1]]
+
+  return generator
+
+
+def _concrete_function(model: tf_keras.Model):
+  spec = model.inputs[0]
+  signature = tf.TensorSpec([None, *spec.shape[1:]], spec.dtype,
+                            name=spec.name.split(':')[0])
+  fn = tf.function(lambda t: model(t, training=False), autograph=False)
+  return fn.get_concrete_function(signature)
+
+
+def _converters(model: tf_keras.Model):
+  """Fresh converters for the model: from_keras_model, then the fallback."""
+  yield lambda: tf.lite.TFLiteConverter.from_keras_model(model)
+  yield lambda: tf.lite.TFLiteConverter.from_concrete_functions(
+      [_concrete_function(model)], model)
+
+
+def _with_converter(model: tf_keras.Model, use: Callable):
+  """use(converter) with from_keras_model's converter, else the fallback's."""
+  errors = []
+  for make in _converters(model):
+    try:
+      return use(make())
+    except Exception as e:  # pylint: disable=broad-except
+      errors.append(f'{type(e).__name__}: {e}')
+  raise RuntimeError('TFLite conversion failed both from the Keras model and '
+                     'from a concrete function:\n' + '\n'.join(errors))
+
+
+def _configure(converter, mode: str, representative):
+  if mode == 'float32':
+    return converter
+  converter.optimizations = [tf.lite.Optimize.DEFAULT]
+  if mode == 'float16':
+    converter.target_spec.supported_types = [tf.float16]
+  elif mode == 'int8':
+    converter.representative_dataset = representative_dataset(representative)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    # inference_input_type / inference_output_type stay float32 (see above).
+  return converter
+
+
+def to_tflite(model: tf_keras.Model, mode: str,
+              representative: Optional[np.ndarray] = None,
+              keep_float_ops: Optional[Sequence[str]] = None) -> bytes:
+  """The model as a TFLite flatbuffer.
+
+  Args:
+    model: inputs -> logits, possibly holding a hub.KerasLayer.
+    mode: one of MODES.
+    representative: calibration inputs (numpy, like the model's input), needed
+      for 'int8'; the first MAX_CALIBRATION rows are used, in order.
+    keep_float_ops: 'int8' only: ops left in float, named by their output
+      tensor name (as in QuantizationDebugger statistics) or by their layer
+      name (e.g. 'conv_pw_1'; see `op_layer_name`). The int8 model is then
+      made through the quantization debugger with these ops denylisted, and
+      float ops are allowed next to int8 ones.
+  """
+  if mode not in MODES:
+    raise ValueError(f'mode must be one of {MODES}, not {mode!r}')
+  if mode == 'int8' and representative is None:
+    raise ValueError("mode 'int8' needs a representative (calibration) array")
+  if keep_float_ops:
+    if mode != 'int8':
+      raise ValueError("keep_float_ops applies to mode 'int8' only")
+    debugger = _int8_debugger(model, representative, debug_examples=8)
+    stats = layer_statistics(debugger)
+    nodes = resolve_ops(keep_float_ops, [s['tensor_name'] for s in stats])
+    return _quantize_with_denylist(debugger, nodes)
+  return _with_converter(
+      model, lambda c: _configure(c, mode, representative).convert())
+
+
+# ---------------------------------------------------------------------------
+# Selective int8
+
+
+def op_layer_name(tensor_name: str) -> str:
+  """A short name for a TFLite op from its output tensor name.
+
+  Fused ops are named 'a/conv_pw_1_relu/Relu6;a/conv_pw_1_bn/...;a/conv_pw_1/Conv2D':
+  the last fused part's layer, 'conv_pw_1'. Names without a '/' come back whole.
+  """
+  last = tensor_name.split(';')[-1]
+  parts = last.split('/')
+  return parts[-2] if len(parts) >= 2 else last
+
+
+def resolve_ops(names: Sequence[str], tensor_names: Sequence[str]) -> List[str]:
+  """Output tensor names for ops named by tensor name or by `op_layer_name`."""
+  resolved = []
+  for name in names:
+    matches = [t for t in tensor_names if t == name or op_layer_name(t) == name]
+    if not matches:
+      raise ValueError(f'no quantized op is named {name!r}; known: '
+                       f'{sorted({op_layer_name(t) for t in tensor_names})}')
+    resolved.extend(m for m in matches if m not in resolved)
+  return resolved
+
+
+def _int8_debugger(model: tf_keras.Model, representative: np.ndarray,
+                   debug_examples: int = 64):
+  """A QuantizationDebugger holding the model calibrated once on `representative`."""
+  debug_data = representative_dataset(representative, debug_examples)
+
+  def make(converter):
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = representative_dataset(representative)
+    return tf.lite.experimental.QuantizationDebugger(
+        converter=converter, debug_dataset=debug_data)
+
+  return _with_converter(model, make)
+
+
+def layer_statistics(debugger) -> List[Dict]:
+  """Per quantized op: op_name, tensor_name, tensor_idx, scale, the debugger's
+  error metrics, and 'rmse/scale' (root mean squared quantization error in units
+  of the op's output quantization step; about 0.29 is pure rounding error), on
+  the debugger's debug dataset."""
+  debugger.run()
+  buffer = io.StringIO()
+  debugger.layer_statistics_dump(buffer)
+  rows = []
+  for row in csv.DictReader(io.StringIO(buffer.getvalue())):
+    stats = dict(row)
+    for key in ('tensor_idx', 'num_elements'):
+      stats[key] = int(float(stats[key]))
+    for key in ('stddev', 'mean_error', 'max_abs_error', 'mean_squared_error',
+                'scale', 'zero_point'):
+      stats[key] = float(stats[key])
+    scale = stats['scale']
+    stats['rmse/scale'] = (math.sqrt(stats['mean_squared_error']) / scale
+                           if scale > 0 else 0.0)
+    stats['layer'] = op_layer_name(stats['tensor_name'])
+    rows.append(stats)
+  return rows
+
+
+def rank_sensitive_ops(stats: Sequence[Dict],
+                       op_types: Sequence[str] = WEIGHTED_OPS) -> List[Dict]:
+  """The ops of `op_types`, most sensitive first: by rmse/scale, descending;
+  ties by position in the graph (tensor index), so the order is deterministic."""
+  candidates = [s for s in stats if s['op_name'] in op_types]
+  return sorted(candidates, key=lambda s: (-round(s['rmse/scale'], 9),
+                                           s['tensor_idx']))
+
+
+def _quantize_with_denylist(debugger, nodes: Sequence[str]) -> bytes:
+  if nodes:
+    debugger.options = tf.lite.experimental.QuantizationDebugOptions(
+        denylisted_nodes=list(nodes))
+  return debugger.get_nondebug_quantized_model()
+
+
+class SelectiveInt8(NamedTuple):
+  """What `int8_selective` returns."""
+  tflite: bytes                # the chosen int8 model
+  float_ops: List[str]         # output tensor names of the ops kept in float
+  float_layers: List[str]      # the same, as short layer names (op_layer_name)
+  accuracy: float              # eval accuracy of `tflite`
+  reference_accuracy: float    # eval accuracy of the float32 TFLite model
+  met_budget: bool             # reference_accuracy - accuracy <= budget
+  trace: List[Dict]            # per step: float_layers, accuracy, drop
+  ranking: List[Dict]          # the candidate ops' statistics, most sensitive first
+
+
+def int8_selective(model: tf_keras.Model, representative: np.ndarray,
+                   eval_x: np.ndarray, eval_y: np.ndarray, budget: float = 0.01,
+                   max_float_layers: int = 6, debug_examples: int = 64,
+                   reference_accuracy: Optional[float] = None,
+                   threads: int = 2) -> SelectiveInt8:
+  """Full-integer int8 with the most quantization-sensitive ops kept in float.
+
+  1. Calibrate once (QuantizationDebugger on the converter) and collect per-op
+     statistics on the first `debug_examples` representative examples.
+  2. Rank the weighted ops (WEIGHTED_OPS) by rmse/scale.
+  3. Start from plain int8 (nothing denylisted); while the accuracy drop on
+     (eval_x, eval_y) against the float32 TFLite model exceeds `budget` (a
+     fraction: 0.01 is one point) and fewer than `max_float_layers` ops are
+     float, denylist the next op of the ranking (denylisted_nodes) and
+     re-quantize (no re-calibration).
+
+  Returns the first variant within budget; if none is, the most accurate one
+  tried (ties: fewer float ops), with met_budget False. Deterministic: fixed
+  calibration order, fixed ranking tie-breaks, fixed evaluation.
+  """
+  if reference_accuracy is None:
+    reference_accuracy = measure.tflite_accuracy(
+        to_tflite(model, 'float32'), eval_x, eval_y, threads=threads)
+  debugger = _int8_debugger(model, representative, debug_examples)
+  stats = layer_statistics(debugger)
+  ranking = rank_sensitive_ops(stats)
+  trace, best = [], None
+  for k in range(0, min(max_float_layers, len(ranking)) + 1):
+    nodes = [s['tensor_name'] for s in ranking[:k]]
+    tflite = _quantize_with_denylist(debugger, nodes)
+    accuracy = measure.tflite_accuracy(tflite, eval_x, eval_y, threads=threads)
+    drop = reference_accuracy - accuracy
+    layers = [op_layer_name(n) for n in nodes]
+    trace.append({'float_layers': layers, 'accuracy': accuracy, 'drop': drop})
+    if best is None or accuracy > best[3]:
+      best = (tflite, nodes, layers, accuracy)
+    if drop <= budget + 1e-12:
+      best = (tflite, nodes, layers, accuracy)
+      break
+  tflite, nodes, layers, accuracy = best
+  return SelectiveInt8(
+      tflite=tflite, float_ops=list(nodes), float_layers=list(layers),
+      accuracy=accuracy, reference_accuracy=reference_accuracy,
+      met_budget=reference_accuracy - accuracy <= budget + 1e-12, trace=trace,
+      ranking=[{k: s[k] for k in ('layer', 'op_name', 'tensor_name',
+                                  'rmse/scale', 'scale')} for s in ranking])
+
+
+# ---------------------------------------------------------------------------
+# Pruning
+
+
+def default_prunable(variable, min_elements: int = 1024) -> bool:
+  """Which module weights get pruned by default: conv and dense kernels.
+
+  Excluded: depthwise kernels (3x3 taps per channel: a sliver of the weights,
+  very sensitive, and no sparse TFLite kernel gains from them), batch-norm
+  parameters and biases (vectors), and kernels under `min_elements` (in
+  MobileNet that is `conv1`, the 3x3x3x32 stem, the most sensitive layer).
+  """
+  name = variable.name
+  return ('kernel' in name and 'depthwise' not in name
+          and len(variable.shape) >= 2
+          and int(np.prod(variable.shape)) >= min_elements)
+
+
+class PrunableKerasLayer(model_lib.InferenceModeKerasLayer,
+                         tfmot.sparsity.keras.PrunableLayer):
+  """A hub.KerasLayer that TFMOT's `prune_low_magnitude` can wrap.
+
+  `get_prunable_weights` returns the module's kernels picked by `prunable`
+  (default: `default_prunable`). The module always runs in inference mode
+  (batch norm keeps its moving statistics) while its weights fine-tune.
+  """
+
+  def __init__(self, handle, prunable: Optional[Callable] = None, **kwargs):
+    super().__init__(handle, **kwargs)
+    self._prunable = prunable or default_prunable
+
+  def get_prunable_weights(self):
+    seen, chosen = set(), []
+    for v in self.weights:
+      if id(v) not in seen and self._prunable(v):
+        seen.add(id(v))
+        chosen.append(v)
+    return chosen
+
+
+_HUB_CONFIG_KEYS = ('output_shape', 'arguments', 'signature', 'output_key',
+                    'signature_outputs_as_dict')
+
+
+def _prunable_copy(layer: hub.KerasLayer, prunable, trainable: bool
+                   ) -> PrunableKerasLayer:
+  config = layer.get_config()
+  kwargs = {k: config[k] for k in _HUB_CONFIG_KEYS if config.get(k) is not None}
+  copy = PrunableKerasLayer(config['handle'], prunable=prunable,
+                            trainable=trainable, name=layer.name, **kwargs)
+  copy.set_weights(layer.get_weights())
+  return copy
+
+
+def pruning_schedule(total_steps: int, target_sparsity: float,
+                     ramp_fraction: float = 0.75):
+  """PolynomialDecay from 0 to `target_sparsity`, reached after about
+  `ramp_fraction` of the steps (the rest fine-tunes at the target).
+
+  TFMOT prunes only on steps that are multiples of `frequency` (default 100,
+  more than a short fine-tune has), and stops at end_step: so frequency is about
+  a tenth of the ramp and end_step a multiple of it.
+  """
+  ramp = max(1, int(total_steps * ramp_fraction))
+  frequency = max(1, ramp // 10)
+  end_step = max(frequency, (ramp // frequency) * frequency)
+  return tfmot.sparsity.keras.PolynomialDecay(
+      initial_sparsity=0.0, final_sparsity=target_sparsity, begin_step=0,
+      end_step=end_step, frequency=frequency)
+
+
+def _clone_layer(layer):
+  if isinstance(layer, tf_keras.Model):
+    copy = tf_keras.models.clone_model(layer)
+  else:
+    copy = layer.__class__.from_config(layer.get_config())
+  return copy
+
+
+def prune(model: tf_keras.Model, train_x: np.ndarray, train_y: np.ndarray,
+          target_sparsity: float = 0.5, epochs: int = 2, batch: int = 64,
+          learning_rate: float = 1e-4, prunable: Optional[Callable] = None,
+          seed: int = 0) -> Tuple[tf_keras.Model, float]:
+  """Magnitude-prunes the Hub module's kernels and fine-tunes the whole model.
+
+  Every top-level hub.KerasLayer of `model` is replaced by a trainable
+  `PrunableKerasLayer` with the same weights, wrapped in `prune_low_magnitude`
+  (PolynomialDecay schedule sized to the run, see `pruning_schedule`); other
+  layers are copied. The copy trains for `epochs` on (train_x, train_y), Adam at
+  `learning_rate`, with `UpdatePruningStep`, and `strip_pruning` removes the
+  wrappers. The given model is not changed.
+
+  Returns (the stripped model, achieved sparsity of the pruned weights: the
+  fraction of exact zeros among them). Seeds the global RNGs with `seed`.
+  """
+  tf_keras.utils.set_random_seed(seed)
+  n = len(train_x)
+  steps_per_epoch = max(1, math.ceil(n / batch))
+  schedule = pruning_schedule(steps_per_epoch * epochs, target_sparsity)
+  pruned_layers = []
+
+  def clone(layer):
+    if isinstance(layer, hub.KerasLayer):
+      inner = _prunable_copy(layer, prunable, trainable=True)
+      pruned_layers.append(inner)
+      return tfmot.sparsity.keras.prune_low_magnitude(
+          inner, pruning_schedule=schedule)
+    return _clone_layer(layer)
+
+  copy = tf_keras.models.clone_model(model, clone_function=clone)
+  if not pruned_layers:
+    raise ValueError('the model has no top-level hub.KerasLayer to prune')
+  for old, new in zip(model.layers, copy.layers):
+    if not isinstance(old, hub.KerasLayer) and old.weights:
+      new.set_weights(old.get_weights())
+  copy.compile(
+      optimizer=tf_keras.optimizers.Adam(learning_rate),
+      loss=tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+  copy.fit(train_x, train_y, batch_size=batch, epochs=epochs, shuffle=True,
+           verbose=0, callbacks=[tfmot.sparsity.keras.UpdatePruningStep()])
+  stripped = tfmot.sparsity.keras.strip_pruning(copy)
+  weights = [v for layer in pruned_layers for v in layer.get_prunable_weights()]
+  return stripped, measure.weights_sparsity(weights)['sparsity']
+
+
+# ---------------------------------------------------------------------------
+# Distillation
+
+
+def small_cnn_student(input_shape, num_classes: int,
+                      widths: Sequence[int] = (32, 64, 128),
+                      resize_to: Optional[Sequence[int]] = None,
+                      name: str = 'small_cnn_student') -> tf_keras.Model:
+  """A small CNN trained from scratch: inputs -> logits, same interface.
+
+  [optional resize to `resize_to`] -> per width: 3x3 conv stride 2 + batch norm
+  + ReLU, then a 3x3 conv stride 1 + batch norm + ReLU -> global average pool
+  -> dense logits. With the defaults about 0.29M weights (MobileNet v1 has
+  3.2M). `resize_to` (e.g. [32, 32] for upsampled 28x28 Fashion-MNIST) cuts the
+  compute when the input resolution exceeds the content's.
+  """
+  inputs = tf_keras.Input(shape=tuple(input_shape), name='image')
+  x = inputs
+  if resize_to:
+    x = tf_keras.layers.Resizing(*resize_to, name='resize')(x)
+  for i, width in enumerate(widths):
+    for j, stride in enumerate((2, 1)):
+      x = tf_keras.layers.Conv2D(width, 3, strides=stride, padding='same',
+                                 use_bias=False, name=f'conv{i}_{j}')(x)
+      x = tf_keras.layers.BatchNormalization(name=f'bn{i}_{j}')(x)
+      x = tf_keras.layers.ReLU(name=f'relu{i}_{j}')(x)
+  x = tf_keras.layers.GlobalAveragePooling2D(name='pool')(x)
+  logits = tf_keras.layers.Dense(num_classes, name='logits')(x)
+  return tf_keras.Model(inputs, logits, name=name)
+
+
+def resized_module_student(handle: str, input_shape, student_size: Sequence[int],
+                           num_classes: int, trainable=False,
+                           name: str = 'resized_module_student'
+                           ) -> tf_keras.Model:
+  """The same Hub module run at a smaller resolution: inputs at `input_shape`
+  are resized to `student_size` inside the model, then module + linear head.
+
+  Compute falls with the pixel count (64x64 vs 96x96: 2.25x fewer); the size
+  stays the module's. Only the head trains unless `trainable` (as in
+  `model_lib.module_layer`).
+  """
+  inputs = tf_keras.Input(shape=tuple(input_shape), name='image')
+  x = tf_keras.layers.Resizing(*student_size, name='resize')(inputs)
+  features = model_lib.module_layer(handle, trainable)(x)
+  logits = tf_keras.layers.Dense(num_classes, name='logits')(features)
+  return tf_keras.Model(inputs, logits, name=name)
+
+
+def distillation_loss(teacher_logits, student_logits, labels=None,
+                      temperature: float = 4.0, alpha: float = 0.1):
+  """(1 - alpha) * T^2 * KL(softmax(t/T) || softmax(s/T)) + alpha * CE(y, s).
+
+  The T^2 factor keeps the soft term's gradients at the scale of the hard one
+  (Hinton et al., 2015). Without labels the loss is the soft term alone
+  (weight 1). Mean over the batch.
+  """
+  t = tf.cast(teacher_logits, tf.float32) / temperature
+  s = tf.cast(student_logits, tf.float32) / temperature
+  log_p_t = tf.nn.log_softmax(t)
+  kl = tf.reduce_sum(tf.exp(log_p_t) * (log_p_t - tf.nn.log_softmax(s)), -1)
+  soft = tf.reduce_mean(kl) * temperature ** 2
+  if labels is None:
+    return soft
+  hard = tf.reduce_mean(tf_keras.losses.sparse_categorical_crossentropy(
+      labels, student_logits, from_logits=True))
+  return (1.0 - alpha) * soft + alpha * hard
+
+
+def distill(teacher, student: tf_keras.Model, train_x: np.ndarray,
+            epochs: int, temperature: float = 4.0, alpha: float = 0.1,
+            train_y: Optional[np.ndarray] = None, batch: int = 64,
+            learning_rate: float = 1e-3, teacher_logits: Optional[np.ndarray] = None,
+            seed: int = 0) -> Tuple[tf_keras.Model, Dict[str, List[float]]]:
+  """Trains `student` (in place) to match the teacher's softened logits.
+
+  The teacher's logits on train_x are computed once (or passed as
+  `teacher_logits`, e.g. from cached embeddings); `teacher` may then be None.
+  Plain training loop: seeded shuffle, Adam, `distillation_loss` (+ the
+  student's regularization losses). Returns (student, {'loss': per epoch}).
+  """
+  if teacher_logits is None:
+    teacher_logits = measure.keras_predict(teacher, train_x)
+  teacher_logits = np.asarray(teacher_logits, np.float32)
+  tf_keras.utils.set_random_seed(seed)
+  n = len(train_x)
+  tensors = (np.asarray(train_x, np.float32), teacher_logits)
+  if train_y is not None:
+    tensors += (np.asarray(train_y, np.int64).reshape(-1),)
+  data = (tf.data.Dataset.from_tensor_slices(tensors)
+          .shuffle(n, seed=seed, reshuffle_each_iteration=True).batch(batch))
+  optimizer = tf_keras.optimizers.Adam(learning_rate)
+
+  @tf.function
+  def step(x, t, y=None):
+    with tf.GradientTape() as tape:
+      s = student(x, training=True)
+      loss = distillation_loss(t, s, y, temperature, alpha)
+      if student.losses:
+        loss += tf.add_n(student.losses)
+    grads = tape.gradient(loss, student.trainable_variables)
+    optimizer.apply_gradients(zip(grads, student.trainable_variables))
+    return loss
+
+  history = {'loss': []}
+  for _ in range(epochs):
+    total, count = 0.0, 0
+    for batch_tensors in data:
+      loss = step(*batch_tensors)
+      size = int(batch_tensors[0].shape[0])
+      total += float(loss) * size
+      count += size
+    history['loss'].append(total / count)
+  return student, history

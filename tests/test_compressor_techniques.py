@@ -1,0 +1,218 @@
+"""Compressor techniques and measurements on tiny Hub-module models (and MobileNet).
+
+The tiny module is a small CNN exported in the TF Hub reusable SavedModel format
+by the project's own exporter, loaded back as a hub.KerasLayer: the same path as
+the real MobileNet module, at a fraction of the cost.
+"""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tf_keras
+
+from hubpipe.components.compressor import measure
+from hubpipe.components.compressor import techniques
+from hubpipe.components.hub_modules import mobilenet_v1
+from hubpipe.components.hub_modules import resolve
+from hubpipe.components.trainer import model as model_lib
+
+SIZE = 16
+CLASSES = 3
+
+
+def _toy_data(n, seed):
+  """Class = the dominant colour channel, under noise."""
+  rng = np.random.default_rng(seed)
+  y = rng.integers(0, CLASSES, n)
+  x = rng.random((n, SIZE, SIZE, 3), dtype=np.float32) * 0.6
+  x[np.arange(n), :, :, y] += 0.4
+  return x.astype(np.float32), y
+
+
+@pytest.fixture(scope='module')
+def toy():
+  return _toy_data(384, 0), _toy_data(192, 1)
+
+
+@pytest.fixture(scope='module')
+def tiny_handle(tmp_path_factory):
+  """A Hub image feature-vector module with ~0.1M weights (mostly 1x1 kernels)."""
+  tf_keras.utils.set_random_seed(0)
+  inputs = tf_keras.Input(shape=(None, None, 3))
+  x = inputs
+  for name, filters, kernel, strides in (('conv_a', 16, 3, 2),
+                                         ('conv_b', 64, 1, 1),
+                                         ('conv_c', 256, 1, 1),
+                                         ('conv_d', 256, 1, 1)):
+    x = tf_keras.layers.Conv2D(filters, kernel, strides=strides, padding='same',
+                               use_bias=False, name=name)(x)
+    x = tf_keras.layers.BatchNormalization(name=f'{name}_bn')(x)
+    x = tf_keras.layers.ReLU(6.0, name=f'{name}_relu')(x)
+  outputs = tf_keras.layers.GlobalAveragePooling2D()(x)
+  body = tf_keras.Model(inputs, outputs)
+  path = tmp_path_factory.mktemp('modules') / 'tiny'
+  mobilenet_v1.export_feature_vector_module(body, path, native_input_size=SIZE,
+                                            pretrained=False)
+  return str(path)
+
+
+def _classifier(handle, size=SIZE, classes=CLASSES, dim=256):
+  extractor = model_lib.feature_extractor('image', handle, input_size=[size, size])
+  return model_lib.classifier(extractor, model_lib.head(dim, classes))
+
+
+@pytest.fixture(scope='module')
+def trained(tiny_handle, toy):
+  """Frozen tiny module + head trained on the toy problem."""
+  (x, y), _ = toy
+  tf_keras.utils.set_random_seed(0)
+  model = _classifier(tiny_handle)
+  model_lib.compile_for_training(model, 1e-2)
+  model.fit(x, y, batch_size=32, epochs=15, verbose=0)
+  return model
+
+
+@pytest.fixture(scope='module')
+def converted(trained, toy):
+  (x, _), _ = toy
+  return {mode: techniques.to_tflite(trained, mode, representative=x[:64])
+          for mode in techniques.MODES}
+
+
+def test_every_mode_converts_and_predicts_like_keras(trained, converted, toy):
+  _, (ex, ey) = toy
+  reference = measure.keras_predict(trained, ex)
+  assert measure.keras_accuracy(trained, ex, ey) > 0.9
+  scale = np.abs(reference).max()
+  tolerance = {'float32': 1e-4, 'float16': 1e-2, 'dynamic_range': 0.1,
+               'int8': 0.25}
+  for mode, tflite in converted.items():
+    logits = measure.tflite_predict(tflite, ex, batch=50)  # padded last batch
+    assert logits.shape == reference.shape
+    error = np.abs(logits - reference).max() / scale
+    assert error < tolerance[mode], (mode, error)
+    assert np.mean(logits.argmax(-1) == reference.argmax(-1)) > 0.95, mode
+
+
+def test_int8_keeps_a_float32_interface_and_is_a_quarter_of_float32(converted):
+  interpreter = tf.lite.Interpreter(model_content=converted['int8'])
+  assert interpreter.get_input_details()[0]['dtype'] == np.float32
+  assert interpreter.get_output_details()[0]['dtype'] == np.float32
+  float_size = measure.sizes(converted['float32'])['bytes']
+  assert 0.2 < measure.sizes(converted['int8'])['bytes'] / float_size < 0.35
+  assert 0.4 < measure.sizes(converted['float16'])['bytes'] / float_size < 0.6
+
+
+def _output_dtype(tflite, tensor_name):
+  interpreter = tf.lite.Interpreter(model_content=tflite)
+  return {t['name']: t['dtype'] for t in interpreter.get_tensor_details()
+          }[tensor_name]
+
+
+def test_keep_float_ops_leaves_the_named_op_in_float(trained, converted, toy):
+  (x, _), _ = toy
+  plain = converted['int8']
+  kept = techniques.to_tflite(trained, 'int8', representative=x[:64],
+                              keep_float_ops=['conv_c'])
+  names = [t['name'] for t in
+           tf.lite.Interpreter(model_content=kept).get_tensor_details()]
+  node = next(n for n in names if techniques.op_layer_name(n) == 'conv_c'
+              and ';' in n)
+  assert _output_dtype(kept, node) == np.float32
+  assert _output_dtype(plain, node) == np.int8
+  with pytest.raises(ValueError, match='no quantized op'):
+    techniques.to_tflite(trained, 'int8', representative=x[:8],
+                         keep_float_ops=['no_such_layer'])
+
+
+def test_int8_selective_ranks_ops_and_never_loses_to_plain_int8(trained, toy):
+  (x, _), (ex, ey) = toy
+  # An unreachable budget: tries plain int8 and then up to 2 ops in float.
+  result = techniques.int8_selective(trained, x[:64], ex, ey, budget=-1.0,
+                                     max_float_layers=2)
+  assert not result.met_budget
+  assert [t['float_layers'] for t in result.trace] == [
+      [], [result.ranking[0]['layer']],
+      [result.ranking[0]['layer'], result.ranking[1]['layer']]]
+  assert result.accuracy >= result.trace[0]['accuracy']
+  assert len(result.float_ops) <= 2
+  for node in result.float_ops:
+    assert _output_dtype(result.tflite, node) == np.float32
+  assert measure.tflite_accuracy(result.tflite, ex, ey) == result.accuracy
+  scores = [r['rmse/scale'] for r in result.ranking]
+  assert scores == sorted(scores, reverse=True)
+  assert {r['op_name'] for r in result.ranking} <= set(techniques.WEIGHTED_OPS)
+  # Deterministic, and a generous budget keeps everything int8.
+  again = techniques.int8_selective(trained, x[:64], ex, ey, budget=1.0,
+                                    max_float_layers=2,
+                                    reference_accuracy=result.reference_accuracy)
+  assert again.met_budget and again.float_ops == []
+  assert again.accuracy == result.trace[0]['accuracy']
+
+
+def test_prune_reaches_the_target_sparsity_and_compresses(trained, toy):
+  (x, y), (ex, ey) = toy
+  before = [w.copy() for w in trained.get_weights()]
+  pruned, sparsity = techniques.prune(trained, x, y, target_sparsity=0.5,
+                                      epochs=2, batch=32)
+  assert abs(sparsity - 0.5) <= 0.05
+  hub_layer = pruned.get_layer('hub_module')
+  assert isinstance(hub_layer, techniques.PrunableKerasLayer)
+  names = [v.name for v in hub_layer.get_prunable_weights()]
+  assert sorted(names) == ['conv_b/kernel:0', 'conv_c/kernel:0',
+                           'conv_d/kernel:0']  # conv_a: 432 weights, too small
+  assert measure.kernel_sparsity(pruned)['sparsity'] > 0.45
+  for old, new in zip(before, trained.get_weights()):  # input untouched
+    np.testing.assert_array_equal(old, new)
+  assert measure.keras_accuracy(pruned, ex, ey) > 0.8
+  dense = measure.sizes(techniques.to_tflite(trained, 'float32'))
+  sparse = measure.sizes(techniques.to_tflite(pruned, 'float32'))
+  assert sparse['gzip_bytes'] < 0.8 * dense['gzip_bytes']
+
+
+def test_distill_teaches_a_small_cnn_the_teachers_answers(trained, toy):
+  (x, y), (ex, _) = toy
+  tf_keras.utils.set_random_seed(0)
+  student = techniques.small_cnn_student((SIZE, SIZE, 3), CLASSES,
+                                         widths=(8, 16))
+  teacher_eval = measure.keras_predict(trained, ex).argmax(-1)
+  agree = lambda: np.mean(measure.keras_predict(student, ex).argmax(-1)
+                          == teacher_eval)
+  untrained = agree()
+  student, history = techniques.distill(trained, student, x, epochs=8,
+                                        train_y=y, batch=32, learning_rate=3e-3)
+  assert history['loss'][-1] < history['loss'][0]
+  assert agree() > max(0.85, untrained)
+
+
+def test_distillation_loss_is_zero_when_the_student_matches():
+  logits = tf.constant([[2.0, -1.0, 0.5], [0.0, 3.0, -2.0]])
+  assert float(techniques.distillation_loss(logits, logits)) == pytest.approx(
+      0.0, abs=1e-6)
+  assert float(techniques.distillation_loss(logits, -logits)) > 0.1
+
+
+def test_latency_and_sizes_are_positive(trained, converted, toy):
+  _, (ex, _) = toy
+  for batch in (1, 4):
+    assert measure.tflite_latency(converted['int8'], ex, batch_size=batch,
+                                  runs=3, warmup=1) > 0
+    assert measure.keras_latency(trained, ex, batch_size=batch, runs=3,
+                                 warmup=1) > 0
+  size = measure.sizes(converted['float32'])
+  assert 0 < size['gzip_bytes'] < size['bytes']
+
+
+def test_mobilenet_converts_to_int8():
+  """The real module (hub.KerasLayer on the offline MobileNet v1) at 32 px:
+  int8 is about a quarter of the float weights (3.2M) and tracks Keras."""
+  handle = resolve.resolve('mobilenet_v1_100_224')
+  tf_keras.utils.set_random_seed(0)
+  model = _classifier(handle, size=32, classes=4, dim=1024)
+  x = np.random.default_rng(0).random((8, 32, 32, 3), dtype=np.float32)
+  reference = measure.keras_predict(model, x)
+  int8 = techniques.to_tflite(model, 'int8', representative=x)
+  float_bytes = 4 * sum(int(np.prod(v.shape)) for v in model.weights)
+  assert 0.2 < measure.sizes(int8)['bytes'] / float_bytes < 0.3
+  assert np.abs(measure.tflite_predict(int8, x) - reference).max() < (
+      0.5 * np.abs(reference).max() + 1e-3)
