@@ -140,7 +140,7 @@ class CompressionConfig:
   # 'none' pushes nothing.
   on_no_pass: str = 'uncompressed'
   calibration_examples: int = 500
-  eval_examples: int = 1000
+  eval_examples: int = 2000
   # Train examples for pruning's fine-tune and the distilled student.
   fine_tune_examples: int = 2000
   pruning_sparsity: float = 0.5
