@@ -37,6 +37,7 @@ setup(
         'tensorflow-transform',
         'tensorflow-model-analysis',
         'tensorflow-data-validation',
+        'tensorflow-model-optimization',
         'apache-beam',
         'ml-metadata',
         'pyyaml',

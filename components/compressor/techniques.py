@@ -240,11 +240,22 @@ class SelectiveInt8(NamedTuple):
   ranking: List[Dict]          # the candidate ops' statistics, most sensitive first
 
 
+def layer_weight_fraction(model: tf_keras.Model, layer: str) -> float:
+  """The share of the model's weights held by variables of `layer` (matched
+  by name, also inside a hub.KerasLayer); 0.0 when no variable matches."""
+  sizes = {v.name: int(np.prod(v.shape)) for v in model.weights}
+  total = sum(sizes.values()) or 1
+  mine = sum(n for name, n in sizes.items()
+             if name.split('/')[0] == layer or f'/{layer}/' in f'/{name}')
+  return mine / total
+
+
 def int8_selective(model: tf_keras.Model, representative: np.ndarray,
                    eval_x: np.ndarray, eval_y: np.ndarray, budget: float = 0.01,
                    max_float_layers: int = 6, debug_examples: int = 64,
                    reference_accuracy: Optional[float] = None,
-                   threads: int = 2) -> SelectiveInt8:
+                   threads: int = 2,
+                   max_layer_fraction: float = 0.05) -> SelectiveInt8:
   """Full-integer int8 with the most quantization-sensitive ops kept in float.
 
   1. Calibrate once (QuantizationDebugger on the converter) and collect per-op
@@ -256,6 +267,10 @@ def int8_selective(model: tf_keras.Model, representative: np.ndarray,
      float, denylist the next op of the ranking (denylisted_nodes) and
      re-quantize (no re-calibration).
 
+  Ops of layers holding more than `max_layer_fraction` of the model's weights
+  are not candidates: keeping one of those in float would give back much of
+  the size int8 saves (MobileNet's conv_pw_13 alone is a third of it).
+
   Returns the first variant within budget; if none is, the most accurate one
   tried (ties: fewer float ops), with met_budget False. Deterministic: fixed
   calibration order, fixed ranking tie-breaks, fixed evaluation.
@@ -265,7 +280,8 @@ def int8_selective(model: tf_keras.Model, representative: np.ndarray,
         to_tflite(model, 'float32'), eval_x, eval_y, threads=threads)
   debugger = _int8_debugger(model, representative, debug_examples)
   stats = layer_statistics(debugger)
-  ranking = rank_sensitive_ops(stats)
+  ranking = [s for s in rank_sensitive_ops(stats)
+             if layer_weight_fraction(model, s['layer']) <= max_layer_fraction]
   trace, best = [], None
   for k in range(0, min(max_float_layers, len(ranking)) + 1):
     nodes = [s['tensor_name'] for s in ranking[:k]]
