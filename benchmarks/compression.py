@@ -58,8 +58,8 @@ from hubpipe.components.compressor import measure
 from hubpipe.components.compressor import techniques
 from hubpipe.components.datasets import fashion_mnist
 from hubpipe.components.hub_modules import resolve
+from common import load_fashion_mnist  # benchmarks/common.py
 from hubpipe.components.trainer import model as model_lib
-from hubpipe.components.transform import image as image_transform
 
 MODULE = 'mobilenet_v1_100_224'
 DEFAULT_OUT = Path(__file__).resolve().parent / 'results' / 'compression.json'
@@ -94,26 +94,6 @@ def parse_args(argv=None):
   p.add_argument('--latency-rounds', type=int, default=3)
   p.add_argument('--out', default=str(DEFAULT_OUT))
   return p.parse_args(argv)
-
-
-def load_data(train: int, eval_: int, seed: int, size: int):
-  """(x_train, y_train, x_eval, y_eval): [N, size, size, 3] in [0, 1]."""
-  folder = fashion_mnist.prepare(train, eval_, seed=seed)
-  spec = {'image': tf.io.FixedLenFeature([], tf.string),
-          'label': tf.io.FixedLenFeature([], tf.int64)}
-
-  def decode(serialized):
-    parsed = tf.io.parse_example(serialized, spec)
-    return (image_transform.decode_and_resize(parsed['image'], size, size),
-            parsed['label'])
-
-  def split(name):
-    ds = (tf.data.TFRecordDataset(str(folder / name / 'data.tfrecord'))
-          .batch(256).map(decode, num_parallel_calls=tf.data.AUTOTUNE))
-    images, labels = zip(*ds.as_numpy_iterator())
-    return np.concatenate(images), np.concatenate(labels)
-
-  return (*split('train'), *split('eval'))
 
 
 def log(message):
@@ -205,8 +185,8 @@ def main(argv=None):
   tf_keras.utils.set_random_seed(args.seed)
   t0 = time.perf_counter()
   handle = resolve.resolve(MODULE)
-  x_train, y_train, x_eval, y_eval = load_data(args.train, args.eval, args.seed,
-                                               args.size)
+  x_train, y_train, x_eval, y_eval, _ = load_fashion_mnist(
+      args.train, args.eval, args.seed, args.size)
   num_classes = fashion_mnist.NUM_CLASSES
   log(f'data: {x_train.shape} train, {x_eval.shape} eval '
       f'({time.perf_counter() - t0:.1f} s)')

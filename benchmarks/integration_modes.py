@@ -46,15 +46,14 @@ from pathlib import Path
 os.environ.setdefault('TF_USE_LEGACY_KERAS', '1')
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
-import numpy as np  # pylint: disable=g-import-not-at-top
-import tensorflow as tf
+import tensorflow as tf  # pylint: disable=g-import-not-at-top
 import tf_keras
 
 from hubpipe.components.datasets import fashion_mnist
 from hubpipe.components.hub_modules import resolve
+from common import load_fashion_mnist  # benchmarks/common.py
 from hubpipe.components.trainer import model as model_lib
 from hubpipe.components.trainer import partial
-from hubpipe.components.transform import image as image_transform
 
 MODULE = 'mobilenet_v1_100_224'
 MODES = ('naive', 'cached', 'fine_tune', 'hybrid')
@@ -124,26 +123,6 @@ def parse_args(argv=None):
               f'({args.epochs}), got {sorted(listed)}')
     args.epochs_list = sorted(listed | {args.epochs})
   return args
-
-
-def load_data(train: int, eval_: int, seed: int, size: int):
-  """(x_train, y_train, x_eval, y_eval, folder): [N, size, size, 3] in [0, 1]."""
-  folder = fashion_mnist.prepare(train, eval_, seed=seed)
-  spec = {'image': tf.io.FixedLenFeature([], tf.string),
-          'label': tf.io.FixedLenFeature([], tf.int64)}
-
-  def decode(serialized):
-    parsed = tf.io.parse_example(serialized, spec)
-    return (image_transform.decode_and_resize(parsed['image'], size, size),
-            parsed['label'])
-
-  def split(name):
-    ds = (tf.data.TFRecordDataset(str(folder / name / 'data.tfrecord'))
-          .batch(256).map(decode, num_parallel_calls=tf.data.AUTOTUNE))
-    images, labels = zip(*ds.as_numpy_iterator())
-    return np.concatenate(images), np.concatenate(labels)
-
-  return (*split('train'), *split('eval'), folder)
 
 
 class EpochClock(tf_keras.callbacks.Callback):
@@ -304,7 +283,7 @@ def main(argv=None):
   log(f'environment: {environment}')
 
   t = time.perf_counter()
-  *data, folder = load_data(args.train, args.eval, args.seed, args.size)
+  *data, folder = load_fashion_mnist(args.train, args.eval, args.seed, args.size)
   data_seconds = time.perf_counter() - t
   num_classes = fashion_mnist.NUM_CLASSES
   log(f'data: {folder}, train {data[0].shape}, eval {data[2].shape}, '

@@ -13,7 +13,6 @@
 compiles the very same object.
 """
 
-import os
 from typing import List, Optional
 
 import tensorflow_model_analysis as tfma

@@ -56,7 +56,7 @@ def _node_of(store, execution_id: int, pipeline_name: str) -> str:
   return str(execution_id)
 
 
-def _artifacts(store, execution_id: int, event_type) -> list:
+def _artifacts(store, execution_id: int, event_type, types: dict) -> list:
   """[(input/output keys, artifact type name, artifact)] of one execution.
 
   One artifact can fill several inputs (the candidate that is also the
@@ -67,7 +67,6 @@ def _artifacts(store, execution_id: int, event_type) -> list:
   keys = {e.artifact_id: {step.key for step in e.path.steps
                           if step.HasField('key')} for e in events}
   artifacts = store.get_artifacts_by_id(list(keys)) if keys else []
-  types = {t.id: t.name for t in store.get_artifact_types()}
   return [(keys[a.id], types.get(a.type_id, ''), a) for a in artifacts]
 
 
@@ -129,6 +128,7 @@ def collect(metadata_path: str, pipeline_name: str, label_key: str) -> dict:
   if run is None:
     return out
   out['run_id'] = run.name
+  types = {t.id: t.name for t in store.get_artifact_types()}
   executions = sorted(store.get_executions_by_context(run.id),
                       key=lambda e: (e.create_time_since_epoch, e.id))
   for execution in executions:
@@ -139,15 +139,15 @@ def collect(metadata_path: str, pipeline_name: str, label_key: str) -> dict:
         'name': node, 'state': STATES.get(execution.last_known_state, '?'),
         'seconds': round(seconds, 1)})
     for keys, type_name, artifact in _artifacts(
-        store, execution.id, metadata_store_pb2.Event.INPUT):
+        store, execution.id, metadata_store_pb2.Event.INPUT, types):
       if 'baseline_model' in keys:
         out['baseline_model'] = artifact.uri
       if node == 'Trainer' and type_name == 'Examples':
         span = _prop(artifact, 'span')
         if span is not None:
           out.setdefault('trained_on_spans', []).append(int(span))
-    for _, type_name, artifact in _artifacts(store, execution.id,
-                                             metadata_store_pb2.Event.OUTPUT):
+    for _, type_name, artifact in _artifacts(
+        store, execution.id, metadata_store_pb2.Event.OUTPUT, types):
       if type_name == 'ExampleStatistics':
         out['examples'] = _example_counts(artifact.uri)
       elif type_name == 'ModelRun':

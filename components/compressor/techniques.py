@@ -37,7 +37,6 @@ os.environ.setdefault('TF_USE_LEGACY_KERAS', '1')
 import csv  # pylint: disable=g-import-not-at-top
 import io
 import math
-import re
 from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
@@ -240,14 +239,15 @@ class SelectiveInt8(NamedTuple):
   ranking: List[Dict]          # the candidate ops' statistics, most sensitive first
 
 
-def layer_weight_fraction(model: tf_keras.Model, layer: str) -> float:
-  """The share of the model's weights held by variables of `layer` (matched
-  by name, also inside a hub.KerasLayer); 0.0 when no variable matches."""
+def layer_weight_fractions(model: tf_keras.Model, layers) -> Dict[str, float]:
+  """{layer: share of the model's weights held by its variables} (matched by
+  name, also inside a hub.KerasLayer; 0.0 when no variable matches)."""
   sizes = {v.name: int(np.prod(v.shape)) for v in model.weights}
   total = sum(sizes.values()) or 1
-  mine = sum(n for name, n in sizes.items()
-             if name.split('/')[0] == layer or f'/{layer}/' in f'/{name}')
-  return mine / total
+  return {layer: sum(n for name, n in sizes.items()
+                     if name.split('/')[0] == layer
+                     or f'/{layer}/' in f'/{name}') / total
+          for layer in set(layers)}
 
 
 def int8_selective(model: tf_keras.Model, representative: np.ndarray,
@@ -280,8 +280,9 @@ def int8_selective(model: tf_keras.Model, representative: np.ndarray,
         to_tflite(model, 'float32'), eval_x, eval_y, threads=threads)
   debugger = _int8_debugger(model, representative, debug_examples)
   stats = layer_statistics(debugger)
+  fractions = layer_weight_fractions(model, [s['layer'] for s in stats])
   ranking = [s for s in rank_sensitive_ops(stats)
-             if layer_weight_fraction(model, s['layer']) <= max_layer_fraction]
+             if fractions[s['layer']] <= max_layer_fraction]
   trace, best = [], None
   for k in range(0, min(max_float_layers, len(ranking)) + 1):
     nodes = [s['tensor_name'] for s in ranking[:k]]

@@ -118,15 +118,3 @@ def metadata(resolved: str) -> dict:
     return {}
   path = Path(resolved) / METADATA_FILE
   return json.loads(path.read_text()) if path.exists() else {}
-
-
-def input_size(resolved: str, configured=None) -> list:
-  """[height, width] for the Transform: the config's, else the module's own."""
-  if configured:
-    return list(configured)
-  size = metadata(resolved).get('input_size')
-  if not size:
-    raise ModuleNotFound(
-        f'the module {resolved} does not declare its input size; set '
-        'module.input_size: [height, width] in the config.')
-  return list(size)
