@@ -79,6 +79,8 @@ def parse_args(argv=None):
   p.add_argument('--budget', type=float, default=0.01,
                  help='int8_selective: allowed accuracy drop vs float32 TFLite')
   p.add_argument('--max-float-layers', type=int, default=6)
+  p.add_argument('--selective-max-size-ratio', type=float, default=0.3,
+                 help='int8_selective: largest file size against float32')
   p.add_argument('--select-on', choices=('train', 'eval'), default='train',
                  help='data int8_selective scores its steps on (train: the '
                  'eval set stays unseen by the selection)')
@@ -232,13 +234,15 @@ def main(argv=None):
                         if args.select_on == 'train' else (x_eval, y_eval))
   selective = techniques.int8_selective(
       core, calibration, select_x, select_y, budget=args.budget,
-      max_float_layers=args.max_float_layers, threads=args.threads)
+      max_float_layers=args.max_float_layers,
+      max_size_ratio=args.selective_max_size_ratio, threads=args.threads)
   timings['int8_selective_s'] = time.perf_counter() - start
   log(f'int8_selective ({timings["int8_selective_s"]:.1f} s): ranking ' +
       ', '.join(f'{r["layer"]}={r["rmse/scale"]:.2f}' for r in selective.ranking[:8]))
   for step in selective.trace:
     log(f'  float {step["float_layers"] or "none"}: {args.select_on} accuracy '
-        f'{step["accuracy"]:.4f}, drop {100 * step["drop"]:+.1f} pt')
+        f'{step["accuracy"]:.4f}, drop {100 * step["drop"]:+.1f} pt, agreement '
+        f'{step["agreement"]:.4f}, size {step["size_ratio"]:.3f}')
   bench.tflite('int8_selective', selective.tflite,
                notes=f'float: {", ".join(selective.float_layers) or "none"}; '
                f'met budget on {args.select_on}: {selective.met_budget}',

@@ -146,8 +146,11 @@ class CompressionConfig:
   pruning_sparsity: float = 0.5
   pruning_epochs: int = 2
   distillation_epochs: int = 10
-  # int8_selective: at most this many ops kept in float.
+  # int8_selective: at most this many ops kept in float, and the file at most
+  # this fraction of the float32 TFLite file (None: no limit; max_size_ratio,
+  # when set and smaller, applies instead).
   max_float_layers: int = 6
+  selective_max_size_ratio: Optional[float] = 0.3
 
 
 @dataclasses.dataclass
@@ -352,8 +355,12 @@ def validate(config: Config) -> Config:
   if not 0.0 < c.pruning_sparsity < 1.0:
     raise ConfigError(f'compression.pruning_sparsity: must be in (0, 1), got '
                       f'{c.pruning_sparsity}.')
+  for key in ('max_size_ratio', 'selective_max_size_ratio', 'max_latency_ms'):
+    if getattr(c, key) is not None and not getattr(c, key) > 0:
+      raise ConfigError(f'compression.{key}: must be positive or null, got '
+                        f'{getattr(c, key)}.')
   for key in ('calibration_examples', 'eval_examples', 'fine_tune_examples',
-              'pruning_epochs', 'distillation_epochs'):
+              'pruning_epochs', 'distillation_epochs', 'max_float_layers'):
     _positive(f'compression.{key}', getattr(c, key))
   _choice('beam.direct_running_mode', config.beam.direct_running_mode,
           DIRECT_RUNNING_MODES)

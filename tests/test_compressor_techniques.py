@@ -20,12 +20,12 @@ SIZE = 16
 CLASSES = 3
 
 
-def _toy_data(n, seed):
+def _toy_data(n, seed, signal=0.4):
   """Class = the dominant colour channel, under noise."""
   rng = np.random.default_rng(seed)
   y = rng.integers(0, CLASSES, n)
-  x = rng.random((n, SIZE, SIZE, 3), dtype=np.float32) * 0.6
-  x[np.arange(n), :, :, y] += 0.4
+  x = rng.random((n, SIZE, SIZE, 3), dtype=np.float32) * (1 - signal)
+  x[np.arange(n), :, :, y] += signal
   return x.astype(np.float32), y
 
 
@@ -125,27 +125,44 @@ def test_keep_float_ops_leaves_the_named_op_in_float(trained, converted, toy):
                          keep_float_ops=['no_such_layer'])
 
 
-def test_int8_selective_ranks_ops_and_never_loses_to_plain_int8(trained, toy):
-  (x, _), (ex, ey) = toy
-  # An unreachable budget: tries plain int8 and then up to 2 ops in float.
+def test_int8_selective_adds_the_ops_that_restore_agreement(trained, toy):
+  (x, _), _ = toy
+  # A weak signal puts examples near the decision boundary, where int8 flips
+  # some of the float model's answers.
+  ex, ey = _toy_data(400, 5, signal=0.1)
+  # An unreachable budget: steps on while an op raises agreement, up to 2.
   result = techniques.int8_selective(trained, x[:64], ex, ey, budget=-1.0,
-                                     max_float_layers=2)
+                                     max_float_layers=2, max_size_ratio=None)
   assert not result.met_budget
-  assert [t['float_layers'] for t in result.trace] == [
-      [], [result.ranking[0]['layer']],
-      [result.ranking[0]['layer'], result.ranking[1]['layer']]]
-  assert result.accuracy >= result.trace[0]['accuracy']
-  assert len(result.float_ops) <= 2
+  steps = [t['float_layers'] for t in result.trace]
+  assert steps[0] == [] and len(steps) >= 2
+  ranked = [r['layer'] for r in result.ranking]
+  for before, after in zip(steps, steps[1:]):
+    assert after[:-1] == before and after[-1] in ranked
+  agreements = [t['agreement'] for t in result.trace]
+  assert agreements == sorted(set(agreements))  # each step raises it
+  assert result.float_layers == steps[-1] and len(result.float_ops) <= 2
   for node in result.float_ops:
     assert _output_dtype(result.tflite, node) == np.float32
-  assert measure.tflite_accuracy(result.tflite, ex, ey) == result.accuracy
+  float_pred = measure.tflite_predict(techniques.to_tflite(trained, 'float32'),
+                                      ex).argmax(-1)
+  pred = measure.tflite_predict(result.tflite, ex).argmax(-1)
+  assert result.agreement == np.mean(pred == float_pred)
+  assert result.accuracy == np.mean(pred == ey)
+  assert result.reference_accuracy == np.mean(float_pred == ey)
   scores = [r['rmse/scale'] for r in result.ranking]
   assert scores == sorted(scores, reverse=True)
   assert {r['op_name'] for r in result.ranking} <= set(techniques.WEIGHTED_OPS)
+
+  # A size limit at plain int8's size leaves every op out: each costs bytes.
+  capped = techniques.int8_selective(trained, x[:64], ex, ey, budget=-1.0,
+                                     max_float_layers=2,
+                                     max_size_ratio=result.trace[0]['size_ratio'])
+  assert capped.float_ops == [] and sorted(capped.over_size_limit) == sorted(ranked)
+  assert capped.size_ratio == result.trace[0]['size_ratio']
   # Deterministic, and a generous budget keeps everything int8.
   again = techniques.int8_selective(trained, x[:64], ex, ey, budget=1.0,
-                                    max_float_layers=2,
-                                    reference_accuracy=result.reference_accuracy)
+                                    max_float_layers=2)
   assert again.met_budget and again.float_ops == []
   assert again.accuracy == result.trace[0]['accuracy']
 

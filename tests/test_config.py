@@ -85,3 +85,17 @@ def test_overrides_are_validated(tmp_path):
   assert config.training.epochs == 2 and config.data.train_examples == 30
   with pytest.raises(ConfigError, match='training.epochs: must be positive'):
     load_config(None, {'training.epochs': 0})
+
+
+@pytest.mark.parametrize('text, key', [
+    ('compression:\n  max_size_ratio: 0\n', 'compression.max_size_ratio'),
+    ('compression:\n  selective_max_size_ratio: -0.3\n',
+     'compression.selective_max_size_ratio'),
+    ('compression:\n  max_float_layers: 0\n', 'compression.max_float_layers'),
+])
+def test_compression_limits_must_be_positive(tmp_path, text, key):
+  with pytest.raises(ConfigError, match=key):
+    load_config(_write(tmp_path, text))
+  assert load_config(_write(
+      tmp_path, 'compression:\n  selective_max_size_ratio: null\n')
+  ).compression.selective_max_size_ratio is None

@@ -150,10 +150,17 @@ def compress(model, train_x, train_y, eval_x, eval_y, settings, log=print):
         selection = slice(None)
       # Half the budget on the selection examples leaves room for sampling
       # noise when the same variant is scored on the eval split.
+      limits = [r for r in (settings['selective_max_size_ratio'],
+                            settings['max_size_ratio']) if r is not None]
       result = techniques.int8_selective(
           model, calibration, train_x[selection], train_y[selection],
           budget=settings['max_accuracy_drop'] / 2,
-          max_float_layers=settings['max_float_layers'])
+          max_float_layers=settings['max_float_layers'],
+          max_size_ratio=min(limits) if limits else None)
+      for step in result.trace:
+        log(f'    float {", ".join(step["float_layers"]) or "none"}: '
+            f'agreement {step["agreement"]:.4f}, drop '
+            f'{100 * step["drop"]:+.2f} pt, size {step["size_ratio"]:.3f}')
       return result.tflite, ('float: ' + ', '.join(result.float_layers)
                              if result.float_layers else 'all int8')
     add('int8_selective', selective)

@@ -23,9 +23,9 @@ Conversion tries `TFLiteConverter.from_keras_model` first (it handles a
 hub.KerasLayer) and falls back to `from_concrete_functions` on a tf.function of
 the model with a fixed input signature (batch dimension left free).
 
-`int8_selective` keeps the ops the TFLite quantization debugger finds most
-sensitive in float, adding them one at a time until the int8 model is within an
-accuracy budget of the float32 TFLite model. `prune` applies TFMOT magnitude
+`int8_selective` keeps a few of the ops the TFLite quantization debugger finds
+most sensitive in float, chosen one at a time by how much they bring the int8
+model's answers back to the float32 model's, within a file-size limit. `prune` applies TFMOT magnitude
 pruning to the Hub module's kernels and fine-tunes briefly. `distill` trains a
 smaller student on the teacher's softened logits.
 """
@@ -232,75 +232,97 @@ class SelectiveInt8(NamedTuple):
   tflite: bytes                # the chosen int8 model
   float_ops: List[str]         # output tensor names of the ops kept in float
   float_layers: List[str]      # the same, as short layer names (op_layer_name)
-  accuracy: float              # eval accuracy of `tflite`
-  reference_accuracy: float    # eval accuracy of the float32 TFLite model
+  accuracy: float              # accuracy of `tflite` on the selection examples
+  reference_accuracy: float    # the float32 TFLite model's, same examples
+  agreement: float             # share of them where `tflite` and float32 agree
+  size_ratio: float            # len(tflite) / len(float32 TFLite)
+  over_size_limit: List[str]   # candidate layers left out: over the size limit
   met_budget: bool             # reference_accuracy - accuracy <= budget
-  trace: List[Dict]            # per step: float_layers, accuracy, drop
+  trace: List[Dict]            # per step: float_layers, accuracy, drop, ...
   ranking: List[Dict]          # the candidate ops' statistics, most sensitive first
 
 
-def layer_weight_fractions(model: tf_keras.Model, layers) -> Dict[str, float]:
-  """{layer: share of the model's weights held by its variables} (matched by
-  name, also inside a hub.KerasLayer; 0.0 when no variable matches)."""
-  sizes = {v.name: int(np.prod(v.shape)) for v in model.weights}
-  total = sum(sizes.values()) or 1
-  return {layer: sum(n for name, n in sizes.items()
-                     if name.split('/')[0] == layer
-                     or f'/{layer}/' in f'/{name}') / total
-          for layer in set(layers)}
-
-
 def int8_selective(model: tf_keras.Model, representative: np.ndarray,
-                   eval_x: np.ndarray, eval_y: np.ndarray, budget: float = 0.01,
-                   max_float_layers: int = 6, debug_examples: int = 64,
-                   reference_accuracy: Optional[float] = None,
-                   threads: int = 2,
-                   max_layer_fraction: float = 0.05) -> SelectiveInt8:
-  """Full-integer int8 with the most quantization-sensitive ops kept in float.
+                   select_x: np.ndarray, select_y: np.ndarray,
+                   budget: float = 0.01, max_float_layers: int = 6,
+                   max_size_ratio: Optional[float] = 0.30,
+                   candidates: int = 8, debug_examples: int = 64,
+                   threads: int = 2) -> SelectiveInt8:
+  """Full-integer int8 with a few quantization-sensitive ops kept in float,
+  within a size limit.
 
   1. Calibrate once (QuantizationDebugger on the converter) and collect per-op
-     statistics on the first `debug_examples` representative examples.
-  2. Rank the weighted ops (WEIGHTED_OPS) by rmse/scale.
-  3. Start from plain int8 (nothing denylisted); while the accuracy drop on
-     (eval_x, eval_y) against the float32 TFLite model exceeds `budget` (a
-     fraction: 0.01 is one point) and fewer than `max_float_layers` ops are
-     float, denylist the next op of the ranking (denylisted_nodes) and
-     re-quantize (no re-calibration).
+     statistics on the first `debug_examples` representative examples; the
+     `candidates` weighted ops (WEIGHTED_OPS) with the largest rmse/scale are
+     the candidates.
+  2. Greedy forward selection from plain int8: each step re-quantizes (no
+     re-calibration) with each remaining candidate added to the float ops,
+     drops those that take the file over `max_size_ratio` of the float32
+     TFLite file (size only grows, so they stay out), and keeps the one whose
+     predictions agree most often with the float32 model's on
+     (select_x, select_y). Agreement, not accuracy, scores the steps: it counts
+     every flipped answer, not just the net change in right ones, so it is the
+     steadier signal, and it needs no labels.
+  3. Stop when the accuracy drop against float32 on the selection examples is
+     within `budget` (a fraction: 0.01 is one point), when no candidate raises
+     agreement, or at `max_float_layers` float ops.
 
-  Ops of layers holding more than `max_layer_fraction` of the model's weights
-  are not candidates: keeping one of those in float would give back much of
-  the size int8 saves (MobileNet's conv_pw_13 alone is a third of it).
-
-  Returns the first variant within budget; if none is, the most accurate one
-  tried (ties: fewer float ops), with met_budget False. Deterministic: fixed
-  calibration order, fixed ranking tie-breaks, fixed evaluation.
+  Returns the last step's model; met_budget says whether it is within budget.
+  Deterministic: fixed calibration order, ranking tie-breaks, evaluation.
   """
-  if reference_accuracy is None:
-    reference_accuracy = measure.tflite_accuracy(
-        to_tflite(model, 'float32'), eval_x, eval_y, threads=threads)
+  float_tflite = to_tflite(model, 'float32')
+  float_pred = np.argmax(measure.tflite_predict(float_tflite, select_x,
+                                                threads=threads), axis=-1)
+  labels = np.asarray(select_y).reshape(-1)
+  reference_accuracy = float(np.mean(float_pred == labels))
+  limit = None if max_size_ratio is None else max_size_ratio * len(float_tflite)
+
   debugger = _int8_debugger(model, representative, debug_examples)
-  stats = layer_statistics(debugger)
-  fractions = layer_weight_fractions(model, [s['layer'] for s in stats])
-  ranking = [s for s in rank_sensitive_ops(stats)
-             if fractions[s['layer']] <= max_layer_fraction]
-  trace, best = [], None
-  for k in range(0, min(max_float_layers, len(ranking)) + 1):
-    nodes = [s['tensor_name'] for s in ranking[:k]]
+  ranking = rank_sensitive_ops(layer_statistics(debugger))[:candidates]
+
+  def score(nodes):
     tflite = _quantize_with_denylist(debugger, nodes)
-    accuracy = measure.tflite_accuracy(tflite, eval_x, eval_y, threads=threads)
-    drop = reference_accuracy - accuracy
-    layers = [op_layer_name(n) for n in nodes]
-    trace.append({'float_layers': layers, 'accuracy': accuracy, 'drop': drop})
-    if best is None or accuracy > best[3]:
-      best = (tflite, nodes, layers, accuracy)
-    if drop <= budget + 1e-12:
-      best = (tflite, nodes, layers, accuracy)
+    pred = np.argmax(measure.tflite_predict(tflite, select_x, threads=threads),
+                     axis=-1)
+    return {'tflite': tflite, 'nodes': list(nodes),
+            'accuracy': float(np.mean(pred == labels)),
+            'agreement': float(np.mean(pred == float_pred)),
+            'size_ratio': len(tflite) / len(float_tflite)}
+
+  def record(step):
+    trace.append({'float_layers': [op_layer_name(n) for n in step['nodes']],
+                  'accuracy': step['accuracy'],
+                  'drop': reference_accuracy - step['accuracy'],
+                  'agreement': step['agreement'],
+                  'size_ratio': step['size_ratio']})
+
+  current, trace, over_limit = score([]), [], []
+  record(current)
+  pool = [s['tensor_name'] for s in ranking]
+  while (reference_accuracy - current['accuracy'] > budget + 1e-12
+         and len(current['nodes']) < max_float_layers):
+    best, too_big = None, []
+    for node in [n for n in pool if n not in current['nodes']]:
+      step = score(current['nodes'] + [node])
+      if limit is not None and len(step['tflite']) > limit:
+        too_big.append(node)
+        continue
+      if best is None or step['agreement'] > best['agreement']:
+        best = step
+    pool = [n for n in pool if n not in too_big]
+    over_limit.extend(too_big)
+    if best is None or best['agreement'] <= current['agreement']:
       break
-  tflite, nodes, layers, accuracy = best
+    current = best
+    record(current)
   return SelectiveInt8(
-      tflite=tflite, float_ops=list(nodes), float_layers=list(layers),
-      accuracy=accuracy, reference_accuracy=reference_accuracy,
-      met_budget=reference_accuracy - accuracy <= budget + 1e-12, trace=trace,
+      tflite=current['tflite'], float_ops=current['nodes'],
+      float_layers=[op_layer_name(n) for n in current['nodes']],
+      accuracy=current['accuracy'], reference_accuracy=reference_accuracy,
+      agreement=current['agreement'], size_ratio=current['size_ratio'],
+      over_size_limit=[op_layer_name(n) for n in over_limit],
+      met_budget=reference_accuracy - current['accuracy'] <= budget + 1e-12,
+      trace=trace,
       ranking=[{k: s[k] for k in ('layer', 'op_name', 'tensor_name',
                                   'rmse/scale', 'scale')} for s in ranking])
 
