@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import tensorflow as tf
 
 from hubpipe.components.trainer import strategy
 
@@ -38,3 +39,21 @@ def test_precision_policy_by_hardware():
   assert strategy.precision_policy('tpu', 0) == 'mixed_bfloat16'
   assert strategy.precision_policy('mirrored', 2) == 'mixed_float16'
   assert strategy.precision_policy('default', 0) is None
+
+
+@pytest.mark.parametrize('task_type, task_id, chief', [
+    (None, None, True), ('chief', 0, True), ('worker', 0, True),
+    ('worker', 1, False), ('worker', 3, False), ('evaluator', 0, False)])
+def test_only_the_chief_keeps_the_model(task_type, task_id, chief):
+  assert strategy.is_chief(task_type, task_id) is chief
+  path = strategy.output_dir('/root/Trainer/model/7/Format-Serving',
+                             task_type, task_id)
+  if chief:
+    assert path == '/root/Trainer/model/7/Format-Serving'
+  else:
+    assert path == (f'/root/Trainer/model/7/.workertemp_{task_type}_{task_id}'
+                    '/Format-Serving')
+
+
+def test_single_process_strategies_have_no_worker_role():
+  assert strategy.worker_role(tf.distribute.get_strategy()) == (None, None)

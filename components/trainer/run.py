@@ -342,14 +342,21 @@ def run_fn(fn_args):
   logging.info('Trainer report: %s', {k: v for k, v in report.items()
                                       if k != 'history'})
 
+  # Multi-worker: every worker saves (collective ops), the chief's copy stays.
+  task_type, task_id = strategy_lib.worker_role(t.strategy)
+  serving_dir = strategy_lib.output_dir(fn_args.serving_model_dir, task_type,
+                                        task_id)
   model_lib.export_serving_model(served, t.transform_output, t.input_key,
-                                 t.label_key, fn_args.serving_model_dir)
+                                 t.label_key, serving_dir)
   # Frozen module: the head is all a later run needs; a module that trained
   # (fine_tune, hybrid) is saved whole as well.
-  warm_start_dir = os.path.join(fn_args.serving_model_dir, WARM_START_DIR)
+  warm_start_dir = os.path.join(serving_dir, WARM_START_DIR)
   head.save_weights(os.path.join(warm_start_dir, 'head'))
   if config.model.integration != 'feature_extraction':
     served.save_weights(os.path.join(warm_start_dir, 'model'))
+  if not strategy_lib.is_chief(task_type, task_id):
+    tf.io.gfile.rmtree(os.path.dirname(serving_dir))
+    return
   tf.io.gfile.makedirs(fn_args.model_run_dir)
   with tf.io.gfile.GFile(os.path.join(fn_args.model_run_dir, REPORT_FILE),
                          'w') as f:

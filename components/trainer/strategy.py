@@ -88,3 +88,31 @@ def precision_policy(strategy_name: str, num_gpus: int) -> 'str | None':
   if num_gpus:
     return 'mixed_float16'
   return None
+
+
+def worker_role(strategy: tf.distribute.Strategy):
+  """(task_type, task_id) of this process in a multi-worker cluster, from the
+  strategy's cluster resolver (TF_CONFIG); (None, None) otherwise."""
+  resolver = getattr(strategy, 'cluster_resolver', None)
+  if resolver is None or not isinstance(
+      strategy, tf.distribute.MultiWorkerMirroredStrategy):
+    return None, None
+  return resolver.task_type, resolver.task_id
+
+
+def is_chief(task_type, task_id) -> bool:
+  """The chief writes the model: a 'chief' task, or worker 0 when the cluster
+  has none, or the only process."""
+  return (task_type is None or task_type == 'chief' or
+          (task_type == 'worker' and task_id == 0))
+
+
+def output_dir(path: str, task_type, task_id) -> str:
+  """Where this process saves `path`. Under MultiWorkerMirroredStrategy every
+  worker must save (saving runs collective ops), but only the chief's copy is
+  kept: the others write beside it in a temporary folder and delete it."""
+  if is_chief(task_type, task_id):
+    return path
+  return os.path.join(os.path.dirname(path.rstrip('/')),
+                      f'.workertemp_{task_type}_{task_id}',
+                      os.path.basename(path.rstrip('/')))
