@@ -1,7 +1,8 @@
 """hubpipe: a TFX pipeline that reuses pretrained TensorFlow Hub modules for new tasks.
 
-The top-level folders `pipeline/` and `components/` install as the packages
-`hubpipe.pipeline` and `hubpipe.components` (hubpipe is a namespace package).
+The top-level folders `pipeline/`, `components/` and `kubeflow/` install as
+the packages `hubpipe.pipeline`, `hubpipe.components` and `hubpipe.kubeflow`
+(hubpipe is a namespace package).
 
 Install with the pinned stack (see README):
   pip install --ignore-requires-python -c constraints.txt -e '.[test]'
@@ -21,12 +22,16 @@ setup(
     version='0.1.0',
     description='Reuse pretrained TensorFlow Hub modules in a production TFX pipeline.',
     python_requires='>=3.11,<3.12',
-    packages=_packages('pipeline') + _packages('components'),
+    packages=(_packages('pipeline') + _packages('components') +
+              _packages('kubeflow')),
     package_dir={'hubpipe.pipeline': 'pipeline',
-                 'hubpipe.components': 'components'},
+                 'hubpipe.components': 'components',
+                 'hubpipe.kubeflow': 'kubeflow'},
     package_data={'hubpipe.pipeline': ['configs/*.yaml']},
     data_files=[('share/hubpipe/schemas/image_classification',
-                 ['schemas/image_classification/schema.pbtxt'])],
+                 ['schemas/image_classification/schema.pbtxt']),
+                ('share/hubpipe/schemas/text_classification',
+                 ['schemas/text_classification/schema.pbtxt'])],
     install_requires=[
         # Exact versions come from constraints.txt; tensorflow-hub 0.16.1 is
         # installed afterwards with --no-deps (tfx 1.16 pins <0.16, which does
@@ -40,6 +45,7 @@ setup(
         'tensorflow-model-optimization',
         'apache-beam',
         'ml-metadata',
+        'kfp',
         'pyyaml',
         'pillow',
     ],

@@ -5,6 +5,11 @@
   hubpipe modules list                          the modules hubpipe builds offline
   hubpipe modules build NAME|--all [--force]    fetch, check and convert
   hubpipe modules inspect HANDLE [--json]       what a module takes and gives
+  hubpipe compile --target kubeflow --output FILE.yaml [--config FILE]
+      [--image IMAGE] [--pipeline-root URI] [--data-root URI]
+                                                the same DAG for Kubeflow
+  hubpipe schedule --cron EXPR --package FILE.yaml [--endpoint URL]
+      [--experiment NAME] [--name NAME]         a recurring run on Kubeflow
 """
 
 import argparse
@@ -109,6 +114,50 @@ def cmd_modules(args) -> int:
   return 0
 
 
+def cmd_compile(args) -> int:
+  """Compiles the config's DAG for Kubeflow Pipelines (KubeflowV2DagRunner)."""
+  from hubpipe.components.hub_modules.inspect import IncompatibleModule
+  from hubpipe.components.hub_modules.resolve import (ModuleNotFound,
+                                                      ModuleUnavailable)
+  from hubpipe.kubeflow import runner
+  from hubpipe.pipeline.config import ConfigError
+  config = _load(args.config)
+  try:
+    result = runner.compile_pipeline(
+        config, args.output, image=args.image,
+        pipeline_root=args.pipeline_root, data_root=args.data_root)
+  except (ConfigError, IncompatibleModule, ModuleNotFound,
+          ModuleUnavailable) as err:
+    print(f'hubpipe: {err}', file=sys.stderr)
+    return 2
+  print(f'compiled "{config.name}" for Kubeflow Pipelines: {result["output"]}')
+  print(f'  image:         {result["image"]}')
+  print(f'  pipeline root: {result["pipeline_root"]}')
+  print(f'  serving dir:   {result["serving_dir"]}')
+  for component in result['components']:
+    spec = result['resources'].get(component)
+    print(f'  {component:<32} ' + (', '.join(
+        f'{k} {v}' for k, v in spec.items()) if spec else 'no resources set'))
+  return 0
+
+
+def cmd_schedule(args) -> int:
+  """Creates a KFP recurring run of a compiled pipeline."""
+  from hubpipe.kubeflow import schedule
+  try:
+    result = schedule.create_recurring_run(
+        args.package, args.cron, endpoint=args.endpoint,
+        experiment=args.experiment, job_name=args.name,
+        namespace=args.namespace)
+  except schedule.ScheduleError as err:
+    print(f'hubpipe: {err}', file=sys.stderr)
+    return 2
+  print(f'scheduled "{result["name"]}" ({result["cron"]}, no catch-up, one '
+        f'run at a time) on {result["endpoint"]}: recurring run '
+        f'{result["recurring_run_id"]} in experiment {result["experiment_id"]}')
+  return 0
+
+
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(
       prog='hubpipe',
@@ -130,6 +179,33 @@ def main(argv=None) -> int:
                        help='build: every offline module')
   modules.add_argument('--json', action='store_true', help='inspect: as JSON')
   modules.set_defaults(func=cmd_modules)
+  comp = sub.add_parser('compile', help='compile the DAG for Kubeflow Pipelines')
+  comp.add_argument('--target', choices=('kubeflow',), default='kubeflow')
+  comp.add_argument('--config', help='YAML config (default: the demo)')
+  comp.add_argument('--output', required=True, help='pipeline file (.yaml)')
+  comp.add_argument('--image', help='container image (default: kubeflow.image)')
+  comp.add_argument('--pipeline-root',
+                    help='artifact root on the cluster (default: '
+                    'kubeflow.pipeline_root), e.g. gs://BUCKET/hubpipe')
+  comp.add_argument('--data-root',
+                    help='the examples on the cluster (default: '
+                    'kubeflow.data_root, or the copy in the image for the '
+                    'bundled data sets)')
+  comp.set_defaults(func=cmd_compile)
+  sched = sub.add_parser('schedule',
+                         help='schedule recurring runs on Kubeflow Pipelines')
+  sched.add_argument('--cron', required=True,
+                     help='cron expression, 5 fields ("0 3 * * *") or 6 with '
+                     'seconds first')
+  sched.add_argument('--package', required=True,
+                     help='the compiled pipeline (hubpipe compile --output)')
+  sched.add_argument('--endpoint',
+                     help='KFP API address (default: $KFP_ENDPOINT)')
+  sched.add_argument('--experiment', default='hubpipe')
+  sched.add_argument('--name', help='recurring run name (default: '
+                     '"<pipeline> (scheduled)")')
+  sched.add_argument('--namespace', help='Kubeflow namespace (multi-user)')
+  sched.set_defaults(func=cmd_schedule)
   args = parser.parse_args(argv)
   return args.func(args)
 

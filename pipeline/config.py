@@ -9,6 +9,7 @@ names) is hard-coded elsewhere: it comes from here or from the data.
 import dataclasses
 import difflib
 import os
+import re
 from pathlib import Path
 from typing import Any, Optional
 
@@ -159,13 +160,46 @@ class PushConfig:
   serving_dir: Optional[str] = None
 
 
+BEAM_RUNNERS = ('DirectRunner', 'FlinkRunner', 'SparkRunner',
+                'PortableRunner', 'DataflowRunner')
+
+
 @dataclasses.dataclass
 class BeamConfig:
+  # The runner of the Beam components (ExampleGen, StatisticsGen, Transform,
+  # Evaluator). DirectRunner runs on this machine; the others need their own
+  # arguments in extra_args (e.g. --flink_master, --job_endpoint, --project,
+  # --region, --temp_location): see the README, "Beam at scale".
+  runner: str = 'DirectRunner'
+  # DirectRunner only.
   direct_running_mode: str = 'multi_processing'
   # 0: one worker per core.
   direct_num_workers: int = 0
   # Extra Beam pipeline arguments, passed through as given.
   extra_args: list = dataclasses.field(default_factory=list)
+
+
+RESOURCE_KEYS = ('cpu', 'memory', 'accelerator', 'accelerator_count')
+
+
+@dataclasses.dataclass
+class KubeflowConfig:
+  # Used by `hubpipe compile --target kubeflow` (the local runner ignores it).
+  # The container image every component runs in (kubeflow/Dockerfile).
+  image: str = 'hubpipe:latest'
+  # Where artifacts go on the cluster (gs://, s3://, minio://, or a volume).
+  pipeline_root: Optional[str] = None
+  # The examples' root on the cluster; for the bundled data sets, default:
+  # the copy built into the image.
+  data_root: Optional[str] = None
+  # Where the Pusher writes versioned models; default <pipeline_root>/serving.
+  serving_dir: Optional[str] = None
+  # Per component id ('default' for all others): {cpu: '4', memory: '16G',
+  # accelerator: 'nvidia.com/gpu', accelerator_count: 1}. Kubernetes quantity
+  # strings; accelerator is the resource type the cluster schedules on
+  # (nvidia.com/gpu, a TPU type such as cloud-tpus.google.com/v3, or a Vertex
+  # type such as NVIDIA_TESLA_T4).
+  resources: dict = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass
@@ -182,6 +216,7 @@ class Config:
       default_factory=CompressionConfig)
   push: PushConfig = dataclasses.field(default_factory=PushConfig)
   beam: BeamConfig = dataclasses.field(default_factory=BeamConfig)
+  kubeflow: KubeflowConfig = dataclasses.field(default_factory=KubeflowConfig)
   # Where the config was loaded from; paths in it are relative to its folder.
   source_path: Optional[str] = dataclasses.field(default=None, repr=False)
 
@@ -362,12 +397,41 @@ def validate(config: Config) -> Config:
   for key in ('calibration_examples', 'eval_examples', 'fine_tune_examples',
               'pruning_epochs', 'distillation_epochs', 'max_float_layers'):
     _positive(f'compression.{key}', getattr(c, key))
+  _choice('beam.runner', config.beam.runner, BEAM_RUNNERS)
+  _validate_resources(config.kubeflow.resources)
   _choice('beam.direct_running_mode', config.beam.direct_running_mode,
           DIRECT_RUNNING_MODES)
   _positive('beam.direct_num_workers', config.beam.direct_num_workers,
             allow_zero=True)
   _check_schema(config)
   return config
+
+
+_QUANTITY = re.compile(r'^\d+(\.\d+)?(m|k|M|G|T|P|Ki|Mi|Gi|Ti|Pi)?$')
+
+
+def _validate_resources(resources: dict):
+  for component, spec in resources.items():
+    where = f'kubeflow.resources.{component}'
+    if not isinstance(spec, dict):
+      raise ConfigError(f'{where}: expected a mapping of {", ".join(RESOURCE_KEYS)}'
+                        f', got {spec!r}.')
+    for key, value in spec.items():
+      if key not in RESOURCE_KEYS:
+        raise ConfigError(f'{where}: unknown key "{key}"; allowed: '
+                          f'{", ".join(RESOURCE_KEYS)}.')
+      if key in ('cpu', 'memory') and not _QUANTITY.match(str(value)):
+        raise ConfigError(f'{where}.{key}: "{value}" is not a Kubernetes '
+                          'quantity (e.g. cpu: "4" or "500m", memory: "16G" '
+                          'or "16Gi").')
+    count = spec.get('accelerator_count', 0)
+    if not isinstance(count, int) or count < 0:
+      raise ConfigError(f'{where}.accelerator_count: expected a whole number, '
+                        f'got {count!r}.')
+    if bool(spec.get('accelerator')) != bool(count):
+      raise ConfigError(f'{where}: set accelerator and accelerator_count '
+                        'together (e.g. accelerator: nvidia.com/gpu, '
+                        'accelerator_count: 1).')
 
 
 def _check_schema(config: Config):

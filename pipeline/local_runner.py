@@ -41,38 +41,39 @@ class Inputs:
   module: dict
 
 
-def prepare_inputs(config: Config) -> Inputs:
-  """Prepares the data and checks the module against the config, before any component runs.
-
-  A missing or incompatible module, or a data folder that is not there, stops
-  the run here with a message naming the problem and the fix.
-  """
+def prepare_data(config: Config) -> str:
+  """The examples' root for `config`: a bundled data set is fetched and written
+  (idempotent); a folder named in data.path is checked. Returns its path."""
   data = config.data
   if data.source in BUNDLED_DATA:
     dataset = importlib.import_module(
         f'hubpipe.components.datasets.{data.source}')
-    input_base = str(dataset.prepare(
+    return str(dataset.prepare(
         data.train_examples, data.eval_examples, seed=data.seed,
         **{f'{config.modality}_feature': config.input_feature,
            'label_feature': data.label_feature}))
-  else:
-    input_base = config.resolve_path(data.path)
-    if '://' not in input_base and not os.path.isdir(input_base):
-      raise ConfigError(f'data.path: {input_base} is not a folder.')
-    if data.source == 'tfrecord' and '://' not in input_base:
-      folders = ([input_base] if not data.span_pattern else
-                 glob.glob(os.path.join(
-                     input_base, data.span_pattern.replace('{SPAN}', '*'))))
-      if not folders:
-        raise ConfigError(f'data.span_pattern: no folder under {input_base} '
-                          f'matches {data.span_pattern}.')
-      for folder, split in itertools.product(folders, ('train', 'eval')):
-        if not os.path.isdir(os.path.join(folder, split)):
-          raise ConfigError(
-              f'data.path: {folder} must hold train/ and eval/ folders of '
-              'TFRecord files of tf.Examples.')
-  # Resolve (offline modules are built on first use), inspect and check the
-  # modules now, so a mismatch stops the run here, not in the Trainer.
+  input_base = config.resolve_path(data.path)
+  if '://' not in input_base and not os.path.isdir(input_base):
+    raise ConfigError(f'data.path: {input_base} is not a folder.')
+  if data.source == 'tfrecord' and '://' not in input_base:
+    folders = ([input_base] if not data.span_pattern else
+               glob.glob(os.path.join(
+                   input_base, data.span_pattern.replace('{SPAN}', '*'))))
+    if not folders:
+      raise ConfigError(f'data.span_pattern: no folder under {input_base} '
+                        f'matches {data.span_pattern}.')
+    for folder, split in itertools.product(folders, ('train', 'eval')):
+      if not os.path.isdir(os.path.join(folder, split)):
+        raise ConfigError(
+            f'data.path: {folder} must hold train/ and eval/ folders of '
+            'TFRecord files of tf.Examples.')
+  return input_base
+
+
+def check_module(config: Config):
+  """Resolves (offline modules are built on first use), inspects and checks
+  the config's modules, so a mismatch stops the run before any component, not
+  in the Trainer. Returns (input_size, preprocessor, module facts)."""
   from hubpipe.components.hub_modules import inspect as inspect_lib
   from hubpipe.components.hub_modules import resolve as hub_resolve
   info = inspect_lib.describe(config.module.handle)
@@ -87,10 +88,20 @@ def prepare_inputs(config: Config) -> Inputs:
   input_size = None
   if config.modality == 'image':
     input_size = list(config.module.input_size or info.input_size)
-  return Inputs(input_base, input_size, preprocessor,
-                {k: v for k, v in info.to_dict().items()
-                 if k in ('kind', 'modality', 'output_kind', 'output_dim',
-                          'parameters', 'trainable_parameters', 'size_bytes')})
+  facts = {k: v for k, v in info.to_dict().items()
+           if k in ('kind', 'modality', 'output_kind', 'output_dim',
+                    'parameters', 'trainable_parameters', 'size_bytes')}
+  return input_size, preprocessor, facts
+
+
+def prepare_inputs(config: Config) -> Inputs:
+  """Prepares the data and checks the module against the config, before any component runs.
+
+  A missing or incompatible module, or a data folder that is not there, stops
+  the run here with a message naming the problem and the fix.
+  """
+  input_base = prepare_data(config)
+  return Inputs(input_base, *check_module(config))
 
 
 class _Progress(logging.Handler):

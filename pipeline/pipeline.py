@@ -37,10 +37,15 @@ def _sections(config: Config, keys) -> dict:
 
 
 def beam_pipeline_args(config: Config) -> List[str]:
-  """Beam arguments for the data components; DirectRunner on all cores by default."""
-  args = [f'--direct_running_mode={config.beam.direct_running_mode}',
-          f'--direct_num_workers={config.beam.direct_num_workers}']
-  return args + list(config.beam.extra_args)
+  """Beam arguments for the data components (ExampleGen, StatisticsGen,
+  Transform, Evaluator); DirectRunner on all cores by default. The cluster
+  runners take their endpoints and options from beam.extra_args."""
+  beam = config.beam
+  args = [f'--runner={beam.runner}']
+  if beam.runner == 'DirectRunner':
+    args += [f'--direct_running_mode={beam.direct_running_mode}',
+             f'--direct_num_workers={beam.direct_num_workers}']
+  return args + list(beam.extra_args)
 
 
 def example_gen(config: Config, input_base: str):

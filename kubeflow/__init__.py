@@ -1,0 +1,1 @@
+"""Kubeflow Pipelines: compile the hubpipe DAG, and schedule recurring runs."""

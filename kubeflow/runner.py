@@ -1,0 +1,154 @@
+"""Compiles the hubpipe DAG for Kubeflow Pipelines (KFP v2), with resources.
+
+The same `create_pipeline(config)` the local runner runs is compiled here with
+TFX's KubeflowV2DagRunner into a KFP pipeline spec (YAML) that kfp uploads,
+runs and schedules. Only the runner and the resources differ from a local run:
+
+- every component runs in one image (kubeflow/Dockerfile), which holds the
+  pinned stack, hubpipe, the offline modules and the bundled data sets;
+- per-component CPU, memory and accelerators come from `kubeflow.resources` in
+  the config and are set on each component as a KFP `ResourceSpec` in both the
+  deprecated numeric fields and the current string fields, so old and current
+  KFP backends both read the request;
+- the Beam components get `beam_pipeline_args` from the config's `beam`
+  section (DirectRunner in the pod, or a Flink / Spark / Dataflow cluster);
+- ML Metadata is the cluster's: no connection config is compiled in.
+"""
+
+import os
+import re
+from typing import Dict, Optional
+
+os.environ.setdefault('TF_USE_LEGACY_KERAS', '1')
+
+from kfp.pipeline_spec import pipeline_spec_pb2  # pylint: disable=g-import-not-at-top
+from tfx import v1 as tfx
+from tfx.dsl.components.base import base_component
+
+from hubpipe.components import assets
+from hubpipe.pipeline.config import BUNDLED as BUNDLED_DATA
+from hubpipe.pipeline.config import Config, ConfigError
+
+# Where kubeflow/Dockerfile builds the offline modules and the bundled data
+# (its HUBPIPE_DATA_DIR): compiled pipelines read the bundled data from there.
+IMAGE_DATA_DIR = '/opt/hubpipe/data'
+DEFAULT = 'default'
+
+ResourceSpec = pipeline_spec_pb2.PipelineDeploymentConfig.PipelineContainerSpec.ResourceSpec
+
+_UNITS = {'': 1.0, 'k': 1e3, 'M': 1e6, 'G': 1e9, 'T': 1e12, 'P': 1e15,
+          'Ki': 2.0**10, 'Mi': 2.0**20, 'Gi': 2.0**30, 'Ti': 2.0**40,
+          'Pi': 2.0**50}
+
+
+def cpu_cores(quantity: str) -> float:
+  """A Kubernetes CPU quantity ('4', '0.5', '500m') in cores."""
+  text = str(quantity)
+  return float(text[:-1]) / 1000 if text.endswith('m') else float(text)
+
+
+def memory_gb(quantity: str) -> float:
+  """A Kubernetes memory quantity ('16G', '16Gi', '512Mi') in GB (10^9 bytes),
+  the unit of ResourceSpec's deprecated memory fields."""
+  match = re.fullmatch(r'(\d+(?:\.\d+)?)([a-zA-Z]*)', str(quantity))
+  if not match or match.group(2) not in _UNITS:
+    raise ConfigError(f'"{quantity}" is not a memory quantity (e.g. 16G, 16Gi).')
+  return float(match.group(1)) * _UNITS[match.group(2)] / 1e9
+
+
+def resource_spec(spec: Dict) -> ResourceSpec:
+  """A ResourceSpec from {cpu, memory, accelerator, accelerator_count}, with
+  limits and requests set in both the deprecated and the current fields."""
+  resources = ResourceSpec()
+  if spec.get('cpu') is not None:
+    cpu = str(spec['cpu'])
+    resources.cpu_limit = resources.cpu_request = cpu_cores(cpu)
+    resources.resource_cpu_limit = resources.resource_cpu_request = cpu
+  if spec.get('memory') is not None:
+    memory = str(spec['memory'])
+    resources.memory_limit = resources.memory_request = memory_gb(memory)
+    resources.resource_memory_limit = memory
+    resources.resource_memory_request = memory
+  if spec.get('accelerator'):
+    count = int(spec.get('accelerator_count', 1))
+    resources.accelerator.type = resources.accelerator.resource_type = (
+        spec['accelerator'])
+    resources.accelerator.count = count
+    resources.accelerator.resource_count = str(count)
+  return resources
+
+
+def apply_resources(pipeline: tfx.dsl.Pipeline, resources: Dict) -> Dict:
+  """Sets each component's platform config from `resources` (component id or
+  'default'); returns {component id: the spec applied}."""
+  ids = [c.id for c in pipeline.components]
+  unknown = sorted(set(resources) - set(ids) - {DEFAULT})
+  if unknown:
+    raise ConfigError(f'kubeflow.resources: no component named '
+                      f'{", ".join(unknown)}; the pipeline has: '
+                      f'{", ".join(ids)} (or use "{DEFAULT}").')
+  applied = {}
+  for component in pipeline.components:
+    spec = {**resources.get(DEFAULT, {}), **resources.get(component.id, {})}
+    # Resolvers and importers run in the KFP driver, not in a container.
+    if spec and isinstance(component, base_component.BaseComponent):
+      component.with_platform_config(resource_spec(spec))
+      applied[component.id] = spec
+  return applied
+
+
+def cluster_data_root(config: Config, data_root: Optional[str]) -> str:
+  """The examples' root as the cluster sees it."""
+  root = data_root or config.kubeflow.data_root
+  if root:
+    return root
+  if config.data.source in BUNDLED_DATA:
+    # Written on this machine exactly as the image's build writes it; the
+    # path under the data dir is the same in the image.
+    from hubpipe.pipeline import local_runner
+    local = os.path.abspath(local_runner.prepare_data(config))
+    base = os.path.abspath(assets.data_dir())
+    return os.path.join(IMAGE_DATA_DIR, os.path.relpath(local, base))
+  path = config.resolve_path(config.data.path)
+  if '://' not in path:
+    raise ConfigError(
+        f'data.path: {path} is a folder on this machine, which the cluster '
+        'cannot read. Copy the data to storage the cluster reads (gs://, '
+        's3://, a mounted volume) and pass --data-root or set '
+        'kubeflow.data_root.')
+  return path
+
+
+def compile_pipeline(config: Config, output: str, image: Optional[str] = None,
+                     pipeline_root: Optional[str] = None,
+                     data_root: Optional[str] = None) -> Dict:
+  """Writes the KFP pipeline spec for `config` to `output` (.yaml); returns
+  what was compiled (image, roots, resources per component, components)."""
+  from hubpipe.pipeline import local_runner
+  from hubpipe.pipeline.pipeline import create_pipeline
+
+  if not output.endswith(('.yaml', '.yml')):
+    raise ConfigError(f'--output {output}: the pipeline file must end in '
+                      '.yaml (what kfp uploads).')
+  image = image or config.kubeflow.image
+  root = pipeline_root or config.kubeflow.pipeline_root
+  if not root:
+    raise ConfigError('no pipeline root: pass --pipeline-root or set '
+                      'kubeflow.pipeline_root (e.g. gs://BUCKET/hubpipe).')
+  input_size, preprocessor, _ = local_runner.check_module(config)
+  serving_dir = (config.kubeflow.serving_dir or
+                 f'{root.rstrip("/")}/serving/{config.name}')
+  pipeline = create_pipeline(
+      config, pipeline_root=root, input_base=cluster_data_root(config, data_root),
+      serving_dir=serving_dir, input_size=input_size, preprocessor=preprocessor)
+  applied = apply_resources(pipeline, config.kubeflow.resources)
+  runner = tfx.orchestration.experimental.KubeflowV2DagRunner(
+      config=tfx.orchestration.experimental.KubeflowV2DagRunnerConfig(
+          default_image=image),
+      output_dir=os.path.dirname(os.path.abspath(output)),
+      output_filename=os.path.basename(output))
+  runner.run(pipeline)
+  return {'output': os.path.abspath(output), 'image': image,
+          'pipeline_root': root, 'serving_dir': serving_dir,
+          'components': [c.id for c in pipeline.components],
+          'resources': applied}
