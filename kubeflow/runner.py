@@ -15,6 +15,7 @@ runs and schedules. Only the runner and the resources differ from a local run:
 - ML Metadata is the cluster's: no connection config is compiled in.
 """
 
+import dataclasses
 import os
 import re
 from typing import Dict, Optional
@@ -27,11 +28,13 @@ from tfx.dsl.components.base import base_component
 
 from hubpipe.components import assets
 from hubpipe.pipeline.config import BUNDLED as BUNDLED_DATA
-from hubpipe.pipeline.config import Config, ConfigError
+from hubpipe.pipeline.config import REPO_ROOT, Config, ConfigError
 
 # Where kubeflow/Dockerfile builds the offline modules and the bundled data
-# (its HUBPIPE_DATA_DIR): compiled pipelines read the bundled data from there.
+# (its HUBPIPE_DATA_DIR), and where it puts this repository (its WORKDIR):
+# compiled pipelines read the bundled data and the curated schemas there.
 IMAGE_DATA_DIR = '/opt/hubpipe/data'
+IMAGE_SRC_DIR = '/opt/hubpipe/src'
 DEFAULT = 'default'
 
 ResourceSpec = pipeline_spec_pb2.PipelineDeploymentConfig.PipelineContainerSpec.ResourceSpec
@@ -119,11 +122,30 @@ def cluster_data_root(config: Config, data_root: Optional[str]) -> str:
   return path
 
 
+def cluster_schema_path(config: Config, src_dir: str = IMAGE_SRC_DIR) -> str:
+  """The schema file as the pods see it: a schema in this repository is read
+  from the image's copy; any other must be on storage the cluster reads."""
+  path = config.schema_path
+  if '://' in path:
+    return path
+  local = os.path.abspath(path)
+  if local.startswith(str(REPO_ROOT) + os.sep):
+    return os.path.join(src_dir, os.path.relpath(local, REPO_ROOT))
+  raise ConfigError(
+      f'data.schema: {path} is a file on this machine, which the cluster '
+      'cannot read. Copy it to storage the cluster reads (gs://, s3://) and '
+      'point data.schema there, or add it to the image.')
+
+
 def compile_pipeline(config: Config, output: str, image: Optional[str] = None,
                      pipeline_root: Optional[str] = None,
-                     data_root: Optional[str] = None) -> Dict:
+                     data_root: Optional[str] = None,
+                     src_dir: str = IMAGE_SRC_DIR) -> Dict:
   """Writes the KFP pipeline spec for `config` to `output` (.yaml); returns
-  what was compiled (image, roots, resources per component, components)."""
+  what was compiled (image, roots, resources per component, components).
+
+  `src_dir` is where the image holds this repository (tests that run the
+  compiled commands on this machine pass the checkout)."""
   from hubpipe.pipeline import local_runner
   from hubpipe.pipeline.pipeline import create_pipeline
 
@@ -136,6 +158,8 @@ def compile_pipeline(config: Config, output: str, image: Optional[str] = None,
     raise ConfigError('no pipeline root: pass --pipeline-root or set '
                       'kubeflow.pipeline_root (e.g. gs://BUCKET/hubpipe).')
   input_size, preprocessor, _ = local_runner.check_module(config)
+  config = dataclasses.replace(config, data=dataclasses.replace(
+      config.data, schema=cluster_schema_path(config, src_dir)))
   serving_dir = (config.kubeflow.serving_dir or
                  f'{root.rstrip("/")}/serving/{config.name}')
   pipeline = create_pipeline(
@@ -143,8 +167,11 @@ def compile_pipeline(config: Config, output: str, image: Optional[str] = None,
       serving_dir=serving_dir, input_size=input_size, preprocessor=preprocessor)
   applied = apply_resources(pipeline, config.kubeflow.resources)
   runner = tfx.orchestration.experimental.KubeflowV2DagRunner(
+      # Pipeline spec 2.1: parameters as runtimeValue.constant plus the
+      # inputs spec in the container arguments, which is what the KFP v2
+      # driver resolves and TFX's container entrypoint then reads.
       config=tfx.orchestration.experimental.KubeflowV2DagRunnerConfig(
-          default_image=image),
+          default_image=image, use_pipeline_spec_2_1=True),
       output_dir=os.path.dirname(os.path.abspath(output)),
       output_filename=os.path.basename(output))
   runner.run(pipeline)

@@ -264,3 +264,12 @@ def test_hubpipe_schedule_sends_the_compiled_pipeline(default_compiled,
   assert body['pipeline_spec'] == yaml.safe_load(default_compiled.read_text())
   assert body['display_name'] == f'{load_config().name} (scheduled)'
   assert 'scheduled' in capsys.readouterr().out
+
+
+def test_pods_read_the_curated_schema_from_the_image(default_compiled):
+  spec = _spec(default_compiled)
+  schema = f'{runner.IMAGE_SRC_DIR}/schemas/image_classification/schema.pbtxt'
+  assert _parameter(spec, 'ImportSchemaGen', 'schema_file') == schema
+  assert _parameter(spec, 'AnomalyGate', 'schema_path') == schema
+  assert f'WORKDIR {runner.IMAGE_SRC_DIR}' in (
+      REPO / 'kubeflow' / 'Dockerfile').read_text()

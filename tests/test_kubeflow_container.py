@@ -1,0 +1,172 @@
+"""What the Kubeflow image would run, run here: compiled containers, locally.
+
+No Docker engine or cluster runs on these machines. These tests take compiled
+components' container commands and arguments, fill in the ExecutorInput the
+way the KFP v2 driver and launcher do (tests/kfp_launcher.py) and run them in
+subprocesses on real artifacts: ImportExampleGen on a tiny Fashion-MNIST
+folder and ImportSchemaGen on the curated schema, then Transform on what they
+wrote.
+"""
+
+import glob
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_transform as tft
+import yaml
+from tfx.dsl.components.base import base_executor
+from tfx.utils import import_utils
+
+from hubpipe.components import assets
+from hubpipe.components.transform.image import decode_and_resize
+from hubpipe.kubeflow.runner import compile_pipeline
+from hubpipe.pipeline import local_runner
+from hubpipe.pipeline.config import REPO_ROOT, load_config
+
+from kfp_launcher import (container_spec, executor_input, produced_artifact,
+                          run_task)
+
+SIZE = [32, 32]
+TINY = {
+    'name': 'tiny-kfp-container',
+    'data.train_examples': 50,
+    'data.eval_examples': 20,
+    'module.input_size': SIZE,
+    'beam.direct_running_mode': 'in_memory',
+    'beam.direct_num_workers': 1,
+}
+TIMEOUT_S = 120
+
+
+@pytest.fixture(scope='module')
+def compiled(tmp_path_factory):
+  """(spec dict, pipeline root, tiny data folder, work folder)."""
+  work = tmp_path_factory.mktemp('kfp-container')
+  config = load_config(None, TINY)
+  data = local_runner.prepare_data(config)
+  path = work / 'pipeline.yaml'
+  # The image holds this repository at runner.IMAGE_SRC_DIR; here the
+  # checkout plays that part (the curated schema is read from it).
+  compile_pipeline(config, str(path), pipeline_root=str(work / 'root'),
+                   data_root=data, src_dir=str(REPO_ROOT))
+  with open(path) as f:
+    return yaml.safe_load(f), str(work / 'root'), data, work
+
+
+def _container_tasks(spec):
+  tasks = spec['root']['dag']['tasks']
+  executors = spec['deploymentSpec']['executors']
+  return sorted(t for t, s in tasks.items() if 'container' in executors[
+      spec['components'][s['componentRef']['name']]['executorLabel']])
+
+
+def _env():
+  env = dict(os.environ)
+  env.update(TF_USE_LEGACY_KERAS='1', TF_CPP_MIN_LOG_LEVEL='2',
+             HUBPIPE_DATA_DIR=str(assets.data_dir()))
+  return env
+
+
+def _run(spec, task, executor_in, cwd):
+  process, output = run_task(spec, task, executor_in, _env(), str(cwd),
+                             TIMEOUT_S)
+  assert process.returncode == 0, (
+      f'{task} container exited {process.returncode}:\n'
+      f'{process.stderr[-4000:]}')
+  assert output is not None, f'{task} wrote no ExecutorOutput'
+  return output
+
+
+def test_every_container_task_gets_its_inputs_from_kfp_v2(compiled):
+  """Each container task's parameters resolve as the KFP v2 driver resolves
+  them, the TFX entrypoint is told to read them where the launcher puts them
+  (inputs.parameterValues, read only with an inputs spec), and its executor
+  class imports."""
+  spec, root, _, _ = compiled
+  tasks = _container_tasks(spec)
+  assert {'ImportExampleGen', 'Transform', 'Trainer', 'Evaluator',
+          'Compressor', 'Pusher'} <= set(tasks)
+  for task in tasks:
+    wanted = spec['root']['dag']['tasks'][task].get('inputs', {}).get(
+        'artifacts', {})
+    made = executor_input(spec, task, {k: {'uri': f'{root}/x/{k}'}
+                                       for k in wanted}, root)
+    assert made['inputs']['parameterValues'], task
+    args = container_spec(spec, task)['args']
+    assert '--json_serialized_inputs_spec_args' in args, (
+        f'{task}: without an inputs spec the TFX entrypoint reads the '
+        'deprecated inputs.parameters, which the KFP v2 launcher leaves empty')
+    inputs_spec = json.loads(
+        args[args.index('--json_serialized_inputs_spec_args') + 1])
+    assert set(inputs_spec.get('parameters', {})) == set(
+        made['inputs']['parameterValues']), task
+    # The entrypoint imports the executor by this path.
+    executor = import_utils.import_class_by_path(
+        args[args.index('--executor_class_path') + 1])
+    assert issubclass(executor, base_executor.BaseExecutor), task
+
+
+def test_transform_container_writes_a_working_transform_graph(compiled):
+  """The ImportExampleGen, ImportSchemaGen and Transform containers, in turn."""
+  spec, root, data, work = compiled
+
+  # ImportExampleGen, on the tiny data folder compiled in as input_base.
+  gen_in = executor_input(spec, 'ImportExampleGen', {}, root)
+  assert gen_in['inputs']['parameterValues']['input_base'] == data
+  gen_out = _run(spec, 'ImportExampleGen', gen_in, work)
+  examples = produced_artifact(gen_in, gen_out, 'examples')
+  assert json.loads(examples['metadata']['split_names']) == ['train', 'eval']
+  eval_files = glob.glob(os.path.join(examples['uri'], 'Split-eval', '*'))
+  assert eval_files
+
+  # ImportSchemaGen, on the curated schema compiled in as schema_file.
+  schema_in = executor_input(spec, 'ImportSchemaGen', {}, root)
+  schema_out = _run(spec, 'ImportSchemaGen', schema_in, work)
+  schema = produced_artifact(schema_in, schema_out, 'schema')
+  with open(schema_in['inputs']['parameterValues']['schema_file']) as f:
+    curated = f.read()
+  with open(os.path.join(schema['uri'], 'schema.pbtxt')) as f:
+    assert f.read() == curated
+
+  transform_in = executor_input(spec, 'Transform',
+                                {'examples': examples, 'schema': schema}, root)
+  params = transform_in['inputs']['parameterValues']
+  assert params['preprocessing_fn'] == (
+      'hubpipe.components.transform.image.preprocessing_fn')
+  assert json.loads(params['custom_config'])['input_size'] == SIZE
+  types = {k: v['artifacts'][0]['type']['instanceSchema'].split('\n')[0]
+           for k, v in transform_in['inputs']['artifacts'].items()}
+  assert types == {'examples': 'title: tfx.Examples',
+                   'schema': 'title: tfx.Schema'}
+  transform_out = _run(spec, 'Transform', transform_in, work)
+
+  graph_uri = (transform_in['outputs']['artifacts']['transform_graph']
+               ['artifacts'][0]['uri'])
+  assert graph_uri.startswith(f'{root}/Transform/')
+  assert os.path.isfile(
+      os.path.join(graph_uri, 'transform_fn', 'saved_model.pb'))
+  assert os.path.isdir(os.path.join(graph_uri, 'transformed_metadata'))
+  written = transform_out['artifacts']['transform_graph']['artifacts'][0]
+  assert written['uri'] == graph_uri
+  assert os.path.exists(transform_in['outputs']['outputFile'])
+
+  # The graph transforms a raw example from the examples the container wrote.
+  record = next(iter(tf.data.TFRecordDataset(eval_files,
+                                             compression_type='GZIP')))
+  graph = tft.TFTransformOutput(graph_uri)
+  raw = tf.io.parse_example(tf.reshape(record, [1]),
+                            graph.raw_feature_spec())
+  out = graph.transform_raw_features(raw, drop_unused_features=True)
+  image = out['image']
+  assert image.dtype == tf.float32
+  assert image.shape.as_list() == [1] + SIZE + [3]
+  pixels = image.numpy()
+  assert pixels.min() >= 0.0 and pixels.max() <= 1.0
+  assert pixels.max() > pixels.min()
+  expected = decode_and_resize(tf.reshape(raw['image'], [-1]), *SIZE)
+  np.testing.assert_allclose(pixels, expected.numpy(), atol=1e-6)
+  np.testing.assert_array_equal(out['label'].numpy(),
+                                tf.reshape(raw['label'], [-1]).numpy())
