@@ -154,6 +154,31 @@ class CompressionConfig:
   selective_max_size_ratio: Optional[float] = 0.3
 
 
+SELECTION_OBJECTIVES = ('accuracy', 'budget', 'weighted')
+CANDIDATE_KEYS = ('handle', 'input_size', 'preprocessor')
+
+
+@dataclasses.dataclass
+class SelectionConfig:
+  # ModuleSelector (after Transform): with candidates listed, each is probed
+  # on a sample (frozen module, linear probe) and the Trainer trains with the
+  # winner instead of module.handle. A candidate is a handle, or a mapping
+  # {handle, input_size: [h, w], preprocessor}: the same module at another
+  # resolution is another candidate.
+  candidates: list = dataclasses.field(default_factory=list)
+  train_examples: int = 1000
+  eval_examples: int = 500
+  # accuracy: the best probe accuracy. budget: the best probe accuracy among
+  # the candidates within max_latency_ms and max_size_mb. weighted: probe
+  # accuracy less latency_weight (and size_weight) per doubling of latency
+  # (size) over the cheapest candidate's.
+  objective: str = 'accuracy'
+  max_latency_ms: Optional[float] = None   # per example, batch 1, CPU
+  max_size_mb: Optional[float] = None      # the module on disk
+  latency_weight: float = 0.0
+  size_weight: float = 0.0
+
+
 @dataclasses.dataclass
 class PushConfig:
   # Base folder of the versioned serving models; default <workdir>/serving.
@@ -214,6 +239,8 @@ class Config:
       default_factory=EvaluationConfig)
   compression: CompressionConfig = dataclasses.field(
       default_factory=CompressionConfig)
+  selection: SelectionConfig = dataclasses.field(
+      default_factory=SelectionConfig)
   push: PushConfig = dataclasses.field(default_factory=PushConfig)
   beam: BeamConfig = dataclasses.field(default_factory=BeamConfig)
   kubeflow: KubeflowConfig = dataclasses.field(default_factory=KubeflowConfig)
@@ -397,6 +424,7 @@ def validate(config: Config) -> Config:
   for key in ('calibration_examples', 'eval_examples', 'fine_tune_examples',
               'pruning_epochs', 'distillation_epochs', 'max_float_layers'):
     _positive(f'compression.{key}', getattr(c, key))
+  _validate_selection(config.selection)
   _choice('beam.runner', config.beam.runner, BEAM_RUNNERS)
   _validate_resources(config.kubeflow.resources)
   _choice('beam.direct_running_mode', config.beam.direct_running_mode,
@@ -405,6 +433,39 @@ def validate(config: Config) -> Config:
             allow_zero=True)
   _check_schema(config)
   return config
+
+
+def _validate_selection(s: SelectionConfig):
+  for i, candidate in enumerate(s.candidates):
+    where = f'selection.candidates[{i}]'
+    if isinstance(candidate, str) and candidate:
+      continue
+    if not isinstance(candidate, dict) or not candidate.get('handle'):
+      raise ConfigError(f'{where}: expected a handle, or a mapping with a '
+                        f'"handle" key, got {candidate!r}.')
+    for key in candidate:
+      if key not in CANDIDATE_KEYS:
+        raise ConfigError(f'{where}: unknown key "{key}"; allowed: '
+                          f'{", ".join(CANDIDATE_KEYS)}.')
+    size = candidate.get('input_size')
+    if size is not None and (not isinstance(size, list) or len(size) != 2 or
+                             not all(isinstance(v, int) and v > 0
+                                     for v in size)):
+      raise ConfigError(f'{where}.input_size: expected [height, width] '
+                        f'(positive integers), got {size!r}.')
+  _choice('selection.objective', s.objective, SELECTION_OBJECTIVES)
+  _positive('selection.train_examples', s.train_examples)
+  _positive('selection.eval_examples', s.eval_examples)
+  for key in ('max_latency_ms', 'max_size_mb'):
+    if getattr(s, key) is not None and not getattr(s, key) > 0:
+      raise ConfigError(f'selection.{key}: must be positive or null, got '
+                        f'{getattr(s, key)}.')
+  _positive('selection.latency_weight', s.latency_weight, allow_zero=True)
+  _positive('selection.size_weight', s.size_weight, allow_zero=True)
+  if (s.objective == 'budget' and s.max_latency_ms is None
+      and s.max_size_mb is None):
+    raise ConfigError('selection.objective "budget" needs selection.'
+                      'max_latency_ms or selection.max_size_mb.')
 
 
 _QUANTITY = re.compile(r'^\d+(\.\d+)?(m|k|M|G|T|P|Ki|Mi|Gi|Ti|Pi)?$')

@@ -1,7 +1,8 @@
 """The hubpipe DAG, in one place, independent of the runner.
 
   ExampleGen -> StatisticsGen -> ImportSchemaGen -> ExampleValidator
-    -> AnomalyGate -> Transform -> Trainer (Hub module, tf.distribute)
+    -> AnomalyGate -> Transform -> [ModuleSelector, with selection.candidates]
+    -> Trainer (Hub module, tf.distribute)
     -> Evaluator (TFMA; baseline = latest blessed model)
     -> Compressor (image models: TFLite variants, measured) -> Pusher
   (+ a span resolver feeding Transform and Trainer the latest N spans, when
@@ -20,6 +21,7 @@ from tfx import v1 as tfx
 
 from hubpipe.components.anomaly_gate.component import AnomalyGate
 from hubpipe.components.compressor.component import Compressor
+from hubpipe.components.module_selector.component import ModuleSelector
 from hubpipe.pipeline.config import Config
 
 TRANSFORM_FN = 'hubpipe.components.transform.{modality}.preprocessing_fn'
@@ -155,9 +157,21 @@ def create_pipeline(config: Config, pipeline_root: str, input_base: str,
           type=tfx.types.standard_artifacts.ModelBlessing),
   ).with_id('latest_blessed_model_resolver')
 
+  # With candidates listed, the ModuleSelector probes each on a sample and
+  # hands the Trainer its choice as hyperparameters (as the Tuner would).
+  selector = None
+  if config.selection.candidates:
+    selector = ModuleSelector(
+        examples=training_examples, schema=schema.outputs['schema'],
+        transform_graph=transform.outputs['transform_graph'],
+        config=_sections(config, TRAINER_SECTIONS + ('selection',)),
+        input_size=input_size)
+
   trainer = tfx.components.Trainer(
       run_fn=TRAINER_FN,
       examples=training_examples,
+      hyperparameters=(selector.outputs['best_hyperparameters'] if selector
+                       else None),
       base_model=(baseline.outputs['model'] if config.training.warm_start
                   else None),
       transform_graph=transform.outputs['transform_graph'],
@@ -202,8 +216,8 @@ def create_pipeline(config: Config, pipeline_root: str, input_base: str,
       pipeline_name=config.name,
       pipeline_root=pipeline_root,
       components=[c for c in (examples, statistics, schema, validator, gate,
-                              spans, transform, baseline, trainer, evaluator,
-                              compressor, pusher) if c is not None],
+                              spans, transform, selector, baseline, trainer,
+                              evaluator, compressor, pusher) if c is not None],
       enable_cache=enable_cache,
       metadata_connection_config=metadata_connection_config,
       beam_pipeline_args=beam_pipeline_args(config))

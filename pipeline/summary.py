@@ -172,12 +172,29 @@ def collect(metadata_path: str, pipeline_name: str, label_key: str) -> dict:
                                           'compression_report.html'),
               **{k: report.get(k) for k in ('reference_accuracy', 'decision',
                                             'variants', 'skipped')}}
+      elif type_name == 'hubpipe.ModuleSelection':
+        path = os.path.join(artifact.uri, 'module_selection.json')
+        if os.path.exists(path):
+          with open(path) as f:
+            report = json.load(f)
+          out['module_selection'] = {
+              'report_html': os.path.join(artifact.uri,
+                                          'module_selection.html'),
+              **{k: report.get(k) for k in ('policy', 'rows', 'pareto',
+                                            'decision', 'selector_seconds',
+                                            'train_examples',
+                                            'eval_examples')}}
       elif type_name == 'PushedModel':
         out['pushed'] = bool(_prop(artifact, 'pushed'))
         out['pushed_model'] = _prop(artifact, 'pushed_destination')
         tflite = os.path.join(out['pushed_model'] or '', 'model.tflite')
         out['pushed_tflite'] = tflite if os.path.exists(tflite) else None
   return out
+
+
+def _share(seconds: float, summary: dict) -> str:
+  total = summary.get('wall_seconds')
+  return f', {seconds / total:.0%} of the run' if total else ''
 
 
 def render(summary: dict) -> str:
@@ -188,8 +205,10 @@ def render(summary: dict) -> str:
   module = summary.get('module', {})
   detail = (f'input {module["input_size"]}' if module.get('input_size') else
             f'preprocessor {module.get("preprocessor") or "none"}')
+  selected = (summary.get('training') or {}).get('selected_by') == 'ModuleSelector'
   lines.append(f'  module: {module.get("handle")} ({module.get("integration")}, '
-               f'{detail})')
+               f'{detail})' + ('; the Trainer used the ModuleSelector\'s '
+                               'choice, below' if selected else ''))
   if summary.get('examples'):
     lines.append('  examples: ' + ', '.join(
         f'{k} {v}' for k, v in summary['examples'].items()))
@@ -199,8 +218,35 @@ def render(summary: dict) -> str:
     lines.append('  components:')
     for c in summary['components']:
       lines.append(f'    {c["name"]:<32} {c["state"]:<9} {c["seconds"]:>7.1f} s')
+  selection = summary.get('module_selection') or {}
+  if selection.get('rows'):
+    lines.append(f'  module selector ({selection["policy"]["objective"]}; '
+                 f'linear probe on {selection["train_examples"]} train / '
+                 f'{selection["eval_examples"]} eval examples, '
+                 f'{selection["selector_seconds"]:.0f} s'
+                 f'{_share(selection["selector_seconds"], summary)}):')
+    lines.append(f'    {"rank":>4} {"candidate":<36} {"probe acc":>9} '
+                 f'{"ms b1":>7} {"size MB":>8} {"params":>11}')
+    for row in selection['rows']:
+      if row.get('rank') is None:
+        lines.append(f'    {"-":>4} {row["name"]:<36} skipped: '
+                     f'{(row.get("skipped") or "")[:70]}')
+        continue
+      size = row.get('size_bytes')
+      lines.append(
+          f'    {row["rank"]:>4} {row["name"]:<36} {row["accuracy"]:>9.4f} '
+          f'{row["latency_ms_b1"]:>7.2f} '
+          f'{"n/a" if size is None else f"{size / 1e6:.1f}":>8} '
+          f'{row.get("parameters") or 0:>11,}'
+          f'{"  pareto" if row.get("pareto") else ""}')
+    lines.append(f'    decision: {selection["decision"]["reason"]}')
+    lines.append(f'    report: {selection["report_html"]}')
   training = summary.get('training') or {}
   if training:
+    if training.get('selected_by') == 'ModuleSelector':
+      size = training.get('module_input_size')
+      lines.append(f'  trainer module: {training["module"]} (chosen by the '
+                   f'ModuleSelector){f", input {size}" if size else ""}')
     lines.append(f'  trainer: {training.get("num_classes")} classes, '
                  f'{training.get("epochs")} epochs, {training.get("integration")}, '
                  f'{training.get("strategy")} '

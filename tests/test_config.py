@@ -99,3 +99,25 @@ def test_compression_limits_must_be_positive(tmp_path, text, key):
   assert load_config(_write(
       tmp_path, 'compression:\n  selective_max_size_ratio: null\n')
   ).compression.selective_max_size_ratio is None
+
+
+@pytest.mark.parametrize('text, message', [
+    ('selection:\n  candidates: [{input_size: [64, 64]}]\n',
+     r'selection.candidates\[0\]: expected a handle'),
+    ('selection:\n  candidates: [{handle: m, size: [64, 64]}]\n',
+     'unknown key "size"'),
+    ('selection:\n  candidates: [{handle: m, input_size: [64]}]\n',
+     r'selection.candidates\[0\].input_size'),
+    ('selection:\n  objective: fastest\n', 'selection.objective'),
+    ('selection:\n  objective: budget\n', 'needs selection.max_latency_ms'),
+    ('selection:\n  max_size_mb: 0\n', 'selection.max_size_mb'),
+])
+def test_bad_selection_settings_name_the_key(tmp_path, text, message):
+  with pytest.raises(ConfigError, match=message):
+    load_config(_write(tmp_path, text))
+
+
+def test_selection_configs_load():
+  for name in ('fashion_mnist_select', 'rotten_tomatoes_select'):
+    config = load_config(str(REPO_ROOT / 'pipeline' / 'configs' / f'{name}.yaml'))
+    assert len(config.selection.candidates) >= 2

@@ -18,8 +18,7 @@ import time
 
 os.environ.setdefault('TF_USE_LEGACY_KERAS', '1')
 
-import numpy as np  # pylint: disable=g-import-not-at-top
-import tensorflow as tf
+import tensorflow as tf  # pylint: disable=g-import-not-at-top
 import tensorflow_transform as tft
 from tfx.dsl.components.base import base_executor
 from tfx.types import artifact_utils
@@ -42,44 +41,22 @@ class CompressorError(ValueError):
   """The Compressor's inputs are missing or unusable."""
 
 
-def _split_files(examples_artifacts, split):
-  files = []
-  for artifact in examples_artifacts:
-    splits = artifact_utils.decode_split_names(artifact.split_names)
-    if split in splits:
-      files.append(os.path.join(artifact_utils.get_split_uri([artifact], split),
-                                '*'))
-  if not files:
-    raise CompressorError(f'the examples have no "{split}" split.')
-  return files
-
-
-def _arrays(files, transform_output, config, limit):
-  """Up to `limit` transformed (inputs, labels) as numpy, in file order."""
-  ds = trainer_run.transformed_dataset(files, transform_output,
-                                       config.input_feature,
-                                       config.data.label_feature, 64)
-  xs, ys, count = [], [], 0
-  for x, y in ds:
-    xs.append(x.numpy())
-    ys.append(y.numpy())
-    count += len(y)
-    if count >= limit:
-      break
-  if not xs:
-    raise CompressorError(f'no examples in {files}.')
-  return np.concatenate(xs)[:limit], np.concatenate(ys)[:limit]
-
-
 def core_model(config, serving_dir, input_size, num_classes):
   """The trained model's core (transformed images -> logits), rebuilt from
-  the weights the Trainer stores inside the model it exports."""
+  the weights the Trainer stores inside the model it exports, on the module
+  the Trainer recorded there (the ModuleSelector's choice, or the config's)."""
   integration = config.model.integration
   trainable = {'feature_extraction': False, 'fine_tune': True,
                'hybrid': config.model.unfreeze}[integration]
+  module = {'handle': config.module.handle, 'input_size': input_size}
+  recorded = os.path.join(serving_dir, trainer_run.MODULE_FILE)
+  if tf.io.gfile.exists(recorded):
+    with tf.io.gfile.GFile(recorded) as f:
+      module.update(json.load(f))
   extractor = model_lib.feature_extractor(
-      config.modality, hub_resolve.resolve(config.module.handle),
-      input_size=input_size, trainable=trainable)
+      config.modality, hub_resolve.resolve(module['handle']),
+      input_size=module['input_size'] or input_size, resize_from=input_size,
+      trainable=trainable)
   head = model_lib.head(extractor.output_shape[1:], num_classes,
                         config.model.hidden_units, config.model.dropout)
   model = model_lib.classifier(extractor, head)
@@ -221,10 +198,11 @@ class Executor(base_executor.BaseExecutor):
         artifact_utils.get_single_uri(input_dict['transform_graph']))
     num_classes = trainer_run.num_classes_from(transform_output)
     examples = input_dict['examples']
-    train_x, train_y = _arrays(_split_files(examples, 'train'), transform_output,
-                               config, settings['fine_tune_examples'])
-    eval_x, eval_y = _arrays(_split_files(examples, 'eval'), transform_output,
-                             config, settings['eval_examples'])
+    train_x, train_y = trainer_run.transformed_sample(
+        examples, 'train', transform_output, config,
+        settings['fine_tune_examples'])
+    eval_x, eval_y = trainer_run.transformed_sample(
+        examples, 'eval', transform_output, config, settings['eval_examples'])
     model = core_model(config, serving_dir, params['input_size'], num_classes)
     reference, rows, variants = compress(model, train_x, train_y, eval_x,
                                          eval_y, settings, log=logging.info)

@@ -12,6 +12,8 @@ import html
 import json
 from typing import Dict, List, Optional, Sequence
 
+from hubpipe.components import report_svg
+
 UNCOMPRESSED = 'uncompressed'
 
 
@@ -72,45 +74,6 @@ def choose(rows: Sequence[Dict], max_accuracy_drop: float,
                     '(compression.on_no_pass: none)'}
 
 
-def _scatter_svg(rows: Sequence[Dict], x_key: str, x_label: str,
-                 chosen: Optional[str], width=420, height=300) -> str:
-  """An SVG scatter of accuracy against x_key, one labelled point per row."""
-  points = [r for r in rows if not r.get('error') and r.get(x_key)]
-  if not points:
-    return ''
-  pad = 50
-  xs = [r[x_key] for r in points]
-  ys = [r['accuracy'] for r in points]
-  x0, x1 = min(xs) * 0.9, max(xs) * 1.1
-  y0, y1 = min(ys) - 0.02, max(ys) + 0.02
-  sx = lambda v: pad + (v - x0) / (x1 - x0 or 1) * (width - 2 * pad)
-  sy = lambda v: height - pad - (v - y0) / (y1 - y0 or 1) * (height - 2 * pad)
-  parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" '
-           f'height="{height}" font-family="sans-serif" font-size="11">',
-           f'<line x1="{pad}" y1="{height - pad}" x2="{width - pad}" '
-           f'y2="{height - pad}" stroke="black"/>',
-           f'<line x1="{pad}" y1="{pad}" x2="{pad}" y2="{height - pad}" '
-           'stroke="black"/>',
-           f'<text x="{width / 2}" y="{height - 12}" text-anchor="middle">'
-           f'{html.escape(x_label)}</text>',
-           f'<text x="14" y="{height / 2}" text-anchor="middle" '
-           f'transform="rotate(-90 14 {height / 2})">eval accuracy</text>',
-           f'<text x="{pad}" y="{height - pad + 14}">{x0:.3g}</text>',
-           f'<text x="{width - pad}" y="{height - pad + 14}" '
-           f'text-anchor="end">{x1:.3g}</text>',
-           f'<text x="{pad - 4}" y="{height - pad}" text-anchor="end">'
-           f'{y0:.3f}</text>',
-           f'<text x="{pad - 4}" y="{pad + 4}" text-anchor="end">{y1:.3f}</text>']
-  for r in points:
-    colour = '#c0392b' if r['name'] == chosen else '#2c3e50'
-    parts.append(f'<circle cx="{sx(r[x_key]):.1f}" cy="{sy(r["accuracy"]):.1f}" '
-                 f'r="5" fill="{colour}"/>')
-    parts.append(f'<text x="{sx(r[x_key]) + 7:.1f}" '
-                 f'y="{sy(r["accuracy"]) - 6:.1f}">{html.escape(r["name"])}</text>')
-  parts.append('</svg>')
-  return ''.join(parts)
-
-
 COLUMNS = (('name', 'variant', '{}'), ('accuracy', 'accuracy', '{:.4f}'),
            ('accuracy_drop', 'drop', '{:+.4f}'),
            ('size_bytes', 'size (MB)', lambda v: f'{v / 1e6:.2f}'),
@@ -160,8 +123,8 @@ when nothing passes: {html.escape(policy['on_no_pass'])}.</p>
 <p><b>Decision: {html.escape(str(chosen))}</b> &mdash; {html.escape(decision['reason'])}</p>
 <table><tr>{head}<th>policy</th></tr>{''.join(body)}</table>
 <h2>Accuracy against size and latency</h2>
-{_scatter_svg(rows, 'size_bytes', 'file size (bytes)', chosen)}
-{_scatter_svg(rows, 'latency_ms_b1', 'latency, batch 1 (ms/example)', chosen)}
+{report_svg.scatter(rows, 'size_bytes', 'file size (bytes)', chosen)}
+{report_svg.scatter(rows, 'latency_ms_b1', 'latency, batch 1 (ms/example)', chosen)}
 </body></html>
 '''
 

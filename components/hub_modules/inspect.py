@@ -200,7 +200,8 @@ def check_compatible(info: ModuleInfo, config) -> None:
   if info.modality != modality:
     raise IncompatibleModule(
         f'{_side(info)} does not fit the config: modality "{modality}" '
-        f'({data}). Use a {modality} module (`hubpipe modules list`), or set '
+        f'({data}). Use {"an" if modality == "image" else "a"} {modality} '
+        'module (`hubpipe modules list`), or set '
         f'modality to "{info.modality}" with {info.modality} data.')
   integration = config.model.integration
   heads = {FEATURE_VECTOR: 'a dense head', BERT_ENCODER: 'a dense head',

@@ -41,16 +41,24 @@ def module_layer(handle: str, trainable, name='hub_module') -> hub.KerasLayer:
 
 def feature_extractor(modality: str, handle: str, input_size=None,
                       preprocessor: str = None, seq_length: int = 128,
-                      trainable=False) -> tf_keras.Model:
+                      trainable=False, resize_from=None) -> tf_keras.Model:
   """Transformed input -> the module's feature vector.
 
-  image: [N, H, W, 3] floats in [0, 1]; text: [N] strings. A BERT-style text
-  encoder gets its preprocessing companion in front (tokenize, then pack to
-  `seq_length`), and its pooled output is the feature vector.
+  image: [N, H, W, 3] floats in [0, 1] at `input_size`, or at `resize_from`
+  (the Transform's size) resized bilinearly to `input_size` in the model, when
+  the module runs at another size than the Transform writes (a module chosen
+  by the ModuleSelector); text: [N] strings. A BERT-style text encoder gets
+  its preprocessing companion in front (tokenize, then pack to `seq_length`),
+  and its pooled output is the feature vector.
   """
   if modality == 'image':
-    inputs = tf_keras.Input(shape=(*input_size, 3), name='image')
-    return tf_keras.Model(inputs, module_layer(handle, trainable)(inputs),
+    source = list(resize_from or input_size)
+    inputs = tf_keras.Input(shape=(*source, 3), name='image')
+    images = inputs
+    if source != list(input_size):
+      images = tf_keras.layers.Resizing(*input_size, interpolation='bilinear',
+                                        name='resize')(inputs)
+    return tf_keras.Model(inputs, module_layer(handle, trainable)(images),
                           name='feature_extractor')
   inputs = tf_keras.Input(shape=(), dtype=tf.string, name='text')
   if preprocessor is None:

@@ -27,6 +27,7 @@ import numpy as np  # pylint: disable=g-import-not-at-top
 import tensorflow as tf
 import tensorflow_transform as tft
 import tf_keras
+from tfx.types import artifact_utils
 
 from hubpipe.components.hub_modules import resolve as hub_resolve
 from hubpipe.components.trainer import checkpoints
@@ -36,6 +37,10 @@ from hubpipe.components.transform import labels as label_transform
 from hubpipe.pipeline.config import config_from_dict
 
 REPORT_FILE = 'training_report.json'
+# Written beside the warm-start weights: which module the model was built on,
+# so later steps (the Compressor) rebuild it without the selector's output.
+MODULE_FILE = os.path.join('assets.extra', 'hubpipe_module.json')
+SELECTOR = 'ModuleSelector'
 # Inside each exported model: the weights a later run can warm-start from.
 WARM_START_DIR = os.path.join('assets.extra', 'warm_start')
 
@@ -82,6 +87,34 @@ def transformed_dataset(patterns, tf_transform_output, input_key, label_key,
   return (_records(patterns).batch(batch_size)
           .map(transform, num_parallel_calls=tf.data.AUTOTUNE)
           .prefetch(tf.data.AUTOTUNE))
+
+
+def split_patterns(examples_artifacts, split: str) -> list:
+  """File patterns of `split` in Examples artifacts (ValueError if none)."""
+  patterns = [os.path.join(artifact_utils.get_split_uri([a], split), '*')
+              for a in examples_artifacts
+              if split in artifact_utils.decode_split_names(a.split_names)]
+  if not patterns:
+    raise ValueError(f'the examples have no "{split}" split.')
+  return patterns
+
+
+def transformed_sample(examples_artifacts, split: str, tf_transform_output,
+                       config, limit: int):
+  """The first `limit` transformed (inputs, labels) of `split` as numpy, in
+  file order (what the Compressor and the ModuleSelector measure on)."""
+  xs, ys, count = [], [], 0
+  for x, y in transformed_dataset(split_patterns(examples_artifacts, split),
+                                  tf_transform_output, config.input_feature,
+                                  config.data.label_feature, 64):
+    xs.append(x.numpy())
+    ys.append(y.numpy())
+    count += len(y)
+    if count >= limit:
+      break
+  if not xs:
+    raise ValueError(f'the "{split}" split holds no examples.')
+  return np.concatenate(xs)[:limit], np.concatenate(ys)[:limit]
 
 
 def raw_column(patterns, key, dtype=tf.int64) -> np.ndarray:
@@ -185,9 +218,21 @@ class _Training:
     self.num_classes = num_classes_from(transform_output)
     self.strategy = strategy_lib.make(config.training.strategy,
                                       config.training.mixed_precision)
-    self.handle = hub_resolve.resolve(config.module.handle)
-    preprocessor = fn_args.custom_config.get('preprocessor')
+    # The module: the ModuleSelector's choice when it is in the pipeline (it
+    # reaches the Trainer as hyperparameters, as the Tuner's would), else the
+    # config's.
+    choice = fn_args.hyperparameters or {}
+    self.selected = choice.get('selected_by') == SELECTOR
+    self.module = choice['module_handle'] if self.selected else config.module.handle
+    self.handle = hub_resolve.resolve(self.module)
+    preprocessor = (choice.get('preprocessor') if self.selected else
+                    fn_args.custom_config.get('preprocessor'))
     self.preprocessor = hub_resolve.resolve(preprocessor) if preprocessor else None
+    # Images: the Transform writes them at transform_size; a selected module
+    # may run at another size (resized in the model).
+    self.transform_size = fn_args.custom_config.get('input_size')
+    self.module_size = ((choice.get('input_size') if self.selected else None)
+                        or self.transform_size)
     self.base_model_dir = (getattr(fn_args, 'base_model', None)
                            if config.training.warm_start else None)
     batch = config.training.batch_size * self.strategy.num_replicas_in_sync
@@ -205,7 +250,7 @@ class _Training:
     with self.strategy.scope():
       return model_lib.feature_extractor(
           self.config.modality, handle,
-          input_size=self.fn_args.custom_config.get('input_size'),
+          input_size=self.module_size, resize_from=self.transform_size,
           preprocessor=self.preprocessor if handle == self.handle else None,
           seq_length=self.config.module.seq_length, trainable=trainable)
 
@@ -307,8 +352,10 @@ def run_fn(fn_args):
                strategy_lib.describe(t.strategy),
                t.strategy.num_replicas_in_sync)
   report = {
-      'module': config.module.handle,
+      'module': t.module,
       'resolved_module': t.handle,
+      'selected_by': SELECTOR if t.selected else 'config',
+      'module_input_size': t.module_size,
       'preprocessor': t.preprocessor,
       'integration': config.model.integration,
       'num_classes': t.num_classes,
@@ -354,6 +401,10 @@ def run_fn(fn_args):
   head.save_weights(os.path.join(warm_start_dir, 'head'))
   if config.model.integration != 'feature_extraction':
     served.save_weights(os.path.join(warm_start_dir, 'model'))
+  with tf.io.gfile.GFile(os.path.join(serving_dir, MODULE_FILE), 'w') as f:
+    json.dump({'handle': t.module, 'input_size': t.module_size,
+               'transform_size': t.transform_size,
+               'preprocessor': t.preprocessor}, f)
   if not strategy_lib.is_chief(task_type, task_id):
     tf.io.gfile.rmtree(os.path.dirname(serving_dir))
     return

@@ -1,0 +1,274 @@
+"""The ModuleSelector's executor: probe each candidate module, rank, write out.
+
+Every candidate is checked against the config first (as the local runner
+checks module.handle), then measured on the same sample of transformed
+examples: the frozen module embeds the sample once; a probe (the head the
+Trainer fits in feature_extraction mode, without hidden layers: linear on a
+feature vector, the small convolutional head on a feature map; the config's
+epochs, learning rate, batch size, dropout and class weights) is fitted on the
+train embeddings and scored on the eval ones, so that its accuracy compares
+with the Trainer's. Size on disk, parameter count and CPU latency per example
+at batch 1 (module + probe) come with it. A candidate that cannot be loaded,
+does not fit, or fails while probed becomes a skipped row with the reason:
+one bad candidate must not stop a scheduled retrain.
+
+Images arrive at the Transform's size. A candidate is probed at its
+input_size, else at the size its module is fixed to, else (a module that takes
+any size) at the Transform's size: without an input_size it runs at the
+pipeline's resolution, and another resolution is another candidate. At a size
+other than the Transform's, a bilinear resize (`tf_keras.layers.Resizing`,
+i.e. `tf.image.resize`) goes in front of the module, inside the timed model:
+the Trainer's own `feature_extractor(..., resize_from=...)`.
+
+Outputs: a ModuleSelection (report, and the winner as custom properties) and
+a HyperParameters artifact whose one file the stock TFX Trainer reads into
+`fn_args.hyperparameters`.
+"""
+
+import dataclasses
+import json
+import logging
+import os
+import time
+from typing import Callable, Dict, List, Optional
+
+os.environ.setdefault('TF_USE_LEGACY_KERAS', '1')
+
+import tensorflow as tf  # pylint: disable=g-import-not-at-top
+import tensorflow_transform as tft
+import tf_keras
+from tfx.dsl.components.base import base_executor
+from tfx.types import artifact_utils
+from tfx.utils import io_utils
+
+from hubpipe.components.compressor import measure
+from hubpipe.components.hub_modules import inspect as inspect_lib
+from hubpipe.components.hub_modules import resolve as hub_resolve
+from hubpipe.components.module_selector import ranking
+from hubpipe.components.module_selector import report as report_lib
+from hubpipe.components.trainer import model as model_lib
+from hubpipe.components.trainer import run as trainer_run
+from hubpipe.pipeline.config import config_from_dict
+
+# The Trainer takes the only file in the HyperParameters artifact's folder.
+HYPERPARAMETERS_FILE = 'best_hyperparameters.txt'
+EMBED_BATCH = 32
+LATENCY_RUNS = 30
+
+
+class ModuleSelectionError(ValueError):
+  """No candidate could be probed, or the inputs are unusable."""
+
+
+def _name(handle: str, input_size: Optional[list]) -> str:
+  return f'{handle}@{input_size[0]}x{input_size[1]}' if input_size else handle
+
+
+def candidate_specs(config) -> List[Dict]:
+  """selection.candidates as dicts {name, handle, input_size, preprocessor}.
+
+  The name is the handle, plus @HxW when the candidate sets input_size. A
+  repeated candidate is probed once; two that differ only in their
+  preprocessor get #2, #3... after the name. With no candidates listed, the
+  one candidate is module.handle (with module.input_size and preprocessor).
+  """
+  raw = config.selection.candidates or [{
+      'handle': config.module.handle, 'input_size': config.module.input_size,
+      'preprocessor': config.module.preprocessor}]
+  specs, seen = [], set()
+  for candidate in raw:
+    if isinstance(candidate, str):
+      candidate = {'handle': candidate}
+    size = candidate.get('input_size')
+    spec = {'handle': candidate['handle'],
+            'input_size': list(size) if size else None,
+            'preprocessor': candidate.get('preprocessor')}
+    key = json.dumps(spec, sort_keys=True)
+    if key in seen:
+      continue
+    seen.add(key)
+    base = name = _name(spec['handle'], spec['input_size'])
+    number = 1
+    while name in (s['name'] for s in specs):
+      number += 1
+      name = f'{base}#{number}'
+    specs.append({'name': name, **spec})
+  return specs
+
+
+def _candidate_config(config, spec, size):
+  """The config as if the candidate were module.handle (for the checks)."""
+  return dataclasses.replace(config, module=dataclasses.replace(
+      config.module, handle=spec['handle'], input_size=size,
+      preprocessor=spec['preprocessor']))
+
+
+def _fixed_size(info) -> Optional[list]:
+  """[H, W] when the module only takes images of one size."""
+  spec = next(iter(info.inputs.values()), None) or {}
+  shape = spec.get('shape') or []
+  if len(shape) == 4 and shape[1] and shape[2]:
+    return [shape[1], shape[2]]
+  return None
+
+
+def _probe(spec, train_x, train_y, eval_x, eval_y, config, num_classes,
+           transform_size) -> Dict:
+  """One candidate's measured row; raises when it cannot be probed."""
+  info = inspect_lib.describe(spec['handle'])
+  size = preprocessor = None
+  if config.modality == 'image':
+    size = list(spec['input_size'] or _fixed_size(info) or transform_size)
+  elif spec['input_size']:
+    raise inspect_lib.IncompatibleModule(
+        'input_size is for image candidates; remove it from this text one.')
+  inspect_lib.check_compatible(info, _candidate_config(config, spec, size))
+  if info.output_kind == inspect_lib.BERT_ENCODER:
+    preprocessor = spec['preprocessor'] or info.preprocessor
+  resize_from = (list(transform_size) if size and size != list(transform_size)
+                 else None)
+  # The Trainer's extractor, resize included: the probe times what it serves.
+  extractor = model_lib.feature_extractor(
+      config.modality, info.resolved, input_size=size, resize_from=resize_from,
+      preprocessor=hub_resolve.resolve(preprocessor) if preprocessor else None,
+      seq_length=config.module.seq_length, trainable=False)
+
+  start = time.perf_counter()
+  train_features = extractor.predict(train_x, batch_size=EMBED_BATCH, verbose=0)
+  eval_features = extractor.predict(eval_x, batch_size=EMBED_BATCH, verbose=0)
+  embedding_seconds = time.perf_counter() - start
+
+  # The same seed for every candidate: no probe gets a luckier start.
+  tf_keras.utils.set_random_seed(config.training.seed)
+  probe_config = dataclasses.replace(
+      config, model=dataclasses.replace(config.model, hidden_units=[]))
+  start = time.perf_counter()
+  head, accuracy, _ = trainer_run._fit_head(  # pylint: disable=protected-access
+      tf.distribute.get_strategy(), train_features, train_y, eval_features,
+      eval_y, num_classes, probe_config, name='probe')
+  probe_seconds = time.perf_counter() - start
+  latency = measure.keras_latency(model_lib.classifier(extractor, head),
+                                  eval_x[:1], batch_size=1, runs=LATENCY_RUNS)
+
+  size_bytes = info.size_bytes
+  if preprocessor and size_bytes is not None:
+    # The served model carries the preprocessor too.
+    extra = inspect_lib._size_on_disk(hub_resolve.resolve(preprocessor))  # pylint: disable=protected-access
+    size_bytes = None if extra is None else size_bytes + extra
+  return {
+      'name': spec['name'], 'handle': spec['handle'],
+      'resolved': info.resolved, 'input_size': size,
+      'resized_from': resize_from,
+      'preprocessor': preprocessor, 'output_kind': info.output_kind,
+      'feature_shape': list(train_features.shape[1:]),
+      'accuracy': float(accuracy), 'latency_ms_b1': latency,
+      'size_bytes': size_bytes, 'parameters': info.parameters,
+      'embedding_seconds': round(embedding_seconds, 3),
+      'probe_seconds': round(probe_seconds, 3),
+  }
+
+
+def probe_candidates(candidates: List[Dict], train_x, train_y, eval_x, eval_y,
+                     config, num_classes: int, transform_size: Optional[list],
+                     log: Callable[[str], None] = print) -> List[Dict]:
+  """One row per candidate (see `candidate_specs`), in their order.
+
+  train_x/eval_x: transformed inputs (images [N, H, W, 3] at
+  `transform_size`, or [N] strings); *_y: class ids. A candidate that cannot
+  be probed is a row with `skipped` (the reason). Raises ModuleSelectionError
+  when every candidate is skipped.
+  """
+  rows = []
+  for spec in candidates:
+    try:
+      row = _probe(spec, train_x, train_y, eval_x, eval_y, config,
+                   num_classes, transform_size)
+      log(f'ModuleSelector: {row["name"]}: probe accuracy '
+          f'{row["accuracy"]:.4f}, {row["latency_ms_b1"]:.2f} ms/example, '
+          f'embedding {row["embedding_seconds"]:.1f} s')
+    except (hub_resolve.ModuleNotFound, hub_resolve.ModuleUnavailable,
+            inspect_lib.IncompatibleModule) as err:
+      row = {**spec, 'skipped': f'{type(err).__name__}: {err}'}
+      log(f'ModuleSelector: {spec["name"]}: skipped: {row["skipped"]}')
+    except Exception as err:  # pylint: disable=broad-except
+      logging.exception('ModuleSelector: probing %s failed', spec['name'])
+      row = {**spec, 'skipped': f'probing failed: {type(err).__name__}: '
+                                f'{err}'[:500]}
+      log(f'ModuleSelector: {spec["name"]}: skipped: {row["skipped"]}')
+    rows.append(row)
+  if all(r.get('skipped') for r in rows):
+    listing = '\n'.join(f'  - {r["name"]}: {r["skipped"]}' for r in rows)
+    raise ModuleSelectionError(
+        f'ModuleSelector: none of the {len(rows)} candidates in '
+        f'selection.candidates could be probed:\n{listing}\nFix '
+        f'selection.candidates: list {config.modality} modules that fit the '
+        'config (`hubpipe modules list`; `hubpipe modules inspect HANDLE` '
+        'shows what a module takes), or remove the list to train with '
+        'module.handle.')
+  return rows
+
+
+class Executor(base_executor.BaseExecutor):
+  """Probes the candidate modules and picks one; see the module docstring."""
+
+  def Do(self, input_dict, output_dict, exec_properties):
+    start = time.time()
+    params = json.loads(exec_properties['config'])
+    config = config_from_dict(params['config'])
+    selection = config.selection
+    transform_output = tft.TFTransformOutput(
+        artifact_utils.get_single_uri(input_dict['transform_graph']))
+    num_classes = trainer_run.num_classes_from(transform_output)
+    train_x, train_y = trainer_run.transformed_sample(
+        input_dict['examples'], 'train', transform_output, config,
+        selection.train_examples)
+    eval_x, eval_y = trainer_run.transformed_sample(
+        input_dict['examples'], 'eval', transform_output, config,
+        selection.eval_examples)
+    transform_size = None
+    if config.modality == 'image':
+      transform_size = list(train_x.shape[1:3])
+      if params['input_size'] and list(params['input_size']) != transform_size:
+        raise ModuleSelectionError(
+            f'input_size {params["input_size"]} is not the size of the '
+            f'transformed images, {transform_size}; pass the Transform\'s.')
+
+    rows = probe_candidates(candidate_specs(config), train_x, train_y, eval_x,
+                            eval_y, config, num_classes, transform_size,
+                            log=logging.info)
+    policy = {'objective': selection.objective,
+              'max_latency_ms': selection.max_latency_ms,
+              'max_size_mb': selection.max_size_mb,
+              'latency_weight': selection.latency_weight,
+              'size_weight': selection.size_weight}
+    ranked, decision = ranking.choose(rows, **policy)
+    chosen = next(r for r in ranked if r['name'] == decision['chosen'])
+    seconds = time.time() - start
+    report = {
+        'policy': policy, 'transform_size': transform_size,
+        'train_examples': int(len(train_y)), 'eval_examples': int(len(eval_y)),
+        'num_classes': num_classes, 'rows': ranked,
+        'pareto': ranking.pareto_front(rows), 'decision': decision,
+        'selector_seconds': round(seconds, 2),
+    }
+    out = artifact_utils.get_single_instance(output_dict['selection'])
+    tf.io.gfile.makedirs(out.uri)
+    report_lib.write(report, out.uri)
+    out.set_string_custom_property('chosen_handle', chosen['handle'])
+    out.set_string_custom_property('chosen_name', chosen['name'])
+    out.set_string_custom_property(
+        'chosen_input_size',
+        json.dumps(chosen['input_size']) if chosen['input_size'] else '')
+    out.set_string_custom_property('chosen_preprocessor',
+                                   chosen['preprocessor'] or '')
+    out.set_string_custom_property('decision', decision['reason'])
+    out.set_float_custom_property('selector_seconds', seconds)
+
+    hyperparameters = {'module_handle': chosen['handle'],
+                       'input_size': chosen['input_size'],
+                       'preprocessor': chosen['preprocessor'],
+                       'selected_by': 'ModuleSelector'}
+    io_utils.write_string_file(
+        os.path.join(artifact_utils.get_single_uri(
+            output_dict['best_hyperparameters']), HYPERPARAMETERS_FILE),
+        json.dumps(hyperparameters))

@@ -1,0 +1,96 @@
+"""End to end: the ModuleSelector in the DAG chooses the module the Trainer uses.
+
+A tiny Fashion-MNIST run with three candidates: the pretrained MobileNetV1 at
+another resolution than the Transform's, its randomly initialised twin, and a
+text module that cannot serve an image task.
+"""
+
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from hubpipe.pipeline import local_runner
+from hubpipe.pipeline import summary as summary_lib
+from hubpipe.pipeline.config import load_config
+
+TRANSFORM_SIZE = [48, 48]
+TINY = {
+    'name': 'tiny-select',
+    'data.train_examples': 200,
+    'data.eval_examples': 100,
+    'module.input_size': TRANSFORM_SIZE,
+    'training.epochs': 3,
+    'training.batch_size': 32,
+    'evaluation.min_accuracy': 0.3,
+    'compression.techniques': ['int8'],
+    'compression.calibration_examples': 50,
+    'compression.max_accuracy_drop': 0.2,
+    'selection.candidates': [
+        {'handle': 'mobilenet_v1_100_224', 'input_size': [64, 64]},
+        'mobilenet_v1_100_224_random',
+        'glove_6b_50d'],
+    'selection.train_examples': 150,
+    'selection.eval_examples': 100,
+    'beam.direct_running_mode': 'in_memory',
+}
+
+
+@pytest.fixture(scope='module')
+def run(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp('select') / 'work'
+  config = load_config(None, TINY)
+  return local_runner.run(config, str(workdir), echo=lambda _: None)
+
+
+def test_selector_ranks_the_candidates_and_skips_the_misfit(run):
+  assert run['status'] == 'succeeded', run.get('error')
+  states = {c['name']: c['state'] for c in run['components']}
+  assert states['ModuleSelector'] == 'complete'
+  selection = run['module_selection']
+  rows = {r['name']: r for r in selection['rows']}
+  assert set(rows) == {'mobilenet_v1_100_224@64x64',
+                       'mobilenet_v1_100_224_random', 'glove_6b_50d'}
+  assert rows['glove_6b_50d']['rank'] is None
+  assert 'text' in rows['glove_6b_50d']['skipped']
+  pretrained = rows['mobilenet_v1_100_224@64x64']
+  random = rows['mobilenet_v1_100_224_random']
+  assert (pretrained['rank'], random['rank']) == (1, 2)
+  assert pretrained['accuracy'] > random['accuracy']
+  assert pretrained['input_size'] == [64, 64]
+  assert pretrained['resized_from'] == TRANSFORM_SIZE
+  for row in (pretrained, random):
+    assert row['latency_ms_b1'] > 0 and row['size_bytes'] > 0
+    assert row['parameters'] > 3_000_000
+  assert selection['decision']['chosen'] == 'mobilenet_v1_100_224@64x64'
+  assert os.path.exists(selection['report_html'])
+  text = summary_lib.render(run)
+  assert 'module selector' in text and 'skipped' in text
+
+
+def test_trainer_trains_with_the_chosen_module(run):
+  training = run['training']
+  assert training['selected_by'] == 'ModuleSelector'
+  assert training['module'] == 'mobilenet_v1_100_224'
+  assert training['module_input_size'] == [64, 64]
+  # The served model takes raw image bytes; the Transform resizes them to
+  # 48x48 and the model to the module's 64x64.
+  served = tf.saved_model.load(run['pushed_model'])
+  eval_file = os.path.join(run['input_base'], 'eval', 'data.tfrecord')
+  record = next(iter(tf.data.TFRecordDataset(eval_file))).numpy()
+  out = served.signatures['serving_default'](examples=tf.constant([record]))
+  assert out['probabilities'].shape == (1, 10)
+
+
+def test_compressor_rebuilds_the_selected_module(run):
+  variants = {v['name']: v for v in run['compression']['variants']}
+  assert 'error' not in variants['int8'], variants['int8']
+  interpreter = tf.lite.Interpreter(model_path=run['pushed_tflite'])
+  interpreter.allocate_tensors()
+  (inp,), (out,) = (interpreter.get_input_details(),
+                    interpreter.get_output_details())
+  assert list(inp['shape'][1:]) == [*TRANSFORM_SIZE, 3]
+  interpreter.set_tensor(inp['index'], np.zeros(inp['shape'], np.float32))
+  interpreter.invoke()
+  assert interpreter.get_tensor(out['index']).shape[-1] == 10
