@@ -28,13 +28,16 @@ from tfx.dsl.components.base import base_component
 
 from hubpipe.components import assets
 from hubpipe.pipeline.config import BUNDLED as BUNDLED_DATA
-from hubpipe.pipeline.config import REPO_ROOT, Config, ConfigError
+from hubpipe.pipeline.config import REPO_ROOT, Config, ConfigError, load_config
 
 # Where kubeflow/Dockerfile builds the offline modules and the bundled data
 # (its HUBPIPE_DATA_DIR), and where it puts this repository (its WORKDIR):
 # compiled pipelines read the bundled data and the curated schemas there.
 IMAGE_DATA_DIR = '/opt/hubpipe/data'
 IMAGE_SRC_DIR = '/opt/hubpipe/src'
+# The configs whose bundled data kubeflow/Dockerfile prepares in the image.
+IMAGE_CONFIGS = ('pipeline/configs/fashion_mnist.yaml',
+                 'pipeline/configs/rotten_tomatoes_minilm.yaml')
 DEFAULT = 'default'
 
 ResourceSpec = pipeline_spec_pb2.PipelineDeploymentConfig.PipelineContainerSpec.ResourceSpec
@@ -100,14 +103,28 @@ def apply_resources(pipeline: tfx.dsl.Pipeline, resources: Dict) -> Dict:
   return applied
 
 
+def _same_data(a: Config, b: Config) -> bool:
+  keys = ('source', 'train_examples', 'eval_examples', 'seed', 'label_feature')
+  return (all(getattr(a.data, k) == getattr(b.data, k) for k in keys) and
+          a.input_feature == b.input_feature)
+
+
 def cluster_data_root(config: Config, data_root: Optional[str]) -> str:
   """The examples' root as the cluster sees it."""
   root = data_root or config.kubeflow.data_root
   if root:
     return root
   if config.data.source in BUNDLED_DATA:
-    # Written on this machine exactly as the image's build writes it; the
-    # path under the data dir is the same in the image.
+    # The image holds the bundled data of the configs it was built with
+    # (IMAGE_CONFIGS); the path under the data dir is the same there as here.
+    if not any(_same_data(config, load_config(str(REPO_ROOT / c)))
+               for c in IMAGE_CONFIGS):
+      raise ConfigError(
+          f'data: the image holds the bundled {config.data.source} data only '
+          f'as {", ".join(IMAGE_CONFIGS)} prepare it, not with these counts, '
+          'seed or feature names. Add this config to the image (the '
+          'Dockerfile\'s `hubpipe assets` line and IMAGE_CONFIGS), or copy '
+          'the data to storage the cluster reads and pass --data-root.')
     from hubpipe.pipeline import local_runner
     local = os.path.abspath(local_runner.prepare_data(config))
     base = os.path.abspath(assets.data_dir())
@@ -129,7 +146,8 @@ def cluster_schema_path(config: Config, src_dir: str = IMAGE_SRC_DIR) -> str:
   if '://' in path:
     return path
   local = os.path.abspath(path)
-  if local.startswith(str(REPO_ROOT) + os.sep):
+  shipped = str(REPO_ROOT / 'schemas') + os.sep  # what the image copies
+  if local.startswith(shipped):
     return os.path.join(src_dir, os.path.relpath(local, REPO_ROOT))
   raise ConfigError(
       f'data.schema: {path} is a file on this machine, which the cluster '

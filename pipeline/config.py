@@ -468,7 +468,8 @@ def _validate_selection(s: SelectionConfig):
                       'max_latency_ms or selection.max_size_mb.')
 
 
-_QUANTITY = re.compile(r'^\d+(\.\d+)?(m|k|M|G|T|P|Ki|Mi|Gi|Ti|Pi)?$')
+_QUANTITY = {'cpu': re.compile(r'^\d+(\.\d+)?m?$'),
+             'memory': re.compile(r'^\d+(\.\d+)?(k|M|G|T|P|Ki|Mi|Gi|Ti|Pi)?$')}
 
 
 def _validate_resources(resources: dict):
@@ -481,7 +482,7 @@ def _validate_resources(resources: dict):
       if key not in RESOURCE_KEYS:
         raise ConfigError(f'{where}: unknown key "{key}"; allowed: '
                           f'{", ".join(RESOURCE_KEYS)}.')
-      if key in ('cpu', 'memory') and not _QUANTITY.match(str(value)):
+      if key in _QUANTITY and not _QUANTITY[key].match(str(value)):
         raise ConfigError(f'{where}.{key}: "{value}" is not a Kubernetes '
                           'quantity (e.g. cpu: "4" or "500m", memory: "16G" '
                           'or "16Gi").')

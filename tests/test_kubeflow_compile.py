@@ -197,6 +197,10 @@ def test_unknown_component_names_the_pipeline_components(tmp_path, resources,
 @pytest.mark.parametrize('text, message', [
     ('kubeflow:\n  resources:\n    Trainer: {cpu: four}\n',
      'not a Kubernetes quantity'),
+    ('kubeflow:\n  resources:\n    Trainer: {cpu: 2Gi}\n',
+     'not a Kubernetes quantity'),
+    ('kubeflow:\n  resources:\n    Trainer: {memory: 500m}\n',
+     'not a Kubernetes quantity'),
     ('kubeflow:\n  resources:\n    Trainer: {accelerator: nvidia.com/gpu}\n',
      'set accelerator and accelerator_count together'),
     ('kubeflow:\n  resources:\n    Trainer: {gpus: 1}\n', 'unknown key "gpus"'),
@@ -237,6 +241,8 @@ def test_dockerfile_matches_the_runner_and_the_lock():
   for pin in ('pip==24.2', 'tensorflow-hub==0.16.1', 'tensorflow-text==2.16.1'):
     assert pin in dockerfile and pin in makefile, pin
   assert 'hubpipe modules build --all' in dockerfile
+  for config in runner.IMAGE_CONFIGS:
+    assert f'hubpipe assets --config {config}' in dockerfile, config
   users = [line.split()[1] for line in dockerfile.splitlines()
            if line.startswith('USER ')]
   assert users and users[-1] not in ('root', '0')
@@ -273,3 +279,17 @@ def test_pods_read_the_curated_schema_from_the_image(default_compiled):
   assert _parameter(spec, 'AnomalyGate', 'schema_path') == schema
   assert f'WORKDIR {runner.IMAGE_SRC_DIR}' in (
       REPO / 'kubeflow' / 'Dockerfile').read_text()
+
+
+def test_bundled_data_the_image_lacks_is_refused(tmp_path):
+  config = load_config(str(REPO / 'pipeline' / 'configs' /
+                           'rotten_tomatoes_glove.yaml'))  # 10000 / 2500
+  with pytest.raises(ConfigError, match='--data-root'):
+    runner.compile_pipeline(config, str(tmp_path / 'p.yaml'),
+                            pipeline_root=str(tmp_path))
+  # With the data on cluster storage, it compiles.
+  runner.compile_pipeline(config, str(tmp_path / 'p.yaml'),
+                          pipeline_root=str(tmp_path),
+                          data_root='gs://acme/rotten-tomatoes')
+  assert _parameter(_spec(tmp_path / 'p.yaml'), 'ImportExampleGen',
+                    'input_base') == 'gs://acme/rotten-tomatoes'

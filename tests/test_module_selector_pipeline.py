@@ -18,6 +18,9 @@ from hubpipe.pipeline.config import load_config
 TRANSFORM_SIZE = [48, 48]
 TINY = {
     'name': 'tiny-select',
+    # Not the winner: the Trainer and the Compressor must use the selector's
+    # choice, not module.handle.
+    'module.handle': 'mobilenet_v1_100_224_random',
     'data.train_examples': 200,
     'data.eval_examples': 100,
     'module.input_size': TRANSFORM_SIZE,
@@ -74,6 +77,7 @@ def test_trainer_trains_with_the_chosen_module(run):
   assert training['selected_by'] == 'ModuleSelector'
   assert training['module'] == 'mobilenet_v1_100_224'
   assert training['module_input_size'] == [64, 64]
+  assert 'control' not in training  # module.handle's twin, not the winner's
   # The served model takes raw image bytes; the Transform resizes them to
   # 48x48 and the model to the module's 64x64.
   served = tf.saved_model.load(run['pushed_model'])
@@ -84,6 +88,9 @@ def test_trainer_trains_with_the_chosen_module(run):
 
 
 def test_compressor_rebuilds_the_selected_module(run):
+  # The Compressor's rebuilt core scores what the Trainer's model scored.
+  assert run['compression']['reference_accuracy'] == pytest.approx(
+      run['training']['eval_accuracy'], abs=0.011)
   variants = {v['name']: v for v in run['compression']['variants']}
   assert 'error' not in variants['int8'], variants['int8']
   interpreter = tf.lite.Interpreter(model_path=run['pushed_tflite'])

@@ -41,13 +41,15 @@ def test_precision_policy_by_hardware():
   assert strategy.precision_policy('default', 0) is None
 
 
-@pytest.mark.parametrize('task_type, task_id, chief', [
-    (None, None, True), ('chief', 0, True), ('worker', 0, True),
-    ('worker', 1, False), ('worker', 3, False), ('evaluator', 0, False)])
-def test_only_the_chief_keeps_the_model(task_type, task_id, chief):
-  assert strategy.is_chief(task_type, task_id) is chief
+@pytest.mark.parametrize('task_type, task_id, has_chief, chief', [
+    (None, None, False, True), ('chief', 0, True, True),
+    ('worker', 0, False, True), ('worker', 0, True, False),
+    ('worker', 1, False, False), ('worker', 3, True, False),
+    ('evaluator', 0, False, False)])
+def test_only_the_chief_keeps_the_model(task_type, task_id, has_chief, chief):
+  assert strategy.is_chief(task_type, task_id, has_chief) is chief
   path = strategy.output_dir('/root/Trainer/model/7/Format-Serving',
-                             task_type, task_id)
+                             task_type, task_id, has_chief)
   if chief:
     assert path == '/root/Trainer/model/7/Format-Serving'
   else:
@@ -56,4 +58,5 @@ def test_only_the_chief_keeps_the_model(task_type, task_id, chief):
 
 
 def test_single_process_strategies_have_no_worker_role():
-  assert strategy.worker_role(tf.distribute.get_strategy()) == (None, None)
+  assert strategy.worker_role(tf.distribute.get_strategy()) == (
+      None, None, False)

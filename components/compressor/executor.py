@@ -48,11 +48,8 @@ def core_model(config, serving_dir, input_size, num_classes):
   integration = config.model.integration
   trainable = {'feature_extraction': False, 'fine_tune': True,
                'hybrid': config.model.unfreeze}[integration]
-  module = {'handle': config.module.handle, 'input_size': input_size}
-  recorded = os.path.join(serving_dir, trainer_run.MODULE_FILE)
-  if tf.io.gfile.exists(recorded):
-    with tf.io.gfile.GFile(recorded) as f:
-      module.update(json.load(f))
+  module = trainer_run.recorded_module(serving_dir, config.module.handle,
+                                       input_size)
   extractor = model_lib.feature_extractor(
       config.modality, hub_resolve.resolve(module['handle']),
       input_size=module['input_size'] or input_size, resize_from=input_size,
@@ -138,8 +135,12 @@ def compress(model, train_x, train_y, eval_x, eval_y, settings, log=print):
         log(f'    float {", ".join(step["float_layers"]) or "none"}: '
             f'agreement {step["agreement"]:.4f}, drop '
             f'{100 * step["drop"]:+.2f} pt, size {step["size_ratio"]:.3f}')
-      return result.tflite, ('float: ' + ', '.join(result.float_layers)
-                             if result.float_layers else 'all int8')
+      note = ('float: ' + ', '.join(result.float_layers)
+              if result.float_layers else 'all int8')
+      if result.over_size_limit:
+        note += (' (over the size limit in float: ' +
+                 ', '.join(result.over_size_limit) + ')')
+      return result.tflite, note
     add('int8_selective', selective)
   if 'pruning' in techs:
     def pruned():

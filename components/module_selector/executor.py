@@ -267,7 +267,7 @@ class Executor(base_executor.BaseExecutor):
     hyperparameters = {'module_handle': chosen['handle'],
                        'input_size': chosen['input_size'],
                        'preprocessor': chosen['preprocessor'],
-                       'selected_by': 'ModuleSelector'}
+                       'selected_by': trainer_run.SELECTOR}
     io_utils.write_string_file(
         os.path.join(artifact_utils.get_single_uri(
             output_dict['best_hyperparameters']), HYPERPARAMETERS_FILE),

@@ -29,6 +29,8 @@ def checkpoint_dir(fn_args) -> str:
       'transform': fn_args.transform_output,
       'base_model': getattr(fn_args, 'base_model', None),
       'config': fn_args.custom_config,
+      # The ModuleSelector's choice: another module must not reuse features.
+      'hyperparameters': getattr(fn_args, 'hyperparameters', None),
   }, sort_keys=True, default=str).encode()).hexdigest()[:16]
   # model_run_dir is <pipeline root>/<Trainer id>/model_run/<execution id>.
   trainer_root = os.path.dirname(os.path.dirname(

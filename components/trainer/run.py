@@ -145,10 +145,29 @@ def _callbacks(config, checkpoint_dir, name, extra=()):
   return callbacks
 
 
-def _warm_start(model, base_model_dir, name) -> str:
-  """Loads `name` weights saved inside the base model; returns what happened."""
+def recorded_module(model_dir, default_handle, default_size) -> dict:
+  """{handle, input_size} the model in `model_dir` was built on (MODULE_FILE;
+  models from before the record: the config's module)."""
+  module = {'handle': default_handle, 'input_size': default_size}
+  path = os.path.join(model_dir, MODULE_FILE)
+  if tf.io.gfile.exists(path):
+    with tf.io.gfile.GFile(path) as f:
+      module.update(json.load(f))
+  return module
+
+
+def _warm_start(model, base_model_dir, name, module=None) -> str:
+  """Loads `name` weights saved inside the base model, if it was built on the
+  same module (`module`: {handle, input_size}); returns what happened."""
   if not base_model_dir:
     return 'off'
+  if module is not None:
+    base = recorded_module(base_model_dir, module['handle'],
+                           module['input_size'])
+    if base != module:
+      return (f'skipped: the base model was built on {base["handle"]} at '
+              f'{base["input_size"]}, this one on {module["handle"]} at '
+              f'{module["input_size"]}')
   path = os.path.join(base_model_dir, WARM_START_DIR, name)
   if not tf.io.gfile.exists(path + '.index'):
     return f'skipped: {base_model_dir} holds no {name} weights'
@@ -161,12 +180,12 @@ def _warm_start(model, base_model_dir, name) -> str:
 
 def _fit_head(strategy, features, labels, eval_features, eval_labels,
               num_classes, config, callbacks=(), name='head',
-              base_model_dir=None):
+              base_model_dir=None, module=None):
   with strategy.scope():
     head = model_lib.head(features.shape[1:], num_classes,
                           config.model.hidden_units, config.model.dropout,
                           name=name)
-    head.warm_start = _warm_start(head, base_model_dir, 'head')
+    head.warm_start = _warm_start(head, base_model_dir, 'head', module)
     model_lib.compile_for_training(head, config.training.learning_rate)
   global_batch = config.training.batch_size * strategy.num_replicas_in_sync
   history = head.fit(features, labels, batch_size=global_batch,
@@ -233,6 +252,7 @@ class _Training:
     self.transform_size = fn_args.custom_config.get('input_size')
     self.module_size = ((choice.get('input_size') if self.selected else None)
                         or self.transform_size)
+    self.module_record = {'handle': self.module, 'input_size': self.module_size}
     self.base_model_dir = (getattr(fn_args, 'base_model', None)
                            if config.training.warm_start else None)
     batch = config.training.batch_size * self.strategy.num_replicas_in_sync
@@ -268,7 +288,7 @@ class _Training:
         self.strategy, features, self.train_labels, eval_features,
         self.eval_labels, self.num_classes, self.config,
         callbacks=_callbacks(self.config, self.checkpoint_dir, name, extra),
-        name=name, base_model_dir=base_model_dir)
+        name=name, base_model_dir=base_model_dir, module=self.module_record)
 
   def fit_end_to_end(self, model, learning_rate, epochs, name):
     """Trains the module (what of it is trainable) and the head on examples."""
@@ -321,7 +341,8 @@ def _train_fine_tune(t: _Training, report: dict):
     head = model_lib.head(extractor.output_shape[1:], t.num_classes,
                           t.config.model.hidden_units, t.config.model.dropout)
     served = model_lib.classifier(extractor, head)
-    report['warm_start'] = _warm_start(served, t.base_model_dir, 'model')
+    report['warm_start'] = _warm_start(served, t.base_model_dir, 'model',
+                                       t.module_record)
   history, accuracy = t.fit_end_to_end(
       served, t.config.training.learning_rate, t.config.training.epochs,
       'fine_tune')
@@ -374,7 +395,12 @@ def run_fn(fn_args):
   report['history'] = {k: [float(v) for v in vals]
                        for k, vals in history.items()}
 
-  if config.module.control_handle:
+  if config.module.control_handle and t.module != config.module.handle:
+    # The control is module.handle's twin; it says nothing about another module.
+    logging.info('Trainer: control %s skipped: the ModuleSelector chose %s, '
+                 'not module.handle %s', config.module.control_handle,
+                 t.module, config.module.handle)
+  elif config.module.control_handle:
     report['control'] = {'module': config.module.control_handle,
                          'eval_accuracy': _control_accuracy(t),
                          'features': 'standardised'}
@@ -390,9 +416,8 @@ def run_fn(fn_args):
                                       if k != 'history'})
 
   # Multi-worker: every worker saves (collective ops), the chief's copy stays.
-  task_type, task_id = strategy_lib.worker_role(t.strategy)
-  serving_dir = strategy_lib.output_dir(fn_args.serving_model_dir, task_type,
-                                        task_id)
+  role = strategy_lib.worker_role(t.strategy)
+  serving_dir = strategy_lib.output_dir(fn_args.serving_model_dir, *role)
   model_lib.export_serving_model(served, t.transform_output, t.input_key,
                                  t.label_key, serving_dir)
   # Frozen module: the head is all a later run needs; a module that trained
@@ -402,10 +427,8 @@ def run_fn(fn_args):
   if config.model.integration != 'feature_extraction':
     served.save_weights(os.path.join(warm_start_dir, 'model'))
   with tf.io.gfile.GFile(os.path.join(serving_dir, MODULE_FILE), 'w') as f:
-    json.dump({'handle': t.module, 'input_size': t.module_size,
-               'transform_size': t.transform_size,
-               'preprocessor': t.preprocessor}, f)
-  if not strategy_lib.is_chief(task_type, task_id):
+    json.dump(t.module_record, f)
+  if not strategy_lib.is_chief(*role):
     tf.io.gfile.rmtree(os.path.dirname(serving_dir))
     return
   tf.io.gfile.makedirs(fn_args.model_run_dir)

@@ -91,27 +91,30 @@ def precision_policy(strategy_name: str, num_gpus: int) -> 'str | None':
 
 
 def worker_role(strategy: tf.distribute.Strategy):
-  """(task_type, task_id) of this process in a multi-worker cluster, from the
-  strategy's cluster resolver (TF_CONFIG); (None, None) otherwise."""
+  """(task_type, task_id, has_chief) of this process in a multi-worker
+  cluster, from the strategy's cluster resolver (TF_CONFIG); (None, None,
+  False) otherwise."""
   resolver = getattr(strategy, 'cluster_resolver', None)
   if resolver is None or not isinstance(
       strategy, tf.distribute.MultiWorkerMirroredStrategy):
-    return None, None
-  return resolver.task_type, resolver.task_id
+    return None, None, False
+  return (resolver.task_type, resolver.task_id,
+          'chief' in resolver.cluster_spec().as_dict())
 
 
-def is_chief(task_type, task_id) -> bool:
-  """The chief writes the model: a 'chief' task, or worker 0 when the cluster
-  has none, or the only process."""
-  return (task_type is None or task_type == 'chief' or
-          (task_type == 'worker' and task_id == 0))
+def is_chief(task_type, task_id, has_chief: bool = False) -> bool:
+  """The chief writes the model: the 'chief' task, or worker 0 when the
+  cluster has no chief task, or the only process."""
+  if task_type is None or task_type == 'chief':
+    return True
+  return task_type == 'worker' and task_id == 0 and not has_chief
 
 
-def output_dir(path: str, task_type, task_id) -> str:
+def output_dir(path: str, task_type, task_id, has_chief: bool = False) -> str:
   """Where this process saves `path`. Under MultiWorkerMirroredStrategy every
   worker must save (saving runs collective ops), but only the chief's copy is
   kept: the others write beside it in a temporary folder and delete it."""
-  if is_chief(task_type, task_id):
+  if is_chief(task_type, task_id, has_chief):
     return path
   return os.path.join(os.path.dirname(path.rstrip('/')),
                       f'.workertemp_{task_type}_{task_id}',
