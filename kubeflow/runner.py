@@ -12,7 +12,11 @@ runs and schedules. Only the runner and the resources differ from a local run:
   KFP backends both read the request;
 - the Beam components get `beam_pipeline_args` from the config's `beam`
   section (DirectRunner in the pod, or a Flink / Spark / Dataflow cluster);
-- ML Metadata is the cluster's: no connection config is compiled in.
+- ML Metadata is the cluster's: no connection config is compiled in;
+- the Evaluator's baseline is by default the newest pushed model, read by a
+  container step (LatestPushedModel, never cached), because the open-source
+  KFP v2 backend runs no resolver nodes (`kubeflow.baseline: resolver` keeps
+  the latest-blessed-model Resolver, for Vertex AI Pipelines).
 """
 
 import dataclasses
@@ -22,11 +26,13 @@ from typing import Dict, Optional
 
 os.environ.setdefault('TF_USE_LEGACY_KERAS', '1')
 
-from kfp.pipeline_spec import pipeline_spec_pb2  # pylint: disable=g-import-not-at-top
+import yaml  # pylint: disable=g-import-not-at-top
+from kfp.pipeline_spec import pipeline_spec_pb2
 from tfx import v1 as tfx
 from tfx.dsl.components.base import base_component
 
 from hubpipe.components import assets
+from hubpipe.components.pushed_baseline.component import LatestPushedModel
 from hubpipe.pipeline.config import BUNDLED as BUNDLED_DATA
 from hubpipe.pipeline.config import REPO_ROOT, Config, ConfigError, load_config
 
@@ -155,6 +161,24 @@ def cluster_schema_path(config: Config, src_dir: str = IMAGE_SRC_DIR) -> str:
       'point data.schema there, or add it to the image.')
 
 
+def _never_cache(path: str, tasks) -> None:
+  """Turns KFP's cache off for `tasks` in the compiled file. A step that reads
+  the newest push has the same inputs every run, so a cached result would
+  hand on a stale baseline; TFX compiles one cache setting for all steps."""
+  if not tasks:
+    return
+  with open(path) as f:
+    text = f.read()
+  header = ''.join(line for line in text.splitlines(keepends=True)
+                   if line.startswith('#'))
+  spec = yaml.safe_load(text)
+  for task in tasks:
+    spec['root']['dag']['tasks'][task].pop('cachingOptions', None)
+  with open(path, 'w') as f:
+    f.write(header)
+    yaml.safe_dump(spec, f, sort_keys=True)
+
+
 def compile_pipeline(config: Config, output: str, image: Optional[str] = None,
                      pipeline_root: Optional[str] = None,
                      data_root: Optional[str] = None,
@@ -182,7 +206,8 @@ def compile_pipeline(config: Config, output: str, image: Optional[str] = None,
                  f'{root.rstrip("/")}/serving/{config.name}')
   pipeline = create_pipeline(
       config, pipeline_root=root, input_base=cluster_data_root(config, data_root),
-      serving_dir=serving_dir, input_size=input_size, preprocessor=preprocessor)
+      serving_dir=serving_dir, input_size=input_size, preprocessor=preprocessor,
+      baseline=config.kubeflow.baseline)
   applied = apply_resources(pipeline, config.kubeflow.resources)
   runner = tfx.orchestration.experimental.KubeflowV2DagRunner(
       # Pipeline spec 2.1: parameters as runtimeValue.constant plus the
@@ -193,6 +218,8 @@ def compile_pipeline(config: Config, output: str, image: Optional[str] = None,
       output_dir=os.path.dirname(os.path.abspath(output)),
       output_filename=os.path.basename(output))
   runner.run(pipeline)
+  _never_cache(output, [c.id for c in pipeline.components
+                        if isinstance(c, LatestPushedModel)])
   return {'output': os.path.abspath(output), 'image': image,
           'pipeline_root': root, 'serving_dir': serving_dir,
           'components': [c.id for c in pipeline.components],

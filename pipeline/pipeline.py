@@ -3,7 +3,8 @@
   ExampleGen -> StatisticsGen -> ImportSchemaGen -> ExampleValidator
     -> AnomalyGate -> Transform -> [ModuleSelector, with selection.candidates]
     -> Trainer (Hub module, tf.distribute)
-    -> Evaluator (TFMA; baseline = latest blessed model)
+    -> Evaluator (TFMA; baseline = latest blessed model, or on Kubeflow the
+       newest pushed model)
     -> Compressor (image models: TFLite variants, measured) -> Pusher
   (+ a span resolver feeding Transform and Trainer the latest N spans, when
   the data arrives in span folders; + the latest blessed model as the
@@ -22,6 +23,7 @@ from tfx import v1 as tfx
 from hubpipe.components.anomaly_gate.component import AnomalyGate
 from hubpipe.components.compressor.component import Compressor
 from hubpipe.components.module_selector.component import ModuleSelector
+from hubpipe.components.pushed_baseline.component import LatestPushedModel
 from hubpipe.pipeline.config import Config
 
 TRANSFORM_FN = 'hubpipe.components.transform.{modality}.preprocessing_fn'
@@ -96,7 +98,8 @@ def create_pipeline(config: Config, pipeline_root: str, input_base: str,
                     serving_dir: str, input_size: Optional[List[int]] = None,
                     preprocessor: Optional[str] = None,
                     metadata_connection_config=None,
-                    enable_cache: bool = True) -> tfx.dsl.Pipeline:
+                    enable_cache: bool = True,
+                    baseline: str = 'resolver') -> tfx.dsl.Pipeline:
   """The runner-agnostic DAG for `config`.
 
   Args:
@@ -109,6 +112,10 @@ def create_pipeline(config: Config, pipeline_root: str, input_base: str,
     preprocessor: the text encoder's preprocessing companion, if it has one.
     metadata_connection_config: ML Metadata connection (local runs: SQLite).
     enable_cache: reuse the results of unchanged components.
+    baseline: where the Evaluator's baseline (and the Trainer's warm start)
+      comes from: 'resolver', the latest blessed model in ML Metadata; or
+      'pushed', the newest model in `serving_dir` (LatestPushedModel), for
+      orchestrators that run no resolver nodes (open-source KFP v2).
   """
   data = config.data
   examples = example_gen(config, input_base)
@@ -150,12 +157,26 @@ def create_pipeline(config: Config, pipeline_root: str, input_base: str,
                      'input_size': input_size})
   transform.add_upstream_node(gate)
 
-  baseline = tfx.dsl.Resolver(
-      strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
-      model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
-      model_blessing=tfx.dsl.Channel(
-          type=tfx.types.standard_artifacts.ModelBlessing),
-  ).with_id('latest_blessed_model_resolver')
+  # The model a candidate is measured against (and warm-starts from): the
+  # latest blessed model, found in ML Metadata by a Resolver; or, on
+  # orchestrators that run no resolver nodes, the newest pushed model.
+  resolver = previous_push = None
+  if baseline == 'resolver':
+    resolver = tfx.dsl.Resolver(
+        strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
+        model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
+        model_blessing=tfx.dsl.Channel(
+            type=tfx.types.standard_artifacts.ModelBlessing),
+    ).with_id('latest_blessed_model_resolver')
+    previous_model = resolver.outputs['model']
+  elif baseline == 'pushed':
+    previous_model = None
+    if config.training.warm_start:
+      previous_push = LatestPushedModel(serving_dir=serving_dir).with_id(
+          'latest_pushed_model_for_warm_start')
+      previous_model = previous_push.outputs['baseline_model']
+  else:
+    raise ValueError(f'baseline: "{baseline}" is neither resolver nor pushed.')
 
   # With candidates listed, the ModuleSelector probes each on a sample and
   # hands the Trainer its choice as hyperparameters (as the Tuner would).
@@ -172,8 +193,7 @@ def create_pipeline(config: Config, pipeline_root: str, input_base: str,
       examples=training_examples,
       hyperparameters=(selector.outputs['best_hyperparameters'] if selector
                        else None),
-      base_model=(baseline.outputs['model'] if config.training.warm_start
-                  else None),
+      base_model=previous_model if config.training.warm_start else None,
       transform_graph=transform.outputs['transform_graph'],
       schema=schema.outputs['schema'],
       train_args=tfx.proto.TrainArgs(splits=['train']),
@@ -182,10 +202,18 @@ def create_pipeline(config: Config, pipeline_root: str, input_base: str,
                      'input_size': input_size,
                      'preprocessor': preprocessor})
 
+  pushed_baseline = None
+  if baseline == 'pushed':
+    # Nothing pushed yet: the candidate stands in, so only the floor gates.
+    pushed_baseline = LatestPushedModel(
+        serving_dir=serving_dir, model=trainer.outputs['model']).with_id(
+            'latest_pushed_model')
+    previous_model = pushed_baseline.outputs['baseline_model']
+
   evaluator = tfx.components.Evaluator(
       examples=examples.outputs['examples'],
       model=trainer.outputs['model'],
-      baseline_model=baseline.outputs['model'],
+      baseline_model=previous_model,
       example_splits=[EVAL_SPLIT],
       eval_config=eval_config(config))
 
@@ -216,8 +244,10 @@ def create_pipeline(config: Config, pipeline_root: str, input_base: str,
       pipeline_name=config.name,
       pipeline_root=pipeline_root,
       components=[c for c in (examples, statistics, schema, validator, gate,
-                              spans, transform, selector, baseline, trainer,
-                              evaluator, compressor, pusher) if c is not None],
+                              spans, transform, selector, resolver,
+                              previous_push, trainer, pushed_baseline,
+                              evaluator, compressor, pusher)
+                  if c is not None],
       enable_cache=enable_cache,
       metadata_connection_config=metadata_connection_config,
       beam_pipeline_args=beam_pipeline_args(config))

@@ -124,8 +124,8 @@ def test_dag_edges_follow_the_local_dag(default_compiled):
   assert {'AnomalyGate', 'ImportExampleGen', 'ImportSchemaGen'} <= after[
       'Transform']
   assert {'Transform', 'ImportExampleGen'} <= after['Trainer']
-  assert 'Trainer' in after['Evaluator']
-  assert any('latest_blessed_model_resolver' in t for t in after['Evaluator'])
+  assert after['Evaluator'] >= {'Trainer', 'latest_pushed_model'}
+  assert after['latest_pushed_model'] == {'Trainer'}
   assert {'Evaluator', 'Trainer', 'Transform'} <= after['Compressor']
   assert after['Pusher'] == {'Compressor'}
 
@@ -293,3 +293,24 @@ def test_bundled_data_the_image_lacks_is_refused(tmp_path):
                           data_root='gs://acme/rotten-tomatoes')
   assert _parameter(_spec(tmp_path / 'p.yaml'), 'ImportExampleGen',
                     'input_base') == 'gs://acme/rotten-tomatoes'
+
+
+def test_default_compile_runs_no_resolver_nodes(default_compiled, tmp_path):
+  """The open-source KFP v2 backend rejects resolver executors: by default the
+  baseline is the newest pushed model, read by a container step."""
+  executors = json_format.MessageToDict(
+      _spec(default_compiled).deployment_spec)['executors']
+  assert all('container' in e or 'importer' in e for e in executors.values())
+  config = _with(load_config(), kubeflow={'baseline': 'resolver'})
+  path = tmp_path / 'p.yaml'
+  runner.compile_pipeline(config, str(path), pipeline_root=str(tmp_path))
+  executors = json_format.MessageToDict(_spec(path).deployment_spec)['executors']
+  assert any('resolver' in e for e in executors.values())
+
+
+def test_the_newest_push_is_read_afresh_every_run(default_compiled):
+  tasks = _spec(default_compiled).root.dag.tasks
+  assert tasks['Trainer'].caching_options.enable_cache
+  assert not tasks['latest_pushed_model'].caching_options.enable_cache
+  # The file still loads in kfp after the edit.
+  assert kfp_components.load_component_from_file(str(default_compiled))

@@ -170,3 +170,46 @@ def test_transform_container_writes_a_working_transform_graph(compiled):
   np.testing.assert_allclose(pixels, expected.numpy(), atol=1e-6)
   np.testing.assert_array_equal(out['label'].numpy(),
                                 tf.reshape(raw['label'], [-1]).numpy())
+
+
+def _saved_model(path, value: float):
+  """A tiny SavedModel standing in for a trained or pushed model."""
+  module = tf.Module()
+  module.value = tf.Variable(value)
+  module.read = tf.function(lambda: module.value, input_signature=[])
+  tf.saved_model.save(module, str(path))
+
+
+def _value(model_dir) -> float:
+  loaded = tf.saved_model.load(str(model_dir))  # kept alive while it is read
+  return float(loaded.read())
+
+
+def test_latest_pushed_model_container_hands_on_the_newest_push(compiled):
+  """The Evaluator's baseline where no resolver runs: nothing pushed, then
+  pushes (and an unfinished one)."""
+  spec, root, _, work = compiled
+  candidate = work / 'candidate'
+  _saved_model(candidate / 'Format-Serving', 1.0)
+  model = {'name': '7', 'uri': str(candidate), 'metadata': {}}
+
+  first_in = executor_input(spec, 'latest_pushed_model', {'model': model},
+                            root)
+  serving = first_in['inputs']['parameterValues']['serving_dir']
+  assert serving == f'{root}/serving/{TINY["name"]}'
+  first_out = _run(spec, 'latest_pushed_model', first_in, work)
+  first = produced_artifact(first_in, first_out, 'baseline_model')
+  assert first['metadata']['baseline_source'] == 'candidate'
+  assert _value(os.path.join(first['uri'], 'Format-Serving')) == 1.0
+
+  for version, value in ((5, 5.0), (12, 12.0)):
+    _saved_model(os.path.join(serving, str(version)), value)
+  os.makedirs(os.path.join(serving, '99'))  # a push still being written
+  os.makedirs(os.path.join(serving, 'tmp'))
+  second_in = executor_input(spec, 'latest_pushed_model', {'model': model},
+                             root)
+  second_out = _run(spec, 'latest_pushed_model', second_in, work)
+  second = produced_artifact(second_in, second_out, 'baseline_model')
+  assert second['metadata']['baseline_source'] == 'pushed'
+  assert second['metadata']['baseline_path'] == os.path.join(serving, '12')
+  assert _value(os.path.join(second['uri'], 'Format-Serving')) == 12.0

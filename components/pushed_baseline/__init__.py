@@ -1,0 +1,1 @@
+"""LatestPushedModel: the Evaluator's baseline as the newest pushed model."""
