@@ -116,6 +116,16 @@ def _evaluation(uri: str, label_key: str) -> dict:
           'validation_failures': failures}
 
 
+def _add_report(out: dict, key: str, folder: str, name: str, fields) -> None:
+  """out[key]: `fields` of a component's <name>.json, and its <name>.html."""
+  path = os.path.join(folder, f'{name}.json')
+  if os.path.exists(path):
+    with open(path) as f:
+      report = json.load(f)
+    out[key] = {'report_html': os.path.join(folder, f'{name}.html'),
+                **{k: report.get(k) for k in fields}}
+
+
 def collect(metadata_path: str, pipeline_name: str, label_key: str) -> dict:
   """The latest run of `pipeline_name`, as recorded in ML Metadata."""
   out = {'components': [], 'examples': {}, 'training': {}, 'evaluation': {},
@@ -163,27 +173,12 @@ def collect(metadata_path: str, pipeline_name: str, label_key: str) -> dict:
       elif type_name == 'ModelBlessing' and node == 'Evaluator':
         out['blessed'] = bool(_prop(artifact, 'blessed'))
       elif type_name == 'hubpipe.CompressionReport':
-        path = os.path.join(artifact.uri, 'compression_report.json')
-        if os.path.exists(path):
-          with open(path) as f:
-            report = json.load(f)
-          out['compression'] = {
-              'report_html': os.path.join(artifact.uri,
-                                          'compression_report.html'),
-              **{k: report.get(k) for k in ('reference_accuracy', 'decision',
-                                            'variants', 'skipped')}}
+        _add_report(out, 'compression', artifact.uri, 'compression_report',
+                    ('reference_accuracy', 'decision', 'variants', 'skipped'))
       elif type_name == 'hubpipe.ModuleSelection':
-        path = os.path.join(artifact.uri, 'module_selection.json')
-        if os.path.exists(path):
-          with open(path) as f:
-            report = json.load(f)
-          out['module_selection'] = {
-              'report_html': os.path.join(artifact.uri,
-                                          'module_selection.html'),
-              **{k: report.get(k) for k in ('policy', 'rows', 'pareto',
-                                            'decision', 'selector_seconds',
-                                            'train_examples',
-                                            'eval_examples')}}
+        _add_report(out, 'module_selection', artifact.uri, 'module_selection',
+                    ('policy', 'rows', 'pareto', 'decision',
+                     'selector_seconds', 'train_examples', 'eval_examples'))
       elif type_name == 'PushedModel':
         out['pushed'] = bool(_prop(artifact, 'pushed'))
         out['pushed_model'] = _prop(artifact, 'pushed_destination')

@@ -16,17 +16,14 @@ from hubpipe.components.hub_modules import mobilenet_v1
 from hubpipe.components.hub_modules import resolve
 from hubpipe.components.trainer import model as model_lib
 
+from toy_images import toy_images
+
 SIZE = 16
 CLASSES = 3
 
 
 def _toy_data(n, seed, signal=0.4):
-  """Class = the dominant colour channel, under noise."""
-  rng = np.random.default_rng(seed)
-  y = rng.integers(0, CLASSES, n)
-  x = rng.random((n, SIZE, SIZE, 3), dtype=np.float32) * (1 - signal)
-  x[np.arange(n), :, :, y] += signal
-  return x.astype(np.float32), y
+  return toy_images(n, seed, SIZE, CLASSES, signal)
 
 
 @pytest.fixture(scope='module')

@@ -9,7 +9,6 @@ import dataclasses
 import json
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
 import tf_keras
 from tfx import types
@@ -23,6 +22,8 @@ from hubpipe.components.module_selector import report as report_lib
 from hubpipe.components.module_selector.component import ModuleSelection
 from hubpipe.components.module_selector.component import ModuleSelector
 from hubpipe.pipeline.config import Config, SelectionConfig, TrainingConfig
+
+from toy_images import toy_images
 
 SIZE = 16
 CLASSES = 3
@@ -170,12 +171,7 @@ def test_a_fixed_size_module_is_probed_at_its_size():
 
 
 def _toy_data(n, seed, signal=0.4):
-  """Class = the dominant colour channel, under noise."""
-  rng = np.random.default_rng(seed)
-  y = rng.integers(0, CLASSES, n)
-  x = rng.random((n, SIZE, SIZE, 3), dtype=np.float32) * (1 - signal)
-  x[np.arange(n), :, :, y] += signal
-  return x.astype(np.float32), y
+  return toy_images(n, seed, SIZE, CLASSES, signal)
 
 
 @pytest.fixture(scope='module')
