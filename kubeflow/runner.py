@@ -161,6 +161,27 @@ def cluster_schema_path(config: Config, src_dir: str = IMAGE_SRC_DIR) -> str:
       'point data.schema there, or add it to the image.')
 
 
+def check_cluster_modules(config: Config) -> None:
+  """Module handles the pods can load: offline names (built into the image),
+  URLs and gs:// paths; not folders on this machine."""
+  from hubpipe.components.hub_modules import resolve as hub_resolve
+  handles = [('module.handle', config.module.handle),
+             ('module.control_handle', config.module.control_handle),
+             ('module.preprocessor', config.module.preprocessor)]
+  for i, candidate in enumerate(config.selection.candidates):
+    spec = candidate if isinstance(candidate, dict) else {'handle': candidate}
+    handles += [(f'selection.candidates[{i}]', spec.get('handle')),
+                (f'selection.candidates[{i}].preprocessor',
+                 spec.get('preprocessor'))]
+  for where, handle in handles:
+    if handle and hub_resolve.kind(handle) == 'local':
+      raise ConfigError(
+          f'{where}: {handle} is a folder on this machine, which the pods '
+          'cannot load. Copy the module to storage the cluster reads and use '
+          'its gs:// path, or use a tfhub.dev / Kaggle URL or an offline '
+          'module (`hubpipe modules list`).')
+
+
 def _never_cache(path: str, tasks) -> None:
   """Turns KFP's cache off for `tasks` in the compiled file. A step that reads
   the newest push has the same inputs every run, so a cached result would
@@ -199,6 +220,7 @@ def compile_pipeline(config: Config, output: str, image: Optional[str] = None,
   if not root:
     raise ConfigError('no pipeline root: pass --pipeline-root or set '
                       'kubeflow.pipeline_root (e.g. gs://BUCKET/hubpipe).')
+  check_cluster_modules(config)
   input_size, preprocessor, _ = local_runner.check_module(config)
   config = dataclasses.replace(config, data=dataclasses.replace(
       config.data, schema=cluster_schema_path(config, src_dir)))

@@ -314,3 +314,16 @@ def test_the_newest_push_is_read_afresh_every_run(default_compiled):
   assert not tasks['latest_pushed_model'].caching_options.enable_cache
   # The file still loads in kfp after the edit.
   assert kfp_components.load_component_from_file(str(default_compiled))
+
+
+def test_modules_on_this_machine_are_refused(tmp_path):
+  local = str(tmp_path / 'my_module')
+  config = _with(load_config(), module={'handle': local})
+  with pytest.raises(ConfigError, match=r'module.handle: .* gs://'):
+    runner.compile_pipeline(config, str(tmp_path / 'p.yaml'),
+                            pipeline_root=str(tmp_path))
+  config = _with(load_config(), selection={'candidates': [
+      'mobilenet_v1_100_224', {'handle': local, 'input_size': [64, 64]}]})
+  with pytest.raises(ConfigError, match=r'selection.candidates\[1\]'):
+    runner.compile_pipeline(config, str(tmp_path / 'p.yaml'),
+                            pipeline_root=str(tmp_path))
