@@ -21,6 +21,7 @@ import tensorflow_hub as hub
 import tf_keras
 
 from hubpipe.components import assets
+from hubpipe.components.hub_modules import builds
 from hubpipe.components.hub_modules import glove
 
 NAME = 'glove_6b_50d'
@@ -209,7 +210,7 @@ def test_trainable_layer_fine_tunes_the_matrix(module_dir, glove_data):
 
 
 def test_building_twice_does_no_work(module_dir, monkeypatch):
-  marker = module_dir / glove.COMPLETE_MARKER
+  marker = module_dir / builds.COMPLETE_MARKER
   stamp = marker.stat().st_mtime_ns
 
   def no_rebuild(*args, **kwargs):

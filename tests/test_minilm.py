@@ -36,6 +36,7 @@ import tensorflow_text  # noqa: F401  (registers the ops the preprocessor needs)
 import tf_keras
 
 from hubpipe.components import assets
+from hubpipe.components.hub_modules import builds
 from hubpipe.components.hub_modules import minilm
 
 ENCODER = minilm.ENCODER
@@ -92,8 +93,8 @@ def encoder_module():
 @pytest.fixture(scope='module')
 def preprocessor_module(encoder_module):
   # Building the encoder builds its preprocessor too.
-  assert minilm.is_built(PREPROCESSOR)
-  return minilm.module_path(PREPROCESSOR)
+  assert builds.is_built(minilm.MODULES, PREPROCESSOR)
+  return builds.module_path(minilm.MODULES, PREPROCESSOR)
 
 
 @pytest.fixture(scope='module')
@@ -457,8 +458,8 @@ def test_bert_pack_inputs_pairs_and_flat_segments(preprocessor):
 
 
 def test_building_twice_does_no_work(encoder_module, preprocessor_module, monkeypatch):
-  markers = [encoder_module / minilm.COMPLETE_MARKER,
-             preprocessor_module / minilm.COMPLETE_MARKER]
+  markers = [encoder_module / builds.COMPLETE_MARKER,
+             preprocessor_module / builds.COMPLETE_MARKER]
   stamps = [m.stat().st_mtime_ns for m in markers]
 
   def no_rebuild(*args, **kwargs):

@@ -22,6 +22,7 @@ import tensorflow_hub as hub
 import tf_keras
 
 from hubpipe.components import assets
+from hubpipe.components.hub_modules import builds
 from hubpipe.components.hub_modules import mobilenet_v1
 
 PRETRAINED = 'mobilenet_v1_100_224'
@@ -157,7 +158,7 @@ def test_trainable_hub_layer_fine_tunes(pretrained_module):
 
 
 def test_building_twice_does_no_work(pretrained_module, monkeypatch):
-  marker = pretrained_module / mobilenet_v1.COMPLETE_MARKER
+  marker = pretrained_module / builds.COMPLETE_MARKER
   stamp = marker.stat().st_mtime_ns
 
   def no_rebuild(*args, **kwargs):
@@ -201,7 +202,7 @@ def test_feature_map_averages_to_the_feature_vector(feature_map_module,
 
 
 def test_feature_map_build_is_idempotent(feature_map_module, monkeypatch):
-  marker = feature_map_module / mobilenet_v1.COMPLETE_MARKER
+  marker = feature_map_module / builds.COMPLETE_MARKER
   stamp = marker.stat().st_mtime_ns
   fingerprint = mobilenet_v1.MODULES[FEATURE_MAP].fingerprint
   assert fingerprint != mobilenet_v1.MODULES[PRETRAINED].fingerprint
@@ -245,19 +246,19 @@ def test_build_replaces_incomplete_and_forced_builds(tmp_path, monkeypatch):
     return tf_keras.Model(images, features)
 
   monkeypatch.setattr(mobilenet_v1.ModuleSpec, 'keras_model', tiny_model)
-  target = mobilenet_v1.module_path(RANDOM)
+  target = builds.module_path(mobilenet_v1.MODULES, RANDOM)
   target.mkdir(parents=True)
   (target / 'left_over').write_text('an interrupted build')
-  assert not mobilenet_v1.is_built(RANDOM)
+  assert not builds.is_built(mobilenet_v1.MODULES, RANDOM)
 
   assert mobilenet_v1.build_module(RANDOM) == target
-  assert mobilenet_v1.is_built(RANDOM)
+  assert builds.is_built(mobilenet_v1.MODULES, RANDOM)
   assert not (target / 'left_over').exists()
   assert hub.KerasLayer(str(target))(_images(32, n=2)).shape == (2, 8)
-  stamp = (target / mobilenet_v1.COMPLETE_MARKER).stat().st_mtime_ns
+  stamp = (target / builds.COMPLETE_MARKER).stat().st_mtime_ns
 
   assert mobilenet_v1.build_module(RANDOM, force=True) == target
-  assert (target / mobilenet_v1.COMPLETE_MARKER).stat().st_mtime_ns != stamp
+  assert (target / builds.COMPLETE_MARKER).stat().st_mtime_ns != stamp
   assert sorted(p.name for p in target.parent.iterdir()) == [RANDOM]  # no staging left
 
 

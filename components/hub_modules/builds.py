@@ -11,8 +11,10 @@ Every builder (mobilenet_v1, glove, minilm) writes each of its modules into
     place, so the target is never half written. An old or interrupted target is
     moved aside and deleted.
 
-`module_dir`, `lookup`, `is_complete` and `build_once` are that logic; each
-builder keeps its own `MODULES`, `module_path`, `is_built` and `build_module`.
+`module_dir`, `lookup`, `is_complete` and `build_once` are that logic, and
+`module_path`, `is_built` and `build` apply it to a builder's `MODULES` (specs
+with `name` and `fingerprint`); each builder keeps its `MODULES` and its
+`build_module(name, force)`, which says how a module is exported.
 """
 
 from __future__ import annotations
@@ -50,6 +52,24 @@ def is_complete(target: Path, fingerprint: str) -> bool:
     return (target / COMPLETE_MARKER).read_text() == fingerprint
   except OSError:
     return False
+
+
+def module_path(modules: Mapping[str, Spec], name: str) -> Path:
+  """Where a registered module is built (it may not be built yet)."""
+  return module_dir(lookup(modules, name).name)
+
+
+def is_built(modules: Mapping[str, Spec], name: str) -> bool:
+  """Whether a registered module's folder holds a build of its current spec."""
+  spec = lookup(modules, name)
+  return is_complete(module_dir(spec.name), spec.fingerprint)
+
+
+def build(modules: Mapping[str, Spec], name: str,
+          export: Callable[[Path], object], force: bool = False) -> Path:
+  """`build_once` for a registered module: its folder and fingerprint."""
+  spec = lookup(modules, name)
+  return build_once(module_dir(spec.name), spec.fingerprint, export, force)
 
 
 def build_once(target: Path, fingerprint: str, export: Callable[[Path], object],

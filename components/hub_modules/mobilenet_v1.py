@@ -46,7 +46,6 @@ import numpy as np
 
 from hubpipe.components.assets import data_dir, extract_member, fetch_pypi_file, sha256_of
 from hubpipe.components.hub_modules import builds
-from hubpipe.components.hub_modules.builds import COMPLETE_MARKER  # Re-exported.
 
 if TYPE_CHECKING:
   import tf_keras
@@ -409,27 +408,9 @@ MODULES: dict[str, ModuleSpec] = {
 }
 
 
-def _spec(name: str) -> ModuleSpec:
-  return builds.lookup(MODULES, name)
-
-
-def module_path(name: str) -> Path:
-  """Where `build_module(name)` puts the module (it may not be built yet)."""
-  return builds.module_dir(_spec(name).name)
-
-
-def is_built(name: str) -> bool:
-  """Whether the module's folder holds a complete build of the current spec."""
-  return builds.is_complete(module_path(name), _spec(name).fingerprint)
-
-
 def build_module(name: str, force: bool = False) -> Path:
-  """Builds a registered module into `data_dir()/'modules'/name`, once.
-
-  A finished build holds a `.complete` marker (written last) with the spec's
-  fingerprint; when it is there the call returns at once without importing
-  TensorFlow. Otherwise the module is exported into a temporary sibling folder
-  that is then renamed into place, so the target is never half written.
+  """Builds a registered module into `data_dir()/'modules'/name`, once and
+  atomically (`builds.build_once`: no TensorFlow import when it is built).
 
   Args:
     name: a key of `MODULES`.
@@ -442,11 +423,11 @@ def build_module(name: str, force: bool = False) -> Path:
     ValueError: name is not registered.
     AssetError: the pretrained weights could not be fetched or verified.
   """
-  spec = _spec(name)
+  spec = builds.lookup(MODULES, name)
 
   def export(export_dir: Path) -> None:
     export_feature_vector_module(spec.keras_model(), export_dir, INPUT_SIZE,
                                  name=spec.name, source=spec.source,
                                  pretrained=spec.pretrained)
 
-  return builds.build_once(module_path(name), spec.fingerprint, export, force)
+  return builds.build(MODULES, name, export, force)
