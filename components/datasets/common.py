@@ -1,4 +1,5 @@
-"""What every data set's `prepare()` shares: the `.complete` marker and atomic writes.
+"""What every data set's `prepare()` shares: argument checks, the `.complete`
+marker and atomic writes.
 
 A prepared data set is a folder with a JSON `.complete` marker, written last, that
 records the arguments it was prepared with (and whatever else the data set adds:
@@ -18,6 +19,8 @@ import shutil
 import tempfile
 from pathlib import Path
 from typing import Callable, Optional, Sequence
+
+import numpy as np
 
 MARKER = '.complete'
 
@@ -91,3 +94,21 @@ def write_prepared(out: Path, wanted: dict, keys: Sequence[str], what: str,
     if tmp.exists():
       shutil.rmtree(tmp, ignore_errors=True)
   return out
+
+
+def check_seed(seed) -> int:
+  """A non-negative integer seed, or ValueError."""
+  if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+    raise ValueError(f'seed must be a non-negative integer, not {seed!r}')
+  return int(seed)
+
+
+def check_features(input_name: str, input_feature, label_feature) -> None:
+  """Two different, non-empty feature names, or ValueError naming them."""
+  for name, value in ((input_name, input_feature),
+                      ('label_feature', label_feature)):
+    if not isinstance(value, str) or not value:
+      raise ValueError(f'{name} must be a non-empty string, not {value!r}')
+  if input_feature == label_feature:
+    raise ValueError(f'{input_name} and label_feature must differ, both are '
+                     f'{input_feature!r}')

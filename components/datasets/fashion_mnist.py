@@ -211,12 +211,6 @@ def _check_count(name: str, value, available: int) -> int:
   return int(value)
 
 
-def _check_feature(name: str, value) -> str:
-  if not isinstance(value, str) or not value:
-    raise ValueError(f'{name} must be a non-empty string, not {value!r}')
-  return value
-
-
 def _default_out(train: int, eval_: int, seed: int, image_feature: str,
                  label_feature: str) -> Path:
   name = f'fashion_mnist-{train}-{eval_}-seed{seed}'
@@ -266,14 +260,8 @@ def prepare(train_examples: int, eval_examples: int, seed: int = 0,
   """
   train_examples = _check_count('train_examples', train_examples, SPLIT_SIZES['train'])
   eval_examples = _check_count('eval_examples', eval_examples, SPLIT_SIZES['test'])
-  if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-    raise ValueError(f'seed must be a non-negative integer, not {seed!r}')
-  seed = int(seed)
-  _check_feature('image_feature', image_feature)
-  _check_feature('label_feature', label_feature)
-  if image_feature == label_feature:
-    raise ValueError(f'image_feature and label_feature must differ, both are '
-                     f'{image_feature!r}')
+  seed = common.check_seed(seed)
+  common.check_features('image_feature', image_feature, label_feature)
 
   out = (Path(out_dir) if out_dir is not None else
          _default_out(train_examples, eval_examples, seed, image_feature,

@@ -230,12 +230,6 @@ def _check_cap(name: str, value) -> Optional[int]:
   return int(value)
 
 
-def _check_feature(name: str, value) -> str:
-  if not isinstance(value, str) or not value:
-    raise ValueError(f'{name} must be a non-empty string, not {value!r}')
-  return value
-
-
 def _default_out(train: Optional[int], eval_: Optional[int], eval_fraction: float,
                  seed: int, text_feature: str, label_feature: str) -> Path:
   count = lambda n: 'all' if n is None else str(n)
@@ -301,14 +295,8 @@ def prepare(train_examples: Optional[int] = None, eval_examples: Optional[int] =
     raise ValueError(f'eval_fraction must be a number strictly between 0 and 1, not '
                      f'{eval_fraction!r}')
   eval_fraction = float(eval_fraction)
-  if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-    raise ValueError(f'seed must be a non-negative integer, not {seed!r}')
-  seed = int(seed)
-  _check_feature('text_feature', text_feature)
-  _check_feature('label_feature', label_feature)
-  if text_feature == label_feature:
-    raise ValueError(f'text_feature and label_feature must differ, both are '
-                     f'{text_feature!r}')
+  seed = common.check_seed(seed)
+  common.check_features('text_feature', text_feature, label_feature)
 
   out = (Path(out_dir) if out_dir is not None else
          _default_out(train_examples, eval_examples, eval_fraction, seed,
