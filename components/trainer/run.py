@@ -156,18 +156,16 @@ def recorded_module(model_dir, default_handle, default_size) -> dict:
   return module
 
 
-def _warm_start(model, base_model_dir, name, module=None) -> str:
+def _warm_start(model, base_model_dir, name, module) -> str:
   """Loads `name` weights saved inside the base model, if it was built on the
   same module (`module`: {handle, input_size}); returns what happened."""
   if not base_model_dir:
     return 'off'
-  if module is not None:
-    base = recorded_module(base_model_dir, module['handle'],
-                           module['input_size'])
-    if base != module:
-      return (f'skipped: the base model was built on {base["handle"]} at '
-              f'{base["input_size"]}, this one on {module["handle"]} at '
-              f'{module["input_size"]}')
+  base = recorded_module(base_model_dir, module['handle'], module['input_size'])
+  if base != module:
+    return (f'skipped: the base model was built on {base["handle"]} at '
+            f'{base["input_size"]}, this one on {module["handle"]} at '
+            f'{module["input_size"]}')
   path = os.path.join(base_model_dir, WARM_START_DIR, name)
   if not tf.io.gfile.exists(path + '.index'):
     return f'skipped: {base_model_dir} holds no {name} weights'
@@ -252,7 +250,6 @@ class _Training:
     self.transform_size = fn_args.custom_config.get('input_size')
     self.module_size = ((choice.get('input_size') if self.selected else None)
                         or self.transform_size)
-    self.module_record = {'handle': self.module, 'input_size': self.module_size}
     self.base_model_dir = (getattr(fn_args, 'base_model', None)
                            if config.training.warm_start else None)
     batch = config.training.batch_size * self.strategy.num_replicas_in_sync
@@ -265,6 +262,11 @@ class _Training:
     self.tensorboard = tf_keras.callbacks.TensorBoard(
         os.path.join(fn_args.model_run_dir, 'logs'))
     self.checkpoint_dir = checkpoints.checkpoint_dir(fn_args)
+
+  @property
+  def module_record(self) -> dict:
+    """What MODULE_FILE records, and what a warm start must match."""
+    return {'handle': self.module, 'input_size': self.module_size}
 
   def extractor(self, handle, trainable=False):
     with self.strategy.scope():
