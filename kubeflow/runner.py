@@ -122,7 +122,8 @@ def cluster_data_root(config: Config, data_root: Optional[str]) -> str:
     return root
   if config.data.source in BUNDLED_DATA:
     # The image holds the bundled data of the configs it was built with
-    # (IMAGE_CONFIGS); the path under the data dir is the same there as here.
+    # (IMAGE_CONFIGS), under the same path below its data dir as here; nothing
+    # is fetched or written on this machine.
     if not any(_same_data(config, load_config(str(REPO_ROOT / c)))
                for c in IMAGE_CONFIGS):
       raise ConfigError(
@@ -132,7 +133,7 @@ def cluster_data_root(config: Config, data_root: Optional[str]) -> str:
           'Dockerfile\'s `hubpipe assets` line and IMAGE_CONFIGS), or copy '
           'the data to storage the cluster reads and pass --data-root.')
     from hubpipe.pipeline import local_runner
-    local = os.path.abspath(local_runner.prepare_data(config))
+    local = os.path.abspath(local_runner.bundled_data(config, path_only=True))
     base = os.path.abspath(assets.data_dir())
     return os.path.join(IMAGE_DATA_DIR, os.path.relpath(local, base))
   path = config.resolve_path(config.data.path)

@@ -41,17 +41,24 @@ class Inputs:
   module: dict
 
 
+def bundled_data(config: Config, path_only: bool = False) -> str:
+  """The folder of a bundled data set: fetched and written once (idempotent),
+  or with `path_only` where it is (or would be) written, without writing."""
+  data = config.data
+  dataset = importlib.import_module(f'hubpipe.components.datasets.{data.source}')
+  return str(dataset.prepare(
+      data.train_examples, data.eval_examples, seed=data.seed,
+      path_only=path_only,
+      **{f'{config.modality}_feature': config.input_feature,
+         'label_feature': data.label_feature}))
+
+
 def prepare_data(config: Config) -> str:
   """The examples' root for `config`: a bundled data set is fetched and written
   (idempotent); a folder named in data.path is checked. Returns its path."""
   data = config.data
   if data.source in BUNDLED_DATA:
-    dataset = importlib.import_module(
-        f'hubpipe.components.datasets.{data.source}')
-    return str(dataset.prepare(
-        data.train_examples, data.eval_examples, seed=data.seed,
-        **{f'{config.modality}_feature': config.input_feature,
-           'label_feature': data.label_feature}))
+    return bundled_data(config)
   input_base = config.resolve_path(data.path)
   if '://' not in input_base and not os.path.isdir(input_base):
     raise ConfigError(f'data.path: {input_base} is not a folder.')

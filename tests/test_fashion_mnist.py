@@ -194,3 +194,12 @@ def test_prepare_default_out_dir():
   out = fm.prepare(50, 20)
   assert out == fm.data_dir() / 'datasets' / 'fashion_mnist-50-20-seed0'
   assert (out / '.complete').exists() and (out / 'train' / 'data.tfrecord').exists()
+
+
+def test_path_only_names_the_folder_without_writing_it(tmp_path, monkeypatch):
+  monkeypatch.setenv('HUBPIPE_DATA_DIR', str(tmp_path))
+  folder = fm.prepare(7, 3, seed=99, path_only=True)
+  assert folder.name == 'fashion_mnist-7-3-seed99'
+  assert not folder.exists() and not any(tmp_path.iterdir())
+  with pytest.raises(ValueError, match='seed'):
+    fm.prepare(7, 3, seed=-1, path_only=True)

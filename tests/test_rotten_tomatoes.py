@@ -236,3 +236,10 @@ def test_schema_matches_the_records(tmp_path):
   for f in features.values():
     assert [d.size for d in f.shape.dim] == [1]
     assert f.presence.min_fraction == 1.0
+
+
+def test_path_only_names_the_folder_without_writing_it(tmp_path, monkeypatch):
+  monkeypatch.setenv('HUBPIPE_DATA_DIR', str(tmp_path))
+  folder = rt.prepare(40, 20, seed=99, path_only=True)
+  assert folder == rt.prepare(40, 20, seed=99, path_only=True)
+  assert not folder.exists() and not any(tmp_path.iterdir())

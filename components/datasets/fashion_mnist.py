@@ -237,7 +237,8 @@ def _write_split(path: Path, images: np.ndarray, labels: np.ndarray,
 
 def prepare(train_examples: int, eval_examples: int, seed: int = 0,
             out_dir: Optional[Union[str, Path]] = None, *,
-            image_feature: str = 'image', label_feature: str = 'label') -> Path:
+            image_feature: str = 'image', label_feature: str = 'label',
+            path_only: bool = False) -> Path:
   """Writes a balanced, seeded Fashion-MNIST subset as tf.Example TFRecords; returns its folder.
 
   Args:
@@ -251,6 +252,8 @@ def prepare(train_examples: int, eval_examples: int, seed: int = 0,
       names appended when they are not image/label).
     image_feature: feature name of the PNG bytes.
     label_feature: feature name of the int64 class id.
+    path_only: return the folder the arguments name (checked) without fetching
+      or writing anything.
 
   Each split holds `n // 10` examples of every class, and the `n % 10` left over go
   one each to distinct seeded-random classes; the records are in random order.
@@ -266,6 +269,8 @@ def prepare(train_examples: int, eval_examples: int, seed: int = 0,
   out = (Path(out_dir) if out_dir is not None else
          _default_out(train_examples, eval_examples, seed, image_feature,
                       label_feature)).resolve()
+  if path_only:  # where it is (or would be) written; nothing fetched
+    return out
   wanted = dict(train_examples=train_examples, eval_examples=eval_examples, seed=seed,
                 image_feature=image_feature, label_feature=label_feature)
   if common.prepared(out, wanted, _MARKER_KEYS, _WHAT):

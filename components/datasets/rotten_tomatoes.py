@@ -259,7 +259,8 @@ def _write_split(path: Path, texts, labels, text_feature: str,
 def prepare(train_examples: Optional[int] = None, eval_examples: Optional[int] = None,
             eval_fraction: float = 0.2, seed: int = 0,
             out_dir: Optional[Union[str, Path]] = None, *,
-            text_feature: str = 'text', label_feature: str = 'label') -> Path:
+            text_feature: str = 'text', label_feature: str = 'label',
+            path_only: bool = False) -> Path:
   """Writes a seeded stratified train/eval split as tf.Example TFRecords; returns its folder.
 
   Args:
@@ -276,6 +277,8 @@ def prepare(train_examples: Optional[int] = None, eval_examples: Optional[int] =
       (with the feature names appended when they are not text/label).
     text_feature: feature name of the UTF-8 snippet bytes.
     label_feature: feature name of the int64 label (1 = fresh, 0 = rotten).
+    path_only: return the folder the arguments name (checked) without fetching
+      or writing anything.
 
   Idempotent: a folder with a matching `.complete` marker is returned at once; one
   prepared with other arguments raises ValueError. The data is written to a
@@ -301,6 +304,8 @@ def prepare(train_examples: Optional[int] = None, eval_examples: Optional[int] =
   out = (Path(out_dir) if out_dir is not None else
          _default_out(train_examples, eval_examples, eval_fraction, seed,
                       text_feature, label_feature)).resolve()
+  if path_only:  # where it is (or would be) written; nothing fetched
+    return out
   wanted = dict(train_examples=train_examples, eval_examples=eval_examples,
                 eval_fraction=eval_fraction, seed=seed, text_feature=text_feature,
                 label_feature=label_feature)
