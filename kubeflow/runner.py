@@ -13,10 +13,11 @@ runs and schedules. Only the runner and the resources differ from a local run:
 - the Beam components get `beam_pipeline_args` from the config's `beam`
   section (DirectRunner in the pod, or a Flink / Spark / Dataflow cluster);
 - ML Metadata is the cluster's: no connection config is compiled in;
-- the Evaluator's baseline is by default the newest pushed model, read by a
-  container step (LatestPushedModel, never cached), because the open-source
-  KFP v2 backend runs no resolver nodes (`kubeflow.baseline: resolver` keeps
-  the latest-blessed-model Resolver, for Vertex AI Pipelines).
+- a DataSnapshot step starts every run with KFP's cache off: it fingerprints
+  the data root (with span folders: the latest N spans) and picks the push
+  to gate against, and hands both on as task output parameters, so
+  ExampleGen and every step after it cache on what the data really is (the
+  open-source backend runs neither TFX's ExampleGen driver nor resolvers).
 """
 
 import dataclasses
@@ -32,7 +33,7 @@ from tfx import v1 as tfx
 from tfx.dsl.components.base import base_component
 
 from hubpipe.components import assets
-from hubpipe.components.pushed_baseline.component import LatestPushedModel
+from hubpipe.components.data_snapshot.component import DataSnapshot
 from hubpipe.pipeline.config import BUNDLED as BUNDLED_DATA
 from hubpipe.pipeline.config import REPO_ROOT, Config, ConfigError, load_config
 
@@ -183,19 +184,34 @@ def check_cluster_modules(config: Config) -> None:
           'module (`hubpipe modules list`).')
 
 
-def _never_cache(path: str, tasks) -> None:
-  """Turns KFP's cache off for `tasks` in the compiled file. A step that reads
-  the newest push has the same inputs every run, so a cached result would
-  hand on a stale baseline; TFX compiles one cache setting for all steps."""
-  if not tasks:
-    return
+def _fix_spec(path: str, never_cache) -> None:
+  """Mends the compiled file where TFX 1.16's KubeflowV2DagRunner writes
+  what the KFP v2 backend cannot run:
+
+  - KFP's cache is turned off for `never_cache` tasks (TFX compiles one cache
+    setting for all steps): a step that looks at what is outside the
+    pipeline now (the DataSnapshot) has the same inputs every run, and a
+    cached result would hand on last week's data;
+  - a runtime parameter taken from another task's output
+    (`channel.future()[0].value`) names its producer `<id>_task`, a task
+    that does not exist (the tasks are named `<id>`): the driver would fail
+    to resolve it.
+  """
   with open(path) as f:
     text = f.read()
   header = ''.join(line for line in text.splitlines(keepends=True)
                    if line.startswith('#'))
   spec = yaml.safe_load(text)
-  for task in tasks:
-    spec['root']['dag']['tasks'][task].pop('cachingOptions', None)
+  tasks = spec['root']['dag']['tasks']
+  for task in never_cache:
+    tasks[task].pop('cachingOptions', None)
+  for task in tasks.values():
+    for parameter in task.get('inputs', {}).get('parameters', {}).values():
+      producer = parameter.get('taskOutputParameter', {})
+      name = producer.get('producerTask', '')
+      if name and name not in tasks and name.endswith('_task') and (
+          name[:-len('_task')] in tasks):
+        producer['producerTask'] = name[:-len('_task')]
   with open(path, 'w') as f:
     f.write(header)
     yaml.safe_dump(spec, f, sort_keys=True)
@@ -211,7 +227,7 @@ def compile_pipeline(config: Config, output: str, image: Optional[str] = None,
   `src_dir` is where the image holds this repository (tests that run the
   compiled commands on this machine pass the checkout)."""
   from hubpipe.pipeline import local_runner
-  from hubpipe.pipeline.pipeline import create_pipeline
+  from hubpipe.pipeline.pipeline import create_pipeline, pipeline_identity
 
   if not output.endswith(('.yaml', '.yml')):
     raise ConfigError(f'--output {output}: the pipeline file must end in '
@@ -230,7 +246,7 @@ def compile_pipeline(config: Config, output: str, image: Optional[str] = None,
   pipeline = create_pipeline(
       config, pipeline_root=root, input_base=cluster_data_root(config, data_root),
       serving_dir=serving_dir, input_size=input_size, preprocessor=preprocessor,
-      baseline=config.kubeflow.baseline)
+      identity=pipeline_identity(config, image))
   applied = apply_resources(pipeline, config.kubeflow.resources)
   runner = tfx.orchestration.experimental.KubeflowV2DagRunner(
       # Pipeline spec 2.1: parameters as runtimeValue.constant plus the
@@ -241,8 +257,8 @@ def compile_pipeline(config: Config, output: str, image: Optional[str] = None,
       output_dir=os.path.dirname(os.path.abspath(output)),
       output_filename=os.path.basename(output))
   runner.run(pipeline)
-  _never_cache(output, [c.id for c in pipeline.components
-                        if isinstance(c, LatestPushedModel)])
+  _fix_spec(output, [c.id for c in pipeline.components
+                     if isinstance(c, DataSnapshot)])
   return {'output': os.path.abspath(output), 'image': image,
           'pipeline_root': root, 'serving_dir': serving_dir,
           'components': [c.id for c in pipeline.components],

@@ -219,11 +219,6 @@ class KubeflowConfig:
   data_root: Optional[str] = None
   # Where the Pusher writes versioned models; default <pipeline_root>/serving.
   serving_dir: Optional[str] = None
-  # The Evaluator's baseline: 'pushed' (the newest model in serving_dir, read
-  # by a container step; runs on every KFP backend) or 'resolver' (the latest
-  # blessed model from ML Metadata, as locally; Vertex AI Pipelines only: the
-  # open-source KFP v2 backend runs no resolver nodes).
-  baseline: str = 'pushed'
   # Per component id ('default' for all others): {cpu: '4', memory: '16G',
   # accelerator: 'nvidia.com/gpu', accelerator_count: 1}. Kubernetes quantity
   # strings; accelerator is the resource type the cluster schedules on
@@ -432,7 +427,6 @@ def validate(config: Config) -> Config:
   _validate_selection(config.selection)
   _choice('beam.runner', config.beam.runner, BEAM_RUNNERS)
   _validate_resources(config.kubeflow.resources)
-  _choice('kubeflow.baseline', config.kubeflow.baseline, ('pushed', 'resolver'))
   _choice('beam.direct_running_mode', config.beam.direct_running_mode,
           DIRECT_RUNNING_MODES)
   _positive('beam.direct_num_workers', config.beam.direct_num_workers,

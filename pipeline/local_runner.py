@@ -12,6 +12,7 @@ import dataclasses
 import glob
 import importlib
 import itertools
+import json
 import logging
 import os
 import time
@@ -140,7 +141,9 @@ def run(config: Config, workdir: str,
         echo: Callable[[str], None] = print) -> dict:
   """Runs the DAG for `config` in `workdir`; returns (and writes) the summary."""
   from tfx import v1 as tfx
-  from hubpipe.pipeline.pipeline import create_pipeline
+  from hubpipe.components.data_snapshot import snapshot as snapshot_lib
+  from hubpipe.pipeline.pipeline import (create_pipeline, pipeline_identity,
+                                         snapshot_parameters)
 
   workdir = os.path.abspath(workdir)
   Path(workdir).mkdir(parents=True, exist_ok=True)
@@ -179,13 +182,22 @@ def run(config: Config, workdir: str,
     result['module'].update(input_size=inputs.input_size,
                             preprocessor=inputs.preprocessor, **inputs.module)
     result['input_base'] = inputs.input_base
+    pipeline_root = os.path.join(workdir, 'pipeline_root')
+    # This process is the orchestrator: it takes the data snapshot (what to
+    # ingest, which push to measure against) that a compiled pipeline's
+    # DataSnapshot step takes on the cluster, and hands it in as constants.
+    snapshot = snapshot_lib.take(**snapshot_parameters(
+        config, inputs.input_base, pipeline_root, serving_dir,
+        pipeline_identity(config)))
+    result['data_snapshot'] = _snapshot_summary(snapshot)
     pipeline = create_pipeline(
-        config, pipeline_root=os.path.join(workdir, 'pipeline_root'),
+        config, pipeline_root=pipeline_root,
         input_base=inputs.input_base, serving_dir=serving_dir,
         input_size=inputs.input_size, preprocessor=inputs.preprocessor,
         metadata_connection_config=(
             tfx.orchestration.metadata.sqlite_metadata_connection_config(
-                metadata_path)))
+                metadata_path)),
+        snapshot=snapshot)
     progress = _Progress(echo, len(pipeline.components))
     root.addHandler(progress)
     echo(f'hubpipe: running "{config.name}" ({len(pipeline.components)} '
@@ -194,6 +206,8 @@ def run(config: Config, workdir: str,
     result['status'] = 'succeeded'
   except ConfigError as err:
     result.update(status='failed', error=f'config: {err}')
+  except snapshot_lib.SnapshotError as err:
+    result.update(status='failed', error=f'data: {err}')
   except ModuleError + (AssetError,) as err:
     result.update(status='failed', error=f'module: {err}')
   except Exception as err:  # pylint: disable=broad-except
@@ -222,6 +236,13 @@ def run(config: Config, workdir: str,
     result['status'] = 'not_blessed'
   summary_lib.write(result, summary_path)
   return result
+
+
+def _snapshot_summary(snapshot: dict) -> dict:
+  """What the summary records of the data snapshot."""
+  examples = json.loads(snapshot['examples'])
+  return {'spans': examples['spans'], 'fingerprint': examples['fingerprint'],
+          'baseline': snapshot['baseline'] or None}
 
 
 def _explain(err: Exception) -> str:

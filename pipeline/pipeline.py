@@ -1,29 +1,39 @@
 """The hubpipe DAG, in one place, independent of the runner.
 
-  ExampleGen -> StatisticsGen -> ImportSchemaGen -> ExampleValidator
-    -> AnomalyGate -> Transform -> [ModuleSelector, with selection.candidates]
-    -> Trainer (Hub module, tf.distribute)
-    -> Evaluator (TFMA; baseline = latest blessed model, or on Kubeflow the
-       newest pushed model)
+  [DataSnapshot] -> ExampleGen -> StatisticsGen -> ImportSchemaGen
+    -> ExampleValidator -> AnomalyGate -> Transform
+    -> [ModuleSelector, with selection.candidates]
+    -> Trainer (Hub module, tf.distribute; warm start from the baseline push)
+    -> Evaluator (TFMA; baseline = the pushed model in service)
     -> Compressor (image models: TFLite variants, measured) -> Pusher
-  (+ a span resolver feeding Transform and Trainer the latest N spans, when
-  the data arrives in span folders; + the latest blessed model as the
-  Trainer's warm start, on request)
+
+What a run ingests and what it is gated against is a data snapshot
+(components/data_snapshot): the files under the data root (with span
+folders: the latest N spans) and the push in service. Compiled for an
+orchestrator, a never-cached DataSnapshot step takes it at the start of each
+run and hands it on as runtime parameters; the local runner takes it before
+it builds the DAG (`snapshot=`). Either way ExampleGen and the baseline step
+cache on its values: new data retrains, no new data reuses every step.
 
 `create_pipeline(config, ...)` returns a `tfx.dsl.Pipeline`; the local runner
 (`pipeline/local_runner.py`) runs it with LocalDagRunner and the Kubeflow entry
 compiles the very same object.
 """
 
-from typing import List, Optional
+import hashlib
+import json
+import posixpath
+from typing import Dict, List, Optional
 
 import tensorflow_model_analysis as tfma
 from tfx import v1 as tfx
 
 from hubpipe.components.anomaly_gate.component import AnomalyGate
 from hubpipe.components.compressor.component import Compressor
+from hubpipe.components.data_snapshot.component import DataSnapshot
 from hubpipe.components.module_selector.component import ModuleSelector
 from hubpipe.components.pushed_baseline.component import LatestPushedModel
+from hubpipe.components.snapshot_example_gen.component import SnapshotExampleGen
 from hubpipe.pipeline.config import Config
 
 TRANSFORM_FN = 'hubpipe.components.transform.{modality}.preprocessing_fn'
@@ -52,19 +62,47 @@ def beam_pipeline_args(config: Config) -> List[str]:
   return args + list(beam.extra_args)
 
 
-def example_gen(config: Config, input_base: str):
-  """ExampleGen for the configured source, keeping (or making) train/eval splits."""
+def pipeline_identity(config: Config, image: str = 'local') -> str:
+  """What a pushed model was made by: the config's model-making sections and
+  the image. A change of either is a new pipeline, whose first run is gated
+  against the model in service (see data_snapshot.snapshot.baseline_for)."""
+  sections = _sections(config, TRAINER_SECTIONS + (
+      'evaluation', 'compression', 'selection'))
+  return hashlib.sha256(json.dumps([sections, image], sort_keys=True,
+                                   default=str).encode()).hexdigest()[:16]
+
+
+def snapshot_parameters(config: Config, input_base: str, pipeline_root: str,
+                        serving_dir: str, identity: str) -> Dict:
+  """The DataSnapshot's parameters (also what the local runner takes the
+  snapshot with)."""
+  return {'input_base': input_base,
+          'source': ('image_folder' if config.data.source == 'image_folder'
+                     else 'tfrecord'),
+          'span_pattern': config.data.span_pattern or '',
+          'latest_spans': config.data.latest_spans if config.data.span_pattern
+                          else 1,
+          'serving_dir': serving_dir,
+          'state_dir': posixpath.join(pipeline_root.rstrip('/'), 'DataSnapshot',
+                                      'state'),
+          'identity': identity}
+
+
+def example_gen(config: Config, input_base: str, snapshot):
+  """ExampleGen over the data snapshot (a JSON string or runtime parameter):
+  TFRecord folders (span folders: the latest N spans), or an image folder."""
   if config.data.source == 'image_folder':
     from hubpipe.components.image_folder_example_gen import component
-    return component.image_folder_example_gen(config, input_base)
-  # With span folders, the pattern holds {SPAN}: ExampleGen ingests the newest.
-  prefix = f'{config.data.span_pattern}/' if config.data.span_pattern else ''
-  return tfx.components.ImportExampleGen(
-      input_base=input_base,
-      input_config=tfx.proto.Input(splits=[
-          tfx.proto.Input.Split(name='train', pattern=f'{prefix}train/*'),
-          tfx.proto.Input.Split(name=EVAL_SPLIT, pattern=f'{prefix}eval/*'),
-      ]))
+    from hubpipe.components.image_folder_example_gen import executor
+    input_config, output_config = component.split_configs(
+        input_base, config.data.eval_fraction)
+    return SnapshotExampleGen(
+        snapshot, input_config=input_config, output_config=output_config,
+        custom_config=executor.make_custom_config(
+            config.data.image_feature, config.data.label_feature,
+            config.data.on_corrupt),
+        images=True)
+  return SnapshotExampleGen(snapshot)
 
 
 def eval_config(config: Config) -> tfma.EvalConfig:
@@ -99,26 +137,39 @@ def create_pipeline(config: Config, pipeline_root: str, input_base: str,
                     preprocessor: Optional[str] = None,
                     metadata_connection_config=None,
                     enable_cache: bool = True,
-                    baseline: str = 'resolver') -> tfx.dsl.Pipeline:
+                    snapshot: Optional[Dict[str, str]] = None,
+                    identity: Optional[str] = None) -> tfx.dsl.Pipeline:
   """The runner-agnostic DAG for `config`.
 
   Args:
     config: the validated config.
     pipeline_root: where artifacts go (a local folder or gs:// URI).
-    input_base: the examples' root (train/ and eval/ TFRecord folders, or an
-      image folder).
+    input_base: the examples' root (train/ and eval/ TFRecord folders, span
+      folders that hold them, or an image folder).
     serving_dir: base folder of the pushed, versioned serving models.
     input_size: [height, width] the images are resized to (image modality).
     preprocessor: the text encoder's preprocessing companion, if it has one.
     metadata_connection_config: ML Metadata connection (local runs: SQLite).
     enable_cache: reuse the results of unchanged components.
-    baseline: where the Evaluator's baseline (and the Trainer's warm start)
-      comes from: 'resolver', the latest blessed model in ML Metadata; or
-      'pushed', the newest model in `serving_dir` (LatestPushedModel), for
-      orchestrators that run no resolver nodes (open-source KFP v2).
+    snapshot: the data snapshot already taken ({'examples', 'baseline'}, from
+      data_snapshot.snapshot.take with `snapshot_parameters`), as the local
+      runner does; None: a DataSnapshot step takes it at the start of each
+      run (orchestrators that run a compiled pipeline on a schedule).
+    identity: `pipeline_identity(config, image)` (default: image 'local').
   """
   data = config.data
-  examples = example_gen(config, input_base)
+  identity = identity or pipeline_identity(config)
+  snapshot_step = None
+  if snapshot is None:
+    snapshot_step = DataSnapshot(**snapshot_parameters(
+        config, input_base, pipeline_root, serving_dir, identity))
+    examples_snapshot = snapshot_step.outputs['examples'].future()[0].value
+    baseline_version = snapshot_step.outputs['baseline'].future()[0].value
+  else:
+    examples_snapshot, baseline_version = (snapshot['examples'],
+                                           snapshot['baseline'])
+
+  examples = example_gen(config, input_base, examples_snapshot)
   statistics = tfx.components.StatisticsGen(
       examples=examples.outputs['examples'])
   schema = tfx.components.ImportSchemaGen(schema_file=config.schema_path)
@@ -128,20 +179,9 @@ def create_pipeline(config: Config, pipeline_root: str, input_base: str,
   gate = AnomalyGate(anomalies=validator.outputs['anomalies'],
                      schema_path=config.schema_path)
 
-  # What Transform and the Trainer learn from: the newest examples, or with
-  # span folders the latest N spans ingested so far.
+  # With span folders the examples hold the latest N spans' train data and
+  # the newest span's eval data (the snapshot's window).
   training_examples = examples.outputs['examples']
-  spans = None
-  if data.span_pattern:
-    spans = tfx.dsl.Resolver(
-        strategy_class=tfx.dsl.experimental.SpanRangeStrategy,
-        config={'range_config': tfx.proto.RangeConfig(
-            rolling_range=tfx.proto.RollingRange(num_spans=data.latest_spans))},
-        examples=tfx.dsl.Channel(
-            type=tfx.types.standard_artifacts.Examples,
-            producer_component_id=examples.id),
-    ).with_id('latest_spans_resolver')
-    training_examples = spans.outputs['examples']
 
   transform = tfx.components.Transform(
       examples=training_examples,
@@ -157,26 +197,14 @@ def create_pipeline(config: Config, pipeline_root: str, input_base: str,
                      'input_size': input_size})
   transform.add_upstream_node(gate)
 
-  # The model a candidate is measured against (and warm-starts from): the
-  # latest blessed model, found in ML Metadata by a Resolver; or, on
-  # orchestrators that run no resolver nodes, the newest pushed model.
-  resolver = previous_push = None
-  if baseline == 'resolver':
-    resolver = tfx.dsl.Resolver(
-        strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
-        model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
-        model_blessing=tfx.dsl.Channel(
-            type=tfx.types.standard_artifacts.ModelBlessing),
-    ).with_id('latest_blessed_model_resolver')
-    previous_model = resolver.outputs['model']
-  elif baseline == 'pushed':
-    previous_model = None
-    if config.training.warm_start:
-      previous_push = LatestPushedModel(serving_dir=serving_dir).with_id(
-          'latest_pushed_model_for_warm_start')
-      previous_model = previous_push.outputs['baseline_model']
-  else:
-    raise ValueError(f'baseline: "{baseline}" is neither resolver nor pushed.')
+  # The model a candidate warm-starts from and is measured against: the push
+  # in service when this data was first seen (the snapshot's `baseline`).
+  previous_push = None
+  previous_model = None
+  if config.training.warm_start:
+    previous_push = LatestPushedModel(pushed_version=baseline_version).with_id(
+        'latest_pushed_model_for_warm_start')
+    previous_model = previous_push.outputs['baseline_model']
 
   # With candidates listed, the ModuleSelector probes each on a sample and
   # hands the Trainer its choice as hyperparameters (as the Tuner would).
@@ -193,7 +221,7 @@ def create_pipeline(config: Config, pipeline_root: str, input_base: str,
       examples=training_examples,
       hyperparameters=(selector.outputs['best_hyperparameters'] if selector
                        else None),
-      base_model=previous_model if config.training.warm_start else None,
+      base_model=previous_model,
       transform_graph=transform.outputs['transform_graph'],
       schema=schema.outputs['schema'],
       train_args=tfx.proto.TrainArgs(splits=['train']),
@@ -202,18 +230,15 @@ def create_pipeline(config: Config, pipeline_root: str, input_base: str,
                      'input_size': input_size,
                      'preprocessor': preprocessor})
 
-  pushed_baseline = None
-  if baseline == 'pushed':
-    # Nothing pushed yet: the candidate stands in, so only the floor gates.
-    pushed_baseline = LatestPushedModel(
-        serving_dir=serving_dir, model=trainer.outputs['model']).with_id(
-            'latest_pushed_model')
-    previous_model = pushed_baseline.outputs['baseline_model']
+  # Nothing pushed yet: the candidate stands in, so only the floor gates.
+  pushed_baseline = LatestPushedModel(
+      pushed_version=baseline_version, model=trainer.outputs['model']).with_id(
+          'latest_pushed_model')
 
   evaluator = tfx.components.Evaluator(
       examples=examples.outputs['examples'],
       model=trainer.outputs['model'],
-      baseline_model=previous_model,
+      baseline_model=pushed_baseline.outputs['baseline_model'],
       example_splits=[EVAL_SPLIT],
       eval_config=eval_config(config))
 
@@ -243,8 +268,8 @@ def create_pipeline(config: Config, pipeline_root: str, input_base: str,
   return tfx.dsl.Pipeline(
       pipeline_name=config.name,
       pipeline_root=pipeline_root,
-      components=[c for c in (examples, statistics, schema, validator, gate,
-                              spans, transform, selector, resolver,
+      components=[c for c in (snapshot_step, examples, statistics, schema,
+                              validator, gate, transform, selector,
                               previous_push, trainer, pushed_baseline,
                               evaluator, compressor, pusher)
                   if c is not None],

@@ -150,12 +150,14 @@ def collect(metadata_path: str, pipeline_name: str, label_key: str) -> dict:
         'seconds': round(seconds, 1)})
     for keys, type_name, artifact in _artifacts(
         store, execution.id, metadata_store_pb2.Event.INPUT, types):
-      if 'baseline_model' in keys:
-        out['baseline_model'] = artifact.uri
+      if 'baseline_model' in keys and node == 'Evaluator':
+        # The pushed version it copies; the candidate standing in is none.
+        if _prop(artifact, 'baseline_source') == 'pushed':
+          out['baseline_model'] = _prop(artifact, 'baseline_path')
       if node == 'Trainer' and type_name == 'Examples':
-        span = _prop(artifact, 'span')
-        if span is not None:
-          out.setdefault('trained_on_spans', []).append(int(span))
+        spans = json.loads(_prop(artifact, 'spans') or 'null')
+        if spans:
+          out['trained_on_spans'] = spans
     for _, type_name, artifact in _artifacts(
         store, execution.id, metadata_store_pb2.Event.OUTPUT, types):
       if type_name == 'ExampleStatistics':
@@ -207,6 +209,13 @@ def render(summary: dict) -> str:
   if summary.get('examples'):
     lines.append('  examples: ' + ', '.join(
         f'{k} {v}' for k, v in summary['examples'].items()))
+  snapshot = summary.get('data_snapshot') or {}
+  if snapshot.get('fingerprint'):
+    fp = snapshot['fingerprint']
+    lines.append(f'  data snapshot: {fp["files"]} files, {fp["bytes"]:,} bytes, '
+                 f'sha256 {fp["sha256"][:12]}'
+                 + (f', spans {snapshot["spans"]}' if snapshot.get('spans')
+                    else ''))
   if summary.get('trained_on_spans'):
     lines.append(f'  trained on spans: {sorted(summary["trained_on_spans"])}')
   if summary.get('components'):

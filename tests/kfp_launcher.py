@@ -1,19 +1,35 @@
-"""What the KFP v2 backend does around one compiled container task, for tests.
+"""What the open-source KFP v2 backend does with a compiled pipeline, for tests.
 
 No Docker engine or cluster runs here, so this plays the part of the KFP v2
 driver and launcher (kubeflow/pipelines backend/src/v2: driver/resolve.go
-resolveInputs, driver/driver.go provisionOutputs, component/launcher_v2.go
-compileCmdAndArgs and uploadOutputArtifacts) for one task of a compiled
-pipeline spec: it resolves the task's inputs, provisions its outputs, builds
-the ExecutorInput, fills the container's placeholders and runs the container's
-command on this machine. It fails where that backend fails, e.g. on inputs it
-cannot resolve, rather than smoothing them over.
+resolveInputs, driver/driver.go provisionOutputs and its cache check,
+cacheutils GenerateCacheKey, component/launcher_v2.go compileCmdAndArgs and
+uploadOutputArtifacts, component/importer_launcher.go):
+
+- for one task: it resolves the task's inputs, provisions its outputs, builds
+  the ExecutorInput, fills the container's placeholders and runs the
+  container's command on this machine (`executor_input`, `run_task`);
+- for a whole pipeline (`Backend.run`): every task in DAG order, artifacts and
+  output parameters handed on as the launcher records them, importer nodes
+  resolved, resolver nodes refused and `lifecycle.preCacheCheck` hooks not
+  run (as on that backend), and KFP's cache rule: a task with caching on
+  whose container, input artifacts (by their MLMD names), input parameter
+  values and output spec match an earlier successful execution is not run;
+  its recorded outputs are reused. The cache outlives runs (the cluster's
+  ML Metadata), so successive `run()` calls are a schedule's runs.
+
+Not a mock of the components: the real executors run in subprocesses from
+their compiled commands; only the orchestrator is played. It fails where that
+backend fails, e.g. on inputs it cannot resolve, rather than smoothing them
+over.
 """
 
+import hashlib
 import json
 import os
 import subprocess
 import sys
+import time
 import uuid
 import zlib
 from typing import Dict, List, Optional
@@ -51,8 +67,21 @@ def container_spec(pipeline_spec: dict, task: str) -> dict:
   return spec['deploymentSpec']['executors'][label]['container']
 
 
-def _parameter_value(task: str, name: str, spec: dict):
-  """One task input parameter as the driver resolves it (a constant)."""
+def _parameter_value(task: str, name: str, spec: dict,
+                     produced: Optional[dict] = None):
+  """One task input parameter as the driver resolves it: a constant, or
+  another task's output parameter (`produced`: task -> {key: value})."""
+  upstream = spec.get('taskOutputParameter')
+  if upstream is not None:
+    producer, key = upstream['producerTask'], upstream['outputParameterKey']
+    if producer not in (produced or {}):
+      raise LauncherError(
+          f'{task}.{name}: taskOutputParameter from {producer!r}, which has '
+          'not run (or is not a task of this DAG)')
+    if key not in produced[producer]:
+      raise LauncherError(f'{task}.{name}: {producer} has no output '
+                          f'parameter {key!r}')
+    return produced[producer][key]
   runtime = spec.get('runtimeValue')
   if runtime is None:
     raise LauncherError(
@@ -88,7 +117,9 @@ def _check_parameter(task: str, name: str, value, parameter_type: str):
 
 
 def executor_input(pipeline_spec: dict, task: str, input_artifacts: dict,
-                   pipeline_root: str, salt: Optional[str] = None) -> dict:
+                   pipeline_root: str, salt: Optional[str] = None,
+                   produced_parameters: Optional[dict] = None,
+                   task_root: Optional[str] = None) -> dict:
   """The ExecutorInput (JSON dict) the KFP v2 driver hands `task`'s container.
 
   input_artifacts: input name -> the RuntimeArtifact (dict) the producing task
@@ -104,7 +135,7 @@ def executor_input(pipeline_spec: dict, task: str, input_artifacts: dict,
   inputs_def = cspec.get('inputDefinitions', {})
   task_inputs = tspec.get('inputs', {})
 
-  values = {name: _parameter_value(task, name, p)
+  values = {name: _parameter_value(task, name, p, produced_parameters)
             for name, p in task_inputs.get('parameters', {}).items()}
   for name, definition in inputs_def.get('parameters', {}).items():
     if name not in values:
@@ -132,7 +163,8 @@ def executor_input(pipeline_spec: dict, task: str, input_artifacts: dict,
       artifact['type'] = outputs[producer['outputArtifactKey']]['artifactType']
     artifacts[name] = {'artifacts': [artifact]}
 
-  task_root = f'{pipeline_root.rstrip("/")}/{task}/{salt or uuid.uuid4()}'
+  task_root = task_root or (
+      f'{pipeline_root.rstrip("/")}/{task}/{salt or uuid.uuid4()}')
   outputs_def = cspec.get('outputDefinitions', {})
   result = {
       'inputs': {'parameterValues': values, 'artifacts': artifacts},
@@ -177,7 +209,12 @@ def container_command(pipeline_spec: dict, task: str, executor_in: dict,
 def run_task(pipeline_spec: dict, task: str, executor_in: dict,
              env: Dict[str, str], cwd: str, timeout: float):
   """Runs the task's container command here; returns (process, ExecutorOutput
-  as a dict, or None when the container wrote none)."""
+  as a dict, or None when the container wrote none). As the launcher does
+  (prepareOutputFolders), the parent folder of each output artifact's local
+  path exists before the container starts."""
+  for artifacts in executor_in['outputs'].get('artifacts', {}).values():
+    for artifact in artifacts['artifacts']:
+      os.makedirs(os.path.dirname(artifact['uri']), exist_ok=True)
   process = subprocess.run(
       container_command(pipeline_spec, task, executor_in), env=env, cwd=cwd,
       capture_output=True, text=True, timeout=timeout, check=False)
@@ -204,3 +241,189 @@ def produced_artifact(executor_in: dict, executor_output: Optional[dict],
   # Downstream it is the MLMD artifact: its name is its id.
   artifact['name'] = str(zlib.crc32(artifact['uri'].encode()))
   return artifact
+
+
+def output_parameters(executor_in: dict, executor_output: Optional[dict]
+                      ) -> dict:
+  """The task's output parameters as the launcher collects them: from the
+  ExecutorOutput's parameterValues, else from each parameter's outputFile."""
+  values = dict((executor_output or {}).get('parameterValues', {}))
+  for name, spec in executor_in['outputs'].get('parameters', {}).items():
+    if name not in values and os.path.exists(spec['outputFile']):
+      with open(spec['outputFile']) as f:
+        values[name] = f.read()
+  return values
+
+
+def _executor_kind(pipeline_spec: dict, task: str) -> str:
+  spec = pipeline_spec_of(pipeline_spec)
+  label = component_spec(spec, task).get('executorLabel')
+  executor = spec['deploymentSpec']['executors'].get(label, {})
+  for kind in ('container', 'importer', 'resolver'):
+    if kind in executor:
+      return kind
+  raise LauncherError(f'{task}: executor {label} is neither a container, an '
+                      'importer nor a resolver')
+
+
+def dag_order(pipeline_spec: dict) -> List[str]:
+  """The tasks in an order that runs each after everything it depends on
+  (dependentTasks and the producers of its inputs)."""
+  tasks = pipeline_spec_of(pipeline_spec)['root']['dag']['tasks']
+  needs = {}
+  for name, task in tasks.items():
+    deps = set(task.get('dependentTasks', []))
+    inputs = task.get('inputs', {})
+    for artifact in inputs.get('artifacts', {}).values():
+      deps.add(artifact['taskOutputArtifact']['producerTask'])
+    for parameter in inputs.get('parameters', {}).values():
+      if 'taskOutputParameter' in parameter:
+        deps.add(parameter['taskOutputParameter']['producerTask'])
+    unknown = deps - set(tasks)
+    if unknown:
+      raise LauncherError(f'{name} depends on {sorted(unknown)}, not tasks '
+                          'of this DAG')
+    needs[name] = deps
+  order, done = [], set()
+  while len(order) < len(tasks):
+    ready = sorted(t for t in tasks if t not in done and needs[t] <= done)
+    if not ready:
+      raise LauncherError(f'the DAG has a cycle among '
+                          f'{sorted(set(tasks) - done)}')
+    order += ready
+    done.update(ready)
+  return order
+
+
+def cache_key(pipeline_spec: dict, task: str, executor_in: dict) -> str:
+  """KFP v2's cache key (cacheutils.GenerateCacheKey): the input artifacts'
+  names, the input parameter values, the output artifacts without their URIs,
+  the output parameters, and the container's image, command and arguments as
+  compiled (placeholders unfilled)."""
+  container = container_spec(pipeline_spec, task)
+  inputs = executor_in['inputs']
+  outputs = executor_in['outputs']
+  key = {
+      'inputArtifactNames': {
+          name: [a['name'] for a in value['artifacts']]
+          for name, value in inputs.get('artifacts', {}).items()},
+      'inputParameterValues': inputs.get('parameterValues', {}),
+      'outputArtifactsSpec': {
+          name: {'name': name, 'type': value['artifacts'][0]['type']}
+          for name, value in outputs.get('artifacts', {}).items()},
+      'outputParametersSpec': sorted(outputs.get('parameters', {})),
+      'containerSpec': {'image': container.get('image'),
+                        'cmdArgs': list(container.get('command', [])) +
+                                   list(container.get('args', []))},
+  }
+  return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+
+
+class Backend:
+  """The open-source KFP v2 backend, played for whole runs of one compiled
+  pipeline (see the module docstring). `state_dir` holds its cache, the
+  record of successful executions that survives between runs."""
+
+  def __init__(self, pipeline_spec: dict, pipeline_root: str, state_dir: str,
+               env: Dict[str, str], cwd: str, task_timeout: float = 900):
+    self.spec = pipeline_spec_of(pipeline_spec)
+    self.pipeline_root = pipeline_root.rstrip('/')
+    self.env, self.cwd, self.task_timeout = env, cwd, task_timeout
+    os.makedirs(state_dir, exist_ok=True)
+    self._cache_path = os.path.join(state_dir, 'kfp_cache.json')
+    self.runs = 0
+
+  def _cache(self) -> dict:
+    if not os.path.exists(self._cache_path):
+      return {}
+    with open(self._cache_path) as f:
+      return json.load(f)
+
+  def _remember(self, key: str, record: dict) -> None:
+    cache = self._cache()
+    cache[key] = record
+    with open(self._cache_path, 'w') as f:
+      json.dump(cache, f)
+
+  def run(self) -> dict:
+    """One run of the pipeline. Returns {'run_id', 'tasks': {task: {'state':
+    'executed' | 'cached' | 'imported', 'seconds', 'artifacts',
+    'parameters'}}}. A task that fails raises LauncherError with its log."""
+    self.runs += 1
+    run_id = f'run-{self.runs}-{uuid.uuid4().hex[:8]}'
+    name = self.spec['pipelineInfo']['name']
+    artifacts, parameters, record = {}, {}, {}
+    for task in dag_order(self.spec):
+      tspec = task_spec(self.spec, task)
+      kind = _executor_kind(self.spec, task)
+      start = time.time()
+      if kind == 'resolver':
+        raise LauncherError(
+            f'{task}: resolver nodes are rejected by the open-source KFP v2 '
+            'backend (its Argo compiler has no resolver step)')
+      inputs = {
+          key: artifacts[source['taskOutputArtifact']['producerTask']][
+              source['taskOutputArtifact']['outputArtifactKey']]
+          for key, source in tspec.get('inputs', {}).get(
+              'artifacts', {}).items()}
+      if kind == 'importer':
+        artifacts[task] = self._import(task, parameters)
+        parameters[task] = {}
+        record[task] = {'state': 'imported', 'seconds': 0.0,
+                        'artifacts': artifacts[task], 'parameters': {}}
+        continue
+      # TFX's ExampleGen driver hook: the open-source backend does not run it.
+      executor_in = executor_input(
+          self.spec, task, inputs, self.pipeline_root,
+          produced_parameters=parameters,
+          task_root=f'{self.pipeline_root}/{name}/{run_id}/{task}')
+      key = f'{name}/{cache_key(self.spec, task, executor_in)}'
+      cached = self._cache().get(key) if (
+          tspec.get('cachingOptions', {}).get('enableCache')) else None
+      if cached:
+        artifacts[task], parameters[task] = (cached['artifacts'],
+                                             cached['parameters'])
+        state = 'cached'
+      else:
+        process, output = run_task(self.spec, task, executor_in, self.env,
+                                   self.cwd, self.task_timeout)
+        if process.returncode != 0 or output is None:
+          raise LauncherError(
+              f'{task} (run {self.runs}) exited {process.returncode}'
+              f'{"" if output is not None else " with no ExecutorOutput"}:\n'
+              f'{process.stderr[-6000:]}')
+        artifacts[task] = {
+            out: produced_artifact(executor_in, output, out)
+            for out in executor_in['outputs'].get('artifacts', {})}
+        parameters[task] = output_parameters(executor_in, output)
+        if tspec.get('cachingOptions', {}).get('enableCache'):
+          self._remember(key, {'artifacts': artifacts[task],
+                               'parameters': parameters[task]})
+        state = 'executed'
+      record[task] = {'state': state,
+                      'seconds': round(time.time() - start, 1),
+                      'artifacts': artifacts[task],
+                      'parameters': parameters[task]}
+    return {'run_id': run_id, 'tasks': record}
+
+  def _import(self, task: str, parameters: dict) -> dict:
+    """An importer node (importer_launcher): an artifact at the given URI,
+    reused by URI when `reimport` is off."""
+    importer = self.spec['deploymentSpec']['executors'][component_spec(
+        self.spec, task)['executorLabel']]['importer']
+    uri_spec = importer['artifactUri']
+    if 'constant' in uri_spec:
+      uri = uri_spec['constant']
+    else:
+      name = uri_spec['runtimeParameter']
+      uri = _parameter_value(
+          task, name, task_spec(self.spec, task)['inputs']['parameters'][name],
+          parameters)
+    artifact = {'uri': uri, 'type': importer['typeSchema'],
+                'metadata': importer.get('metadata', {})}
+    # Without reImport the importer reuses the artifact of that URI.
+    artifact['name'] = str(zlib.crc32(uri.encode())) + (
+        f'-{uuid.uuid4().hex[:8]}' if importer.get('reimport') else '')
+    out = next(iter(component_spec(self.spec, task)['outputDefinitions'][
+        'artifacts']))
+    return {out: artifact}

@@ -10,6 +10,7 @@ import os
 
 from tensorflow_metadata.proto.v0 import anomalies_pb2
 from tfx import v1 as tfx
+from tfx.dsl.io import fileio
 from tfx.types import artifact_utils
 
 ANOMALIES_FILE = 'SchemaDiff.pb'
@@ -25,7 +26,8 @@ def read_anomalies(artifact) -> dict:
   for split in artifact_utils.decode_split_names(artifact.split_names):
     path = os.path.join(artifact.uri, f'Split-{split}', ANOMALIES_FILE)
     anomalies = anomalies_pb2.Anomalies()
-    with open(path, 'rb') as f:
+    # Through TFX's filesystem layer: the pipeline root may be gs:// or s3://.
+    with fileio.open(path, 'rb') as f:
       anomalies.ParseFromString(f.read())
     out[split] = anomalies
   return out

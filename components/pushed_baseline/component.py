@@ -1,18 +1,22 @@
-"""LatestPushedModel: a TFX component that hands on the newest pushed model.
+"""LatestPushedModel: a TFX component that hands on a pushed model as a Model.
 
-It stands where the latest-blessed-model Resolver stands in the local DAG, on
-orchestrators that run no resolver nodes: the open-source Kubeflow Pipelines
-v2 backend rejects them. It reads the Pusher's destination instead of ML
-Metadata, so it runs in a plain container anywhere. Optional input: the
-candidate Model (the stand-in while nothing is pushed). Parameter: the
-Pusher's base directory. Output: a Model.
+It gives the Trainer its warm start and the Evaluator its baseline: the
+pushed version in service when this run's data was first seen, which the
+DataSnapshot chose (components/data_snapshot) and passes as the
+`pushed_version` parameter. It reads the Pusher's destination, not ML
+Metadata, so it runs in a plain container on any orchestrator (the
+open-source KFP v2 backend runs no resolver nodes), and it caches on the
+version: the same baseline in the next run is a cache hit, so a run with no
+new data reuses every step. Optional input: the candidate Model (the stand-in
+while nothing is pushed). Output: a Model.
 """
 
-from typing import Optional
+from typing import Optional, Union
 
 from tfx import types
 from tfx.dsl.components.base import base_component
 from tfx.dsl.components.base import executor_spec
+from tfx.dsl.placeholder import placeholder as ph
 from tfx.types import standard_artifacts
 from tfx.types.component_spec import ChannelParameter
 from tfx.types.component_spec import ExecutionParameter
@@ -21,20 +25,21 @@ from hubpipe.components.pushed_baseline import executor
 
 
 class LatestPushedModelSpec(types.ComponentSpec):
-  PARAMETERS = {'serving_dir': ExecutionParameter(type=str)}
+  # A pushed version folder (<serving_dir>/<version>), or '' for none.
+  PARAMETERS = {'pushed_version': ExecutionParameter(type=str)}
   INPUTS = {'model': ChannelParameter(type=standard_artifacts.Model,
                                       optional=True)}
   OUTPUTS = {'baseline_model': ChannelParameter(type=standard_artifacts.Model)}
 
 
 class LatestPushedModel(base_component.BaseComponent):
-  """The newest model in `serving_dir`, as a Model artifact."""
+  """The pushed model `pushed_version` (or the stand-in), as a Model artifact."""
 
   SPEC_CLASS = LatestPushedModelSpec
   EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(executor.Executor)
 
-  def __init__(self, serving_dir: str,
+  def __init__(self, pushed_version: Union[str, ph.Placeholder],
                model: Optional[types.BaseChannel] = None):
     super().__init__(spec=LatestPushedModelSpec(
-        serving_dir=serving_dir, model=model,
+        pushed_version=pushed_version, model=model,
         baseline_model=types.Channel(type=standard_artifacts.Model)))

@@ -1,0 +1,21 @@
+"""DataSnapshot's executor: take the snapshot, write the two String outputs."""
+
+from absl import logging
+from tfx.dsl.components.base import base_executor
+from tfx.types import artifact_utils
+
+from hubpipe.components.data_snapshot import snapshot
+
+
+class Executor(base_executor.BaseExecutor):
+
+  def Do(self, input_dict, output_dict, exec_properties):
+    taken = snapshot.take(
+        exec_properties['input_base'], exec_properties['source'],
+        exec_properties.get('span_pattern') or None,
+        int(exec_properties['latest_spans']), exec_properties['serving_dir'],
+        exec_properties['state_dir'], exec_properties['identity'])
+    logging.info('DataSnapshot: examples %s; baseline %s',
+                 taken['examples'], taken['baseline'] or 'none')
+    for key, value in taken.items():
+      artifact_utils.get_single_instance(output_dict[key]).write(value)

@@ -1,0 +1,1 @@
+"""SnapshotExampleGen: ExampleGen that ingests exactly what a DataSnapshot saw."""

@@ -1,0 +1,74 @@
+"""SnapshotExampleGen: an ExampleGen whose input is a data snapshot (a parameter).
+
+TFX's file-based ExampleGens fingerprint their input files and resolve the
+newest `{SPAN}` in their driver. The open-source Kubeflow Pipelines v2
+backend does not run that driver (TFX compiles it as a `pre_cache_check`
+hook), so there a compiled ExampleGen has the same parameters every run, KFP's
+cache hits, and a scheduled run reuses last week's examples. This component
+has no driver: its input is the `snapshot` parameter (components/data_snapshot:
+the file patterns of each split, the spans, a fingerprint of the files),
+which changes exactly when the data does, on every orchestrator. Its executor
+is TFX's own ExampleGen executor (Beam: read, split, write TFRecords), for
+TFRecord folders or, with `ImageFolderExecutor`, for image folders.
+
+It also does what resolver nodes did for rolling windows, which that backend
+rejects: with span folders the snapshot's train patterns cover the latest N
+spans and its eval pattern the newest, so one Examples artifact holds the
+window. The artifact records `span` (the newest), and custom properties
+`spans` (JSON list), `input_fingerprint` and `snapshot_sha256`.
+"""
+
+from typing import Optional
+
+from tfx import types
+from tfx.dsl.components.base import base_beam_component
+from tfx.dsl.components.base import executor_spec
+from tfx.proto import example_gen_pb2
+from tfx.types import standard_artifacts
+from tfx.types.component_spec import ChannelParameter
+from tfx.types.component_spec import ExecutionParameter
+
+from hubpipe.components.snapshot_example_gen import executor
+
+
+class SnapshotExampleGenSpec(types.ComponentSpec):
+  PARAMETERS = {
+      # The DataSnapshot's `examples` (JSON); a runtime parameter on KFP.
+      'snapshot': ExecutionParameter(type=str),
+      # Image folders: the splits as ImageFolderExecutor reads them.
+      'input_config': ExecutionParameter(type=example_gen_pb2.Input,
+                                         optional=True),
+      'output_config': ExecutionParameter(type=example_gen_pb2.Output),
+      'custom_config': ExecutionParameter(type=example_gen_pb2.CustomConfig,
+                                          optional=True),
+      'output_data_format': ExecutionParameter(type=int),
+      'output_file_format': ExecutionParameter(type=int),
+  }
+  INPUTS = {}
+  OUTPUTS = {'examples': ChannelParameter(type=standard_artifacts.Examples)}
+
+
+class SnapshotExampleGen(base_beam_component.BaseBeamComponent):
+  """tf.Examples from the files a data snapshot lists."""
+
+  SPEC_CLASS = SnapshotExampleGenSpec
+  EXECUTOR_SPEC = executor_spec.BeamExecutorSpec(executor.TFRecordExecutor)
+
+  def __init__(self, snapshot,
+               input_config: Optional[example_gen_pb2.Input] = None,
+               output_config: Optional[example_gen_pb2.Output] = None,
+               custom_config: Optional[example_gen_pb2.CustomConfig] = None,
+               images: bool = False):
+    """`snapshot`: a JSON string, or a DataSnapshot output's
+    `.future()[0].value`. `images`: read image folders (input_config and
+    custom_config as for the image folder ExampleGen)."""
+    super().__init__(
+        spec=SnapshotExampleGenSpec(
+            snapshot=snapshot, input_config=input_config,
+            output_config=output_config or example_gen_pb2.Output(),
+            custom_config=custom_config,
+            output_data_format=example_gen_pb2.FORMAT_TF_EXAMPLE,
+            output_file_format=example_gen_pb2.FORMAT_TFRECORDS_GZIP,
+            examples=types.Channel(type=standard_artifacts.Examples)),
+        custom_executor_spec=(executor_spec.BeamExecutorSpec(
+            executor.ImageFolderExecutor) if images else None))
