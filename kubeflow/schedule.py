@@ -120,7 +120,11 @@ def create_recurring_run(package_path: str,
         no_catchup=True,
         enabled=True,
         pipeline_package_path=package_path,
-        params=params or {})
+        params=params or {},
+        # Keep the compiled per-task cache settings: True or False here
+        # would override every task's, and the DataSnapshot step must never
+        # be cached (a cached snapshot replays last week's data).
+        enable_caching=None)
   except kfp_server_api.ApiException as err:
     raise ScheduleError(
         f'Kubeflow Pipelines at {endpoint} refused the request: '

@@ -72,12 +72,13 @@ def _artifacts(store, execution_id: int, event_type, types: dict) -> list:
 
 def _example_counts(stats_uri: str) -> dict:
   from tensorflow_metadata.proto.v0 import statistics_pb2
+  from tfx.dsl.io import fileio
   counts = {}
-  for entry in sorted(os.listdir(stats_uri)):
+  for entry in sorted(e.rstrip('/') for e in fileio.listdir(stats_uri)):
     path = os.path.join(stats_uri, entry, 'FeatureStats.pb')
-    if entry.startswith('Split-') and os.path.exists(path):
+    if entry.startswith('Split-') and fileio.exists(path):
       stats = statistics_pb2.DatasetFeatureStatisticsList()
-      with open(path, 'rb') as f:
+      with fileio.open(path, 'rb') as f:
         stats.ParseFromString(f.read())
       counts[entry[len('Split-'):]] = sum(d.num_examples for d in stats.datasets)
   return counts
@@ -118,9 +119,10 @@ def _evaluation(uri: str, label_key: str) -> dict:
 
 def _add_report(out: dict, key: str, folder: str, name: str, fields) -> None:
   """out[key]: `fields` of a component's <name>.json, and its <name>.html."""
+  from tfx.dsl.io import fileio
   path = os.path.join(folder, f'{name}.json')
-  if os.path.exists(path):
-    with open(path) as f:
+  if fileio.exists(path):
+    with fileio.open(path) as f:
       report = json.load(f)
     out[key] = {'report_html': os.path.join(folder, f'{name}.html'),
                 **{k: report.get(k) for k in fields}}
@@ -131,7 +133,8 @@ def collect(metadata_path: str, pipeline_name: str, label_key: str) -> dict:
   out = {'components': [], 'examples': {}, 'training': {}, 'evaluation': {},
          'blessed': None, 'baseline_model': None, 'pushed': False,
          'pushed_model': None}
-  if not os.path.exists(metadata_path):
+  from tfx.dsl.io import fileio
+  if not fileio.exists(metadata_path):
     return out
   store = sqlite_store(metadata_path)
   run = _latest_run(store, pipeline_name)
@@ -164,10 +167,10 @@ def collect(metadata_path: str, pipeline_name: str, label_key: str) -> dict:
         out['examples'] = _example_counts(artifact.uri)
       elif type_name == 'ModelRun':
         report = os.path.join(artifact.uri, 'training_report.json')
-        if os.path.exists(report):
-          with open(report) as f:
+        if fileio.exists(report):
+          with fileio.open(report) as f:
             out['training'] = json.load(f)
-      elif type_name == 'ModelEvaluation' and os.path.isdir(artifact.uri):
+      elif type_name == 'ModelEvaluation' and fileio.isdir(artifact.uri):
         try:
           out['evaluation'] = _evaluation(artifact.uri, label_key)
         except Exception as err:  # pylint: disable=broad-except
@@ -185,7 +188,7 @@ def collect(metadata_path: str, pipeline_name: str, label_key: str) -> dict:
         out['pushed'] = bool(_prop(artifact, 'pushed'))
         out['pushed_model'] = _prop(artifact, 'pushed_destination')
         tflite = os.path.join(out['pushed_model'] or '', 'model.tflite')
-        out['pushed_tflite'] = tflite if os.path.exists(tflite) else None
+        out['pushed_tflite'] = tflite if fileio.exists(tflite) else None
   return out
 
 
@@ -305,5 +308,6 @@ def render(summary: dict) -> str:
 
 
 def write(summary: dict, path: Optional[str]) -> None:
-  with open(path, 'w') as f:
+  from tfx.dsl.io import fileio
+  with fileio.open(path, 'w') as f:
     json.dump(summary, f, indent=2, sort_keys=False)

@@ -66,7 +66,7 @@ def test_kfp_loads_the_compiled_pipeline(default_compiled):
   assert component.name == load_config().name
   spec = _spec(default_compiled)
   assert set(spec.root.dag.tasks) >= {
-      'ImportExampleGen', 'StatisticsGen', 'ImportSchemaGen',
+      'DataSnapshot', 'SnapshotExampleGen', 'StatisticsGen', 'ImportSchemaGen',
       'ExampleValidator', 'AnomalyGate', 'Transform', 'Trainer', 'Evaluator',
       'Compressor', 'Pusher'}
 
@@ -118,20 +118,21 @@ def test_other_components_get_their_own_or_the_default_resources(
 def test_dag_edges_follow_the_local_dag(default_compiled):
   tasks = _spec(default_compiled).root.dag.tasks
   after = {name: set(task.dependent_tasks) for name, task in tasks.items()}
-  assert after['StatisticsGen'] == {'ImportExampleGen'}
+  assert after['SnapshotExampleGen'] == {'DataSnapshot'}
+  assert after['StatisticsGen'] == {'SnapshotExampleGen'}
   assert after['ExampleValidator'] == {'StatisticsGen', 'ImportSchemaGen'}
   assert after['AnomalyGate'] == {'ExampleValidator'}
-  assert {'AnomalyGate', 'ImportExampleGen', 'ImportSchemaGen'} <= after[
+  assert {'AnomalyGate', 'SnapshotExampleGen', 'ImportSchemaGen'} <= after[
       'Transform']
-  assert {'Transform', 'ImportExampleGen'} <= after['Trainer']
+  assert {'Transform', 'SnapshotExampleGen'} <= after['Trainer']
   assert after['Evaluator'] >= {'Trainer', 'latest_pushed_model'}
-  assert after['latest_pushed_model'] == {'Trainer'}
+  assert after['latest_pushed_model'] == {'Trainer', 'DataSnapshot'}
   assert {'Evaluator', 'Trainer', 'Transform'} <= after['Compressor']
   assert after['Pusher'] == {'Compressor'}
 
 
 def test_bundled_data_is_read_from_the_image(default_compiled):
-  input_base = _parameter(_spec(default_compiled), 'ImportExampleGen',
+  input_base = _parameter(_spec(default_compiled), 'DataSnapshot',
                           'input_base')
   assert input_base.startswith(runner.IMAGE_DATA_DIR + '/datasets/')
   assert 'fashion_mnist-5000-2000-seed0' in input_base
@@ -291,27 +292,31 @@ def test_bundled_data_the_image_lacks_is_refused(tmp_path):
   runner.compile_pipeline(config, str(tmp_path / 'p.yaml'),
                           pipeline_root=str(tmp_path),
                           data_root='gs://acme/rotten-tomatoes')
-  assert _parameter(_spec(tmp_path / 'p.yaml'), 'ImportExampleGen',
+  assert _parameter(_spec(tmp_path / 'p.yaml'), 'DataSnapshot',
                     'input_base') == 'gs://acme/rotten-tomatoes'
 
 
-def test_default_compile_runs_no_resolver_nodes(default_compiled, tmp_path):
-  """The open-source KFP v2 backend rejects resolver executors: by default the
-  baseline is the newest pushed model, read by a container step."""
+def test_compiled_pipeline_runs_no_resolver_nodes(default_compiled):
+  """The open-source KFP v2 backend rejects resolver executors: the baseline
+  and the span window come from the DataSnapshot, a container step."""
   executors = json_format.MessageToDict(
       _spec(default_compiled).deployment_spec)['executors']
-  assert all('container' in e or 'importer' in e for e in executors.values())
-  config = _with(load_config(), kubeflow={'baseline': 'resolver'})
-  path = tmp_path / 'p.yaml'
-  runner.compile_pipeline(config, str(path), pipeline_root=str(tmp_path))
-  executors = json_format.MessageToDict(_spec(path).deployment_spec)['executors']
-  assert any('resolver' in e for e in executors.values())
+  assert all('container' in e for e in executors.values())
 
 
-def test_the_newest_push_is_read_afresh_every_run(default_compiled):
+def test_only_the_snapshot_is_taken_afresh_every_run(default_compiled):
   tasks = _spec(default_compiled).root.dag.tasks
-  assert tasks['Trainer'].caching_options.enable_cache
-  assert not tasks['latest_pushed_model'].caching_options.enable_cache
+  assert not tasks['DataSnapshot'].caching_options.enable_cache
+  assert all(task.caching_options.enable_cache
+             for name, task in tasks.items() if name != 'DataSnapshot')
+  # ExampleGen and the baseline steps take its outputs as runtime
+  # parameters, from the task as the DAG names it.
+  for task, parameter, output in (
+      ('SnapshotExampleGen', 'snapshot', 'examples'),
+      ('latest_pushed_model', 'pushed_version', 'baseline')):
+    source = tasks[task].inputs.parameters[parameter].task_output_parameter
+    assert (source.producer_task, source.output_parameter_key) == (
+        'DataSnapshot', output)
   # The file still loads in kfp after the edit.
   assert kfp_components.load_component_from_file(str(default_compiled))
 

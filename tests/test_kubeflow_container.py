@@ -3,9 +3,10 @@
 No Docker engine or cluster runs on these machines. These tests take compiled
 components' container commands and arguments, fill in the ExecutorInput the
 way the KFP v2 driver and launcher do (tests/kfp_launcher.py) and run them in
-subprocesses on real artifacts: ImportExampleGen on a tiny Fashion-MNIST
-folder and ImportSchemaGen on the curated schema, then Transform on what they
-wrote.
+subprocesses on real artifacts: the DataSnapshot and SnapshotExampleGen on a
+tiny Fashion-MNIST folder and ImportSchemaGen on the curated schema, then
+Transform on what they wrote; and the baseline step. (Whole runs of the
+compiled spec: tests/test_kfp_scheduled_runs.py.)
 """
 
 import glob
@@ -26,8 +27,8 @@ from hubpipe.kubeflow.runner import compile_pipeline
 from hubpipe.pipeline import local_runner
 from hubpipe.pipeline.config import REPO_ROOT, load_config
 
-from kfp_launcher import (container_spec, executor_input, produced_artifact,
-                          run_task)
+from kfp_launcher import (container_spec, executor_input, output_parameters,
+                          produced_artifact, run_task)
 
 SIZE = [32, 32]
 TINY = {
@@ -87,13 +88,15 @@ def test_every_container_task_gets_its_inputs_from_kfp_v2(compiled):
   class imports."""
   spec, root, _, _ = compiled
   tasks = _container_tasks(spec)
-  assert {'ImportExampleGen', 'Transform', 'Trainer', 'Evaluator',
-          'Compressor', 'Pusher'} <= set(tasks)
+  assert {'DataSnapshot', 'SnapshotExampleGen', 'Transform', 'Trainer',
+          'Evaluator', 'Compressor', 'Pusher'} <= set(tasks)
+  snapshot = {'DataSnapshot': {'examples': '{}', 'baseline': ''}}
   for task in tasks:
     wanted = spec['root']['dag']['tasks'][task].get('inputs', {}).get(
         'artifacts', {})
     made = executor_input(spec, task, {k: {'uri': f'{root}/x/{k}'}
-                                       for k in wanted}, root)
+                                       for k in wanted}, root,
+                          produced_parameters=snapshot)
     assert made['inputs']['parameterValues'], task
     args = container_spec(spec, task)['args']
     assert '--json_serialized_inputs_spec_args' in args, (
@@ -110,13 +113,23 @@ def test_every_container_task_gets_its_inputs_from_kfp_v2(compiled):
 
 
 def test_transform_container_writes_a_working_transform_graph(compiled):
-  """The ImportExampleGen, ImportSchemaGen and Transform containers, in turn."""
+  """The DataSnapshot, SnapshotExampleGen, ImportSchemaGen and Transform
+  containers, in turn."""
   spec, root, data, work = compiled
 
-  # ImportExampleGen, on the tiny data folder compiled in as input_base.
-  gen_in = executor_input(spec, 'ImportExampleGen', {}, root)
-  assert gen_in['inputs']['parameterValues']['input_base'] == data
-  gen_out = _run(spec, 'ImportExampleGen', gen_in, work)
+  # DataSnapshot, on the tiny data folder compiled in as input_base.
+  snap_in = executor_input(spec, 'DataSnapshot', {}, root)
+  assert snap_in['inputs']['parameterValues']['input_base'] == data
+  snap_out = _run(spec, 'DataSnapshot', snap_in, work)
+  parameters = output_parameters(snap_in, snap_out)
+  assert json.loads(parameters['examples'])['splits'] == {
+      'train': ['train/*'], 'eval': ['eval/*']}
+  assert parameters['baseline'] == ''
+
+  # SnapshotExampleGen, on what the snapshot lists.
+  gen_in = executor_input(spec, 'SnapshotExampleGen', {}, root,
+                          produced_parameters={'DataSnapshot': parameters})
+  gen_out = _run(spec, 'SnapshotExampleGen', gen_in, work)
   examples = produced_artifact(gen_in, gen_out, 'examples')
   assert json.loads(examples['metadata']['split_names']) == ['train', 'eval']
   eval_files = glob.glob(os.path.join(examples['uri'], 'Split-eval', '*'))
@@ -185,31 +198,32 @@ def _value(model_dir) -> float:
   return float(loaded.read())
 
 
-def test_latest_pushed_model_container_hands_on_the_newest_push(compiled):
-  """The Evaluator's baseline where no resolver runs: nothing pushed, then
-  pushes (and an unfinished one)."""
+def test_latest_pushed_model_container_hands_on_the_named_push(compiled):
+  """The Evaluator's baseline where no resolver runs: nothing pushed (the
+  candidate stands in), then the push the DataSnapshot named."""
   spec, root, _, work = compiled
   candidate = work / 'candidate'
   _saved_model(candidate / 'Format-Serving', 1.0)
   model = {'name': '7', 'uri': str(candidate), 'metadata': {}}
 
-  first_in = executor_input(spec, 'latest_pushed_model', {'model': model},
-                            root)
-  serving = first_in['inputs']['parameterValues']['serving_dir']
-  assert serving == f'{root}/serving/{TINY["name"]}'
-  first_out = _run(spec, 'latest_pushed_model', first_in, work)
-  first = produced_artifact(first_in, first_out, 'baseline_model')
+  def baseline(pushed_version):
+    task_in = executor_input(
+        spec, 'latest_pushed_model', {'model': model}, root,
+        produced_parameters={'DataSnapshot': {'baseline': pushed_version}})
+    assert task_in['inputs']['parameterValues']['pushed_version'] == (
+        pushed_version)
+    return produced_artifact(
+        task_in, _run(spec, 'latest_pushed_model', task_in, work),
+        'baseline_model')
+
+  first = baseline('')
   assert first['metadata']['baseline_source'] == 'candidate'
   assert _value(os.path.join(first['uri'], 'Format-Serving')) == 1.0
 
+  serving = work / 'serving'
   for version, value in ((5, 5.0), (12, 12.0)):
-    _saved_model(os.path.join(serving, str(version)), value)
-  os.makedirs(os.path.join(serving, '99'))  # a push still being written
-  os.makedirs(os.path.join(serving, 'tmp'))
-  second_in = executor_input(spec, 'latest_pushed_model', {'model': model},
-                             root)
-  second_out = _run(spec, 'latest_pushed_model', second_in, work)
-  second = produced_artifact(second_in, second_out, 'baseline_model')
+    _saved_model(serving / str(version), value)
+  second = baseline(str(serving / '5'))
   assert second['metadata']['baseline_source'] == 'pushed'
-  assert second['metadata']['baseline_path'] == os.path.join(serving, '12')
-  assert _value(os.path.join(second['uri'], 'Format-Serving')) == 12.0
+  assert second['metadata']['baseline_path'] == str(serving / '5')
+  assert _value(os.path.join(second['uri'], 'Format-Serving')) == 5.0

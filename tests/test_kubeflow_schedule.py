@@ -92,6 +92,22 @@ def test_recurring_run_request_on_the_wire(server, package):
   }
 
 
+def test_a_scheduled_hubpipe_pipeline_keeps_its_snapshot_uncached(
+    server, tmp_path):
+  """The recurring run carries the compiled per-task cache settings: the
+  DataSnapshot step is never cached, every other step is."""
+  from hubpipe.kubeflow.runner import compile_pipeline
+  from hubpipe.pipeline.config import load_config
+  path = tmp_path / 'hubpipe.yaml'
+  compile_pipeline(load_config(), str(path), pipeline_root=str(tmp_path))
+  schedule.create_recurring_run(str(path), '0 3 * * *', endpoint=server.url)
+  [body] = _recurring_run_bodies(server)
+  tasks = body['pipeline_spec']['root']['dag']['tasks']
+  assert 'cachingOptions' not in tasks['DataSnapshot']
+  assert all(task['cachingOptions']['enableCache']
+             for name, task in tasks.items() if name != 'DataSnapshot')
+
+
 def test_existing_experiment_is_reused(package):
   with FakeKfpServer(experiments={'nightly': 'exp-42'}) as fake:
     result = schedule.create_recurring_run(

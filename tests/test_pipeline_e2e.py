@@ -17,9 +17,9 @@ from hubpipe.pipeline import local_runner
 from hubpipe.pipeline.config import load_config
 
 ALL_COMPONENTS = {
-    'ImportExampleGen', 'StatisticsGen', 'ImportSchemaGen', 'ExampleValidator',
-    'AnomalyGate', 'Transform', 'Trainer', 'latest_blessed_model_resolver',
-    'Evaluator', 'Compressor', 'Pusher'}
+    'SnapshotExampleGen', 'StatisticsGen', 'ImportSchemaGen',
+    'ExampleValidator', 'AnomalyGate', 'Transform', 'Trainer',
+    'latest_pushed_model', 'Evaluator', 'Compressor', 'Pusher'}
 
 TINY = {
     'name': 'tiny-e2e',
@@ -86,6 +86,9 @@ def test_summary_has_its_fields(first_run):
   assert metrics['sparse_categorical_accuracy'] >= 0.3
   assert len(written['evaluation']['per_class_accuracy']) == 10
   assert written['baseline_model'] is None
+  # The data snapshot the run ingested: the train and eval files.
+  assert written['data_snapshot']['fingerprint']['files'] == 2
+  assert written['data_snapshot']['spans'] is None
   for component in written['components']:
     assert component['seconds'] >= 0
 
@@ -161,7 +164,7 @@ def test_second_run_reuses_cache_and_compares_with_first_push(first_run):
   config.compression.on_no_pass = 'none'
   summary = local_runner.run(config, str(workdir), echo=lambda _: None)
   states = {c['name']: c['state'] for c in summary['components']}
-  for name in ('ImportExampleGen', 'StatisticsGen', 'Transform', 'Trainer'):
+  for name in ('SnapshotExampleGen', 'StatisticsGen', 'Transform', 'Trainer'):
     assert states[name] == 'cached', states
   assert summary['baseline_model'] is not None
   assert summary['evaluation']['baseline_metrics'][

@@ -1,9 +1,12 @@
-"""Scheduled retraining: new data arrives as span folders; the next run trains on it.
+"""Scheduled retraining, locally: new data arrives as span folders.
 
 Run 1 sees span-1; span-2 arrives; run 2 ingests it, trains on the latest two
-spans, warm-starts from the first blessed model and is evaluated against it.
+spans, warm-starts from the first push and is evaluated against it; run 3,
+with no new data, reuses every step and pushes nothing. (The same three runs
+on the compiled Kubeflow spec: tests/test_kfp_scheduled_runs.py.)
 """
 
+import os
 import shutil
 
 from hubpipe.components.datasets import fashion_mnist
@@ -17,7 +20,12 @@ def _add_span(root, number, seed):
     shutil.copytree(source / split, root / f'span-{number}' / split)
 
 
-def test_two_runs_over_growing_spans(tmp_path):
+def _versions(summary):
+  serving = os.path.dirname(summary['pushed_model'])
+  return sorted(v for v in os.listdir(serving) if v.isdigit())
+
+
+def test_three_runs_over_growing_spans(tmp_path):
   spans = tmp_path / 'spans'
   _add_span(spans, 1, seed=1)
   config_file = tmp_path / 'spans.yaml'
@@ -37,6 +45,7 @@ def test_two_runs_over_growing_spans(tmp_path):
   first = local_runner.run(config, workdir, echo=lambda _: None)
   assert first['status'] == 'succeeded', first.get('error')
   assert first['trained_on_spans'] == [1]
+  assert first['data_snapshot']['spans'] == [1]
   assert first['baseline_model'] is None
   assert first['training']['warm_start'].startswith('skipped') or \
       first['training']['warm_start'] == 'off'
@@ -46,12 +55,20 @@ def test_two_runs_over_growing_spans(tmp_path):
   second = local_runner.run(config, workdir, echo=lambda _: None)
   assert second['status'] in ('succeeded', 'not_blessed'), second.get('error')
   states = {c['name']: c['state'] for c in second['components']}
-  assert states['ImportExampleGen'] == 'complete'  # the new span was ingested
-  assert sorted(second['trained_on_spans']) == [1, 2]
+  assert states['SnapshotExampleGen'] == 'complete'  # the new span ingested
+  assert second['trained_on_spans'] == [1, 2]
   assert second['training']['train_examples'] == 300
   assert second['training']['warm_start'].startswith('from ')
-  # Evaluated against the model the first run pushed.
-  first_model = first['pushed_model']
-  assert second['baseline_model'] is not None
+  # Evaluated on the newest span, against the model the first run pushed.
+  assert second['baseline_model'] == first['pushed_model']
   assert second['evaluation']['baseline_metrics']['example_count'] == 60
-  assert first_model != second.get('pushed_model')
+  assert second['pushed'] and first['pushed_model'] != second['pushed_model']
+  assert len(_versions(second)) == 2
+
+  # No new data: every step is reused and nothing new is pushed.
+  third = local_runner.run(config, workdir, echo=lambda _: None)
+  assert third['status'] == 'succeeded', third.get('error')
+  assert {c['state'] for c in third['components']} == {'cached'}, \
+      third['components']
+  assert third['trained_on_spans'] == [1, 2]
+  assert len(_versions(second)) == 2
