@@ -49,6 +49,13 @@ setup(
         'pyyaml',
         'pillow',
     ],
-    extras_require={'test': ['pytest', 'scikit-image']},
-    entry_points={'console_scripts': ['hubpipe=hubpipe.pipeline.cli:main']},
+    extras_require={
+        # s3:// pipeline roots, data and serving dirs: TensorFlow's S3
+        # filesystem (tensorflow-io) and Beam's (boto3).
+        's3': ['tensorflow-io', 'boto3'],
+        # moto: an S3 server on loopback for the object-storage tests.
+        'test': ['pytest', 'scikit-image', 'tensorflow-io', 'boto3',
+                 'moto[s3]', 'flask', 'flask-cors'],
+    },
+    entry_points={'console_scripts': ['hubpipe=hubpipe.pipeline.cli:entry']},
 )

@@ -1,6 +1,7 @@
 """The `hubpipe` command line.
 
-  hubpipe run [--config FILE] [--workdir DIR]   run the DAG locally
+  hubpipe run [--config FILE] [--workdir DIR] [--pipeline-root URI]
+                                                run the DAG locally
   hubpipe assets [--config FILE]                fetch and build what a config needs
   hubpipe modules list                          the modules hubpipe builds offline
   hubpipe modules build NAME|--all [--force]    fetch, check and convert
@@ -39,7 +40,7 @@ def cmd_run(args) -> int:
   from hubpipe.pipeline import local_runner, summary
   config = _load(args.config)
   workdir = args.workdir or os.path.join('work', config.name)
-  result = local_runner.run(config, workdir)
+  result = local_runner.run(config, workdir, pipeline_root=args.pipeline_root)
   print()
   print(summary.render(result))
   return 0 if result['status'] in ('succeeded', 'not_blessed') else 1
@@ -166,6 +167,10 @@ def main(argv=None) -> int:
   run = sub.add_parser('run', help='run the pipeline locally (LocalDagRunner)')
   run.add_argument('--config', help='YAML config (default: the Fashion-MNIST demo)')
   run.add_argument('--workdir', help='work dir (default: work/<pipeline name>)')
+  run.add_argument('--pipeline-root',
+                   help='where artifacts go (default: <workdir>/pipeline_root),'
+                   ' e.g. gs://BUCKET/hubpipe or s3://BUCKET/hubpipe; ML '
+                   'Metadata, the log and the summary stay in the work dir')
   run.set_defaults(func=cmd_run)
   assets = sub.add_parser('assets', help='fetch data and build modules for a config')
   assets.add_argument('--config', help='YAML config (default: the demo)')
@@ -210,5 +215,11 @@ def main(argv=None) -> int:
   return args.func(args)
 
 
+def entry() -> None:
+  """The `hubpipe` console command."""
+  from hubpipe.components import storage
+  storage.exit_process(main())
+
+
 if __name__ == '__main__':
-  sys.exit(main())
+  entry()

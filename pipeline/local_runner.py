@@ -138,9 +138,15 @@ class _Progress(logging.Handler):
 
 
 def run(config: Config, workdir: str,
-        echo: Callable[[str], None] = print) -> dict:
-  """Runs the DAG for `config` in `workdir`; returns (and writes) the summary."""
+        echo: Callable[[str], None] = print,
+        pipeline_root: Optional[str] = None) -> dict:
+  """Runs the DAG for `config` in `workdir`; returns (and writes) the summary.
+
+  Artifacts go to `pipeline_root` (default <workdir>/pipeline_root; a gs://
+  or s3:// URI works too); ML Metadata, run.log and summary.json stay in
+  `workdir`."""
   from tfx import v1 as tfx
+  from hubpipe.components import storage
   from hubpipe.components.data_snapshot import snapshot as snapshot_lib
   from hubpipe.pipeline.pipeline import (create_pipeline, pipeline_identity,
                                          snapshot_parameters)
@@ -182,7 +188,8 @@ def run(config: Config, workdir: str,
     result['module'].update(input_size=inputs.input_size,
                             preprocessor=inputs.preprocessor, **inputs.module)
     result['input_base'] = inputs.input_base
-    pipeline_root = os.path.join(workdir, 'pipeline_root')
+    pipeline_root = pipeline_root or os.path.join(workdir, 'pipeline_root')
+    storage.enable([pipeline_root, serving_dir, inputs.input_base])
     # This process is the orchestrator: it takes the data snapshot (what to
     # ingest, which push to measure against) that a compiled pipeline's
     # DataSnapshot step takes on the cluster, and hands it in as constants.
@@ -208,6 +215,8 @@ def run(config: Config, workdir: str,
     result.update(status='failed', error=f'config: {err}')
   except snapshot_lib.SnapshotError as err:
     result.update(status='failed', error=f'data: {err}')
+  except storage.StorageError as err:
+    result.update(status='failed', error=f'storage: {err}')
   except ModuleError + (AssetError,) as err:
     result.update(status='failed', error=f'module: {err}')
   except Exception as err:  # pylint: disable=broad-except

@@ -186,6 +186,9 @@ def collect(metadata_path: str, pipeline_name: str, label_key: str) -> dict:
                      'selector_seconds', 'train_examples', 'eval_examples'))
       elif type_name == 'PushedModel':
         out['pushed'] = bool(_prop(artifact, 'pushed'))
+        # A cached Pusher pushed nothing now: its record is an earlier run's.
+        out['pushed_now'] = out['pushed'] and (
+            execution.last_known_state != metadata_store_pb2.Execution.CACHED)
         out['pushed_model'] = _prop(artifact, 'pushed_destination')
         tflite = os.path.join(out['pushed_model'] or '', 'model.tflite')
         out['pushed_tflite'] = tflite if fileio.exists(tflite) else None
@@ -299,8 +302,13 @@ def render(summary: dict) -> str:
     lines.append(f'    report: {compression["report_html"]}')
   lines.append(f'  baseline model: {summary.get("baseline_model") or "none (first blessed run)"}')
   lines.append(f'  blessed: {summary.get("blessed")}')
-  lines.append(f'  pushed: {summary.get("pushed_model") if summary.get("pushed") else "no"}'
-               f'{" (+ model.tflite)" if summary.get("pushed_tflite") else ""}')
+  if summary.get('pushed') and summary.get('pushed_now') is False:
+    lines.append(f'  pushed: nothing new (the same data and pipeline as the '
+                 f'run that pushed {summary.get("pushed_model")})')
+  else:
+    lines.append(
+        f'  pushed: {summary.get("pushed_model") if summary.get("pushed") else "no"}'
+        f'{" (+ model.tflite)" if summary.get("pushed_tflite") else ""}')
   if summary.get('wall_seconds') is not None:
     lines.append(f'  wall time: {summary["wall_seconds"]:.1f} s')
   lines.append(f'  summary: {summary.get("summary_path")}')

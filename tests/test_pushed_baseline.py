@@ -1,6 +1,7 @@
 """LatestPushedModel's executor, in process: the push it is told to hand on,
 and what it hands on when nothing is pushed."""
 
+import json
 import os
 
 import pytest
@@ -50,6 +51,9 @@ def test_nothing_pushed(tmp_path):
   out = _run(tmp_path, '')
   assert out.get_string_custom_property('baseline_source') == 'none'
   assert not os.path.exists(tmp_path / 'out' / 'Format-Serving')
+  # The output is never an empty folder (on object storage: none at all).
+  assert json.loads((tmp_path / 'out' / executor.RECORD_FILE).read_text()) == {
+      'baseline_source': 'none', 'baseline_path': ''}
   # With the candidate as stand-in, the candidate is handed on.
   candidate = tmp_path / 'candidate'
   (candidate / 'Format-Serving').mkdir(parents=True)

@@ -11,6 +11,7 @@ import shutil
 
 from hubpipe.components.datasets import fashion_mnist
 from hubpipe.pipeline import local_runner
+from hubpipe.pipeline import summary as summary_lib
 from hubpipe.pipeline.config import load_config
 
 
@@ -71,4 +72,6 @@ def test_three_runs_over_growing_spans(tmp_path):
   assert {c['state'] for c in third['components']} == {'cached'}, \
       third['components']
   assert third['trained_on_spans'] == [1, 2]
+  assert third['pushed_now'] is False and second['pushed_now'] is True
+  assert 'nothing new' in summary_lib.render(third)
   assert len(_versions(second)) == 2

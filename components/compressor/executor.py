@@ -34,6 +34,8 @@ from hubpipe.components.trainer import run as trainer_run
 from hubpipe.pipeline.config import config_from_dict
 
 TFLITE_FILE = 'model.tflite'
+# Beside the pushed folder (Format-Serving) in the compressed Model's folder.
+DECISION_FILE = 'compression_decision.txt'
 LATENCY_BATCH = 32
 
 
@@ -164,6 +166,23 @@ def compress(model, train_x, train_y, eval_x, eval_y, settings, log=print):
   return reference, rows, variants
 
 
+def _bless(out_blessing, out_model, blessed: bool, reason: str) -> None:
+  """Records the push decision. Like TFX's Evaluator, a BLESSED or
+  NOT_BLESSED file marks it in the blessing's folder, and a decision file
+  in the model's: on object storage a folder with no file in it does not
+  exist, and the orchestrator's cache would then take the outputs for lost
+  and run the step again."""
+  out_blessing.set_int_custom_property('blessed', int(blessed))
+  out_model.set_string_custom_property('compression_decision', reason)
+  marker = 'BLESSED' if blessed else 'NOT_BLESSED'
+  for uri in (out_blessing.uri, out_model.uri):
+    tf.io.gfile.makedirs(uri)
+  with tf.io.gfile.GFile(os.path.join(out_blessing.uri, marker), 'w') as f:
+    f.write(reason)
+  with tf.io.gfile.GFile(os.path.join(out_model.uri, DECISION_FILE), 'w') as f:
+    f.write(reason)
+
+
 class Executor(base_executor.BaseExecutor):
   """Compresses the blessed model; see the module docstring."""
 
@@ -188,9 +207,8 @@ class Executor(base_executor.BaseExecutor):
     out_blessing.set_int_custom_property('current_model_id', model_artifact.id)
 
     if not blessing.get_int_custom_property('blessed'):
-      out_blessing.set_int_custom_property('blessed', 0)
-      out_model.set_string_custom_property('compression_decision',
-                                           'skipped: the model was not blessed')
+      _bless(out_blessing, out_model, False,
+             'skipped: the model was not blessed')
       policy.write({'skipped': 'the Evaluator did not bless the model'},
                    report_dir, html_page=False)
       return
@@ -227,11 +245,9 @@ class Executor(base_executor.BaseExecutor):
     policy.write(report, report_dir)
 
     chosen = decision['chosen']
-    out_model.set_string_custom_property('compression_decision',
-                                         decision['reason'])
     out_model.set_string_custom_property('compression_variant',
                                          chosen or 'none')
-    out_blessing.set_int_custom_property('blessed', int(chosen is not None))
+    _bless(out_blessing, out_model, chosen is not None, decision['reason'])
     if chosen is None:
       return
     out_serving = path_utils.serving_model_path(out_model.uri)

@@ -189,5 +189,6 @@ def take(input_base: str, source: str, span_pattern: Optional[str],
          identity: str) -> Dict[str, str]:
   """{'examples': JSON snapshot, 'baseline': pushed version or ''}."""
   examples = examples_snapshot(input_base, source, span_pattern, latest_spans)
-  return {'examples': json.dumps(examples, sort_keys=True),
+  # Key order is the code's (train before eval): ExampleGen keeps it.
+  return {'examples': json.dumps(examples),
           'baseline': baseline_for(examples, identity, serving_dir, state_dir)}

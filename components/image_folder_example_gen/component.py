@@ -1,4 +1,11 @@
-"""The image folder ExampleGen as the pipeline builds it from the hubpipe config."""
+"""The image folder ExampleGen's splits, and a stand-alone FileBasedExampleGen with it.
+
+In the hubpipe DAG the image folder executor runs inside SnapshotExampleGen
+(components/snapshot_example_gen, with `split_configs` below), whose data
+snapshot fingerprints every file, so added, removed and edited images all
+start a new ingestion. `image_folder_example_gen()` builds the same executor
+into TFX's FileBasedExampleGen, for pipelines of your own.
+"""
 
 import os
 

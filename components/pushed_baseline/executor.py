@@ -10,11 +10,16 @@ it with itself and only the absolute floor gates); without one, the output
 holds no model and the warm start says so.
 """
 
+import json
+
 import tensorflow as tf
 from tfx.dsl.components.base import base_executor
 from tfx.types import artifact_utils
 from tfx.utils import io_utils
 from tfx.utils import path_utils
+
+
+RECORD_FILE = 'baseline.json'
 
 
 class BaselineMissingError(RuntimeError):
@@ -45,3 +50,8 @@ class Executor(base_executor.BaseExecutor):
       io_utils.copy_dir(source, target)
     out.set_string_custom_property('baseline_source', kind)
     out.set_string_custom_property('baseline_path', source or '')
+    # Always a file in the output: on object storage an empty folder does not
+    # exist, and the orchestrator's cache would take the output for lost.
+    tf.io.gfile.makedirs(out.uri)
+    with tf.io.gfile.GFile(f'{out.uri.rstrip("/")}/{RECORD_FILE}', 'w') as f:
+      json.dump({'baseline_source': kind, 'baseline_path': source or ''}, f)
