@@ -163,6 +163,21 @@ def cluster_schema_path(config: Config, src_dir: str = IMAGE_SRC_DIR) -> str:
       'point data.schema there, or add it to the image.')
 
 
+def check_cluster_storage(uris: Dict[str, str]) -> None:
+  """Storage the pods can use: not s3:// yet. TFX's container entrypoint
+  never loads tensorflow-io, which TensorFlow needs for s3://, and
+  tensorflow-io 0.37.1 aborts every process that used S3 at exit
+  (tensorflow/io#2039), which KFP would take for a failed step. Local runs
+  (`hubpipe run --pipeline-root s3://...`) handle both."""
+  for what, uri in uris.items():
+    if uri and uri.startswith('s3://'):
+      raise ConfigError(
+          f'{what} {uri}: s3:// is not supported on Kubeflow yet (TFX\'s '
+          'container entrypoint does not load TensorFlow\'s S3 filesystem). '
+          'Use gs:// or a volume mounted in the pods; s3:// works for local '
+          'runs (hubpipe run --pipeline-root).')
+
+
 def check_cluster_modules(config: Config) -> None:
   """Module handles the pods can load: offline names (built into the image),
   URLs and gs:// paths; not folders on this machine."""
@@ -227,7 +242,8 @@ def compile_pipeline(config: Config, output: str, image: Optional[str] = None,
   `src_dir` is where the image holds this repository (tests that run the
   compiled commands on this machine pass the checkout)."""
   from hubpipe.pipeline import local_runner
-  from hubpipe.pipeline.pipeline import create_pipeline, pipeline_identity
+  from hubpipe.pipeline.pipeline import (STEP, create_pipeline,
+                                         pipeline_identity)
 
   if not output.endswith(('.yaml', '.yml')):
     raise ConfigError(f'--output {output}: the pipeline file must end in '
@@ -243,10 +259,13 @@ def compile_pipeline(config: Config, output: str, image: Optional[str] = None,
       config.data, schema=cluster_schema_path(config, src_dir)))
   serving_dir = (config.kubeflow.serving_dir or
                  f'{root.rstrip("/")}/serving/{config.name}')
+  input_base = cluster_data_root(config, data_root)
+  check_cluster_storage({'pipeline root': root, 'serving dir': serving_dir,
+                         'data root': input_base})
   pipeline = create_pipeline(
-      config, pipeline_root=root, input_base=cluster_data_root(config, data_root),
+      config, pipeline_root=root, input_base=input_base,
       serving_dir=serving_dir, input_size=input_size, preprocessor=preprocessor,
-      identity=pipeline_identity(config, image))
+      identity=pipeline_identity(config, image), snapshot=STEP)
   applied = apply_resources(pipeline, config.kubeflow.resources)
   runner = tfx.orchestration.experimental.KubeflowV2DagRunner(
       # Pipeline spec 2.1: parameters as runtimeValue.constant plus the

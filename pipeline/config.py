@@ -53,10 +53,13 @@ class DataConfig:
   # A schema.pbtxt; default: the curated one for the modality under schemas/.
   schema: Optional[str] = None
   # tfrecord only: new data arrives as span folders under `path`, each with
-  # train/ and eval/ (e.g. span-1/, span-2/ for 'span-{SPAN}'). Each run ingests
-  # the newest span; the Trainer trains on the latest `latest_spans` spans.
+  # train/ and eval/ (e.g. span-1/, span-2/ for 'span-{SPAN}'). Each run
+  # trains on the latest `latest_spans` spans and evaluates on the newest.
   span_pattern: Optional[str] = None
   latest_spans: int = 1
+  # A file the delivery writes last (e.g. _SUCCESS): a span folder (without
+  # spans: the data root) counts only once it holds it.
+  ready_marker: Optional[str] = None
 
 
 @dataclasses.dataclass
@@ -273,6 +276,15 @@ class Config:
                'schema.pbtxt')
 
 
+# Settings that went away, and what replaced them.
+REMOVED = {
+    'kubeflow.baseline': (
+        'the baseline is always the pushed model in service, chosen by the '
+        'DataSnapshot step on every backend (no resolver node). Delete the '
+        'line.'),
+}
+
+
 def _type_name(t) -> str:
   return {int: 'an integer', float: 'a number', str: 'a string',
           bool: 'true or false', list: 'a list'}.get(t, str(t))
@@ -289,6 +301,8 @@ def _build(cls, raw: Any, path: str):
   values = {}
   for key, value in raw.items():
     where = f'{path}.{key}' if path else str(key)
+    if where in REMOVED:
+      raise ConfigError(f'"{where}" is no longer a setting: {REMOVED[where]}')
     if key not in fields:
       close = difflib.get_close_matches(str(key), fields, n=1)
       hint = f' Did you mean "{close[0]}"?' if close else ''

@@ -9,9 +9,7 @@ Layout of a work dir:
 """
 
 import dataclasses
-import glob
 import importlib
-import itertools
 import json
 import logging
 import os
@@ -63,18 +61,8 @@ def prepare_data(config: Config) -> str:
   input_base = config.resolve_path(data.path)
   if '://' not in input_base and not os.path.isdir(input_base):
     raise ConfigError(f'data.path: {input_base} is not a folder.')
-  if data.source == 'tfrecord' and '://' not in input_base:
-    folders = ([input_base] if not data.span_pattern else
-               glob.glob(os.path.join(
-                   input_base, data.span_pattern.replace('{SPAN}', '*'))))
-    if not folders:
-      raise ConfigError(f'data.span_pattern: no folder under {input_base} '
-                        f'matches {data.span_pattern}.')
-    for folder, split in itertools.product(folders, ('train', 'eval')):
-      if not os.path.isdir(os.path.join(folder, split)):
-        raise ConfigError(
-            f'data.path: {folder} must hold train/ and eval/ folders of '
-            'TFRecord files of tf.Examples.')
+  # What the folder holds (train/ and eval/ files, span folders, a ready
+  # marker) is checked by the data snapshot, as on a cluster.
   return input_base
 
 
@@ -251,6 +239,7 @@ def _snapshot_summary(snapshot: dict) -> dict:
   """What the summary records of the data snapshot."""
   examples = json.loads(snapshot['examples'])
   return {'spans': examples['spans'], 'fingerprint': examples['fingerprint'],
+          'waiting_spans': examples.get('waiting') or None,
           'baseline': snapshot['baseline'] or None}
 
 

@@ -23,7 +23,7 @@ compiles the very same object.
 import hashlib
 import json
 import posixpath
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Union
 
 import tensorflow_model_analysis as tfma
 from tfx import v1 as tfx
@@ -39,6 +39,8 @@ from hubpipe.pipeline.config import Config
 TRANSFORM_FN = 'hubpipe.components.transform.{modality}.preprocessing_fn'
 TRAINER_FN = 'hubpipe.components.trainer.run.run_fn'
 EVAL_SPLIT = 'eval'
+# create_pipeline(snapshot=STEP): the DataSnapshot runs as the DAG's first step.
+STEP = 'step'
 
 
 # The config sections the Trainer depends on: only a change to these should
@@ -63,11 +65,12 @@ def beam_pipeline_args(config: Config) -> List[str]:
 
 
 def pipeline_identity(config: Config, image: str = 'local') -> str:
-  """What a pushed model was made by: the config's model-making sections and
-  the image. A change of either is a new pipeline, whose first run is gated
-  against the model in service (see data_snapshot.snapshot.baseline_for)."""
-  sections = _sections(config, TRAINER_SECTIONS + (
-      'evaluation', 'compression', 'selection'))
+  """What a trained model is made by: the config's sections that shape it
+  (those the Trainer and the ModuleSelector read) and the image. A change of
+  either retrains, warm-started from and gated against the model in service
+  (data_snapshot.snapshot.baseline_for); a new evaluation or compression
+  policy reuses the trained model and keeps its baseline."""
+  sections = _sections(config, TRAINER_SECTIONS + ('selection',))
   return hashlib.sha256(json.dumps([sections, image], sort_keys=True,
                                    default=str).encode()).hexdigest()[:16]
 
@@ -84,8 +87,9 @@ def snapshot_parameters(config: Config, input_base: str, pipeline_root: str,
                           else 1,
           'serving_dir': serving_dir,
           'state_dir': posixpath.join(pipeline_root.rstrip('/'), 'DataSnapshot',
-                                      'state'),
-          'identity': identity}
+                                      config.name),
+          'identity': identity,
+          'ready_marker': config.data.ready_marker or ''}
 
 
 def example_gen(config: Config, input_base: str, snapshot):
@@ -137,7 +141,7 @@ def create_pipeline(config: Config, pipeline_root: str, input_base: str,
                     preprocessor: Optional[str] = None,
                     metadata_connection_config=None,
                     enable_cache: bool = True,
-                    snapshot: Optional[Dict[str, str]] = None,
+                    snapshot: Union[Dict[str, str], str, None] = None,
                     identity: Optional[str] = None) -> tfx.dsl.Pipeline:
   """The runner-agnostic DAG for `config`.
 
@@ -153,14 +157,21 @@ def create_pipeline(config: Config, pipeline_root: str, input_base: str,
     enable_cache: reuse the results of unchanged components.
     snapshot: the data snapshot already taken ({'examples', 'baseline'}, from
       data_snapshot.snapshot.take with `snapshot_parameters`), as the local
-      runner does; None: a DataSnapshot step takes it at the start of each
-      run (orchestrators that run a compiled pipeline on a schedule).
+      runner does; or STEP: a DataSnapshot step takes it at the start of each
+      run, for an orchestrator whose cache can be turned off for that one
+      step (kubeflow/runner.py does; TFX has no per-node cache switch, so
+      under a runner that caches every step, it would replay the first
+      snapshot).
     identity: `pipeline_identity(config, image)` (default: image 'local').
   """
   data = config.data
   identity = identity or pipeline_identity(config)
   snapshot_step = None
-  if snapshot is None:
+  if snapshot is None or (isinstance(snapshot, str) and snapshot != STEP):
+    raise ValueError(
+        f'create_pipeline: snapshot must be a taken snapshot (dict) or '
+        f'"{STEP}", not {snapshot!r}: see its docstring.')
+  if snapshot == STEP:
     snapshot_step = DataSnapshot(**snapshot_parameters(
         config, input_base, pipeline_root, serving_dir, identity))
     examples_snapshot = snapshot_step.outputs['examples'].future()[0].value

@@ -27,8 +27,10 @@ over.
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 import zlib
@@ -119,15 +121,18 @@ def _check_parameter(task: str, name: str, value, parameter_type: str):
 def executor_input(pipeline_spec: dict, task: str, input_artifacts: dict,
                    pipeline_root: str, salt: Optional[str] = None,
                    produced_parameters: Optional[dict] = None,
-                   task_root: Optional[str] = None) -> dict:
+                   task_root: Optional[str] = None,
+                   pod_tmp: Optional[str] = None) -> dict:
   """The ExecutorInput (JSON dict) the KFP v2 driver hands `task`'s container.
 
   input_artifacts: input name -> the RuntimeArtifact (dict) the producing task
   recorded, e.g. from `produced_artifact`; its type is taken from the
   producer's outputDefinitions when it has none. Output artifacts get URIs
-  <pipeline_root>/<task>/<salt>/<output name>, and the ExecutorOutput file is
-  <pipeline_root>/<task>/<salt>/output_metadata.json, as the driver lays
-  them out (output parameter files go there too, not under /tmp/kfp).
+  <pipeline_root>/<task>/<salt>/<output name> (or <task_root>/<output name>).
+  The ExecutorOutput file and the output parameter files are where the
+  driver puts them in the pod, /tmp/kfp_outputs/output_metadata.json and
+  /tmp/kfp/outputs/<name>, with `pod_tmp` standing for the pod's /tmp (by
+  default <task root>, for tests of one task).
   """
   spec = pipeline_spec_of(pipeline_spec)
   tspec = task_spec(spec, task)
@@ -175,9 +180,10 @@ def executor_input(pipeline_spec: dict, task: str, input_artifacts: dict,
                                     'type': o['artifactType']}]}
               for name, o in outputs_def.get('artifacts', {}).items()},
           'parameters': {
-              name: {'outputFile': f'{task_root}/outputs/{name}'}
+              name: {'outputFile': f'{pod_tmp or task_root}/kfp/outputs/{name}'}
               for name in outputs_def.get('parameters', {})},
-          'outputFile': f'{task_root}/output_metadata.json',
+          'outputFile': (f'{pod_tmp}/kfp_outputs/output_metadata.json'
+                         if pod_tmp else f'{task_root}/output_metadata.json'),
       },
   }
   # It must be an ExecutorInput as the backend serialises it: parse strictly.
@@ -373,20 +379,28 @@ class Backend:
                         'artifacts': artifacts[task], 'parameters': {}}
         continue
       # TFX's ExampleGen driver hook: the open-source backend does not run it.
+      # The pod's own /tmp: there only while the task runs.
+      pod_tmp = tempfile.mkdtemp(prefix=f'pod-{task}-')
       executor_in = executor_input(
           self.spec, task, inputs, self.pipeline_root,
           produced_parameters=parameters,
-          task_root=f'{self.pipeline_root}/{name}/{run_id}/{task}')
+          task_root=f'{self.pipeline_root}/{name}/{run_id}/{task}',
+          pod_tmp=pod_tmp)
       key = f'{name}/{cache_key(self.spec, task, executor_in)}'
       cached = self._cache().get(key) if (
           tspec.get('cachingOptions', {}).get('enableCache')) else None
       if cached:
+        shutil.rmtree(pod_tmp, ignore_errors=True)
         artifacts[task], parameters[task] = (cached['artifacts'],
                                              cached['parameters'])
         state = 'cached'
       else:
-        process, output = run_task(self.spec, task, executor_in, self.env,
-                                   self.cwd, self.task_timeout)
+        try:
+          process, output = run_task(self.spec, task, executor_in, self.env,
+                                     self.cwd, self.task_timeout)
+          produced = output_parameters(executor_in, output)
+        finally:
+          shutil.rmtree(pod_tmp, ignore_errors=True)
         if process.returncode != 0 or output is None:
           raise LauncherError(
               f'{task} (run {self.runs}) exited {process.returncode}'
@@ -395,7 +409,7 @@ class Backend:
         artifacts[task] = {
             out: produced_artifact(executor_in, output, out)
             for out in executor_in['outputs'].get('artifacts', {})}
-        parameters[task] = output_parameters(executor_in, output)
+        parameters[task] = produced
         if tspec.get('cachingOptions', {}).get('enableCache'):
           self._remember(key, {'artifacts': artifacts[task],
                                'parameters': parameters[task]})

@@ -29,6 +29,13 @@ def test_unknown_key_is_named_with_a_suggestion(tmp_path):
   assert 'batch_size' in message  # lists what is allowed
 
 
+def test_a_removed_key_says_what_replaced_it(tmp_path):
+  path = _write(tmp_path, 'kubeflow:\n  baseline: resolver\n')
+  with pytest.raises(ConfigError, match='kubeflow.baseline" is no longer a '
+                     'setting: the baseline is always the pushed model'):
+    load_config(path)
+
+
 def test_wrong_type_names_key_and_expected_type(tmp_path):
   path = _write(tmp_path, 'training:\n  batch_size: many\n')
   with pytest.raises(ConfigError, match=r'training.batch_size: expected an integer'):

@@ -4,6 +4,7 @@ ExampleGen that ingests it."""
 
 import json
 import os
+import shutil
 import time
 
 import pytest
@@ -25,25 +26,53 @@ def _records(path, labels):
 
 
 def _span(root, number, labels=(0, 1, 2)):
+  """span-<number> with train/ and eval/ files (`number` as written)."""
   for split in ('train', 'eval'):
     _records(root / f'span-{number}' / split / 'part-0.tfrecord', labels)
 
 
 def test_spans_window_and_newest_eval(tmp_path):
-  for number in (1, 2, 10, 3):  # numeric order, not text order
+  for number in ('1', '2', '10', '03'):  # numeric order; padding allowed
     _span(tmp_path, number)
   (tmp_path / 'span-x').mkdir()  # not a span
   (tmp_path / 'notes.txt').write_text('ignored')
-  assert snapshot.list_spans(str(tmp_path), 'span-{SPAN}') == [1, 2, 3, 10]
+  assert snapshot.list_spans(str(tmp_path), 'span-{SPAN}') == {
+      1: 'span-1', 2: 'span-2', 3: 'span-03', 10: 'span-10'}
   snap = snapshot.examples_snapshot(str(tmp_path), 'tfrecord', 'span-{SPAN}', 3)
   assert snap['spans'] == [2, 3, 10] and snap['span'] == 10
   assert snap['splits'] == {
-      'train': ['span-2/train/*', 'span-3/train/*', 'span-10/train/*'],
+      'train': ['span-2/train/*', 'span-03/train/*', 'span-10/train/*'],
       'eval': ['span-10/eval/*']}
   assert snap['fingerprint']['files'] == 4
   # Fewer spans than the window: all of them.
   assert snapshot.examples_snapshot(
       str(tmp_path), 'tfrecord', 'span-{SPAN}', 9)['spans'] == [1, 2, 3, 10]
+  # Two folders for one span: which one is meant is not guessed.
+  _span(tmp_path, '0010')
+  with pytest.raises(snapshot.SnapshotError, match='two folders for span 10'):
+    snapshot.list_spans(str(tmp_path), 'span-{SPAN}')
+
+
+def test_ready_marker_holds_back_a_delivery_in_progress(tmp_path):
+  _span(tmp_path, 1)
+  _span(tmp_path, 2)
+  (tmp_path / 'span-1' / '_SUCCESS').write_text('')
+  snap = snapshot.examples_snapshot(str(tmp_path), 'tfrecord', 'span-{SPAN}',
+                                    3, ready_marker='_SUCCESS')
+  assert snap['spans'] == [1] and snap['waiting'] == [2]
+  (tmp_path / 'span-2' / '_SUCCESS').write_text('')
+  assert snapshot.examples_snapshot(
+      str(tmp_path), 'tfrecord', 'span-{SPAN}', 3,
+      ready_marker='_SUCCESS')['spans'] == [1, 2]
+  # Without spans, the data root itself must hold the marker.
+  plain = tmp_path / 'plain'
+  _records(plain / 'train' / 'a.tfrecord', [0])
+  _records(plain / 'eval' / 'a.tfrecord', [0])
+  with pytest.raises(snapshot.SnapshotError, match='not complete'):
+    snapshot.examples_snapshot(str(plain), ready_marker='_SUCCESS')
+  (plain / '_SUCCESS').write_text('')
+  assert snapshot.examples_snapshot(str(plain), ready_marker='_SUCCESS')[
+      'fingerprint']['files'] == 2
 
 
 def test_fingerprint_changes_with_the_files_and_only_then(tmp_path):
@@ -80,7 +109,7 @@ def _push(serving, version):
   return str(serving / str(version))
 
 
-def test_baseline_is_the_push_in_service_when_the_data_was_first_seen(tmp_path):
+def test_baseline_is_the_push_in_service_when_the_data_arrived(tmp_path):
   serving, state = tmp_path / 'serving', str(tmp_path / 'state')
   _records(tmp_path / 'data' / 'train' / 'a.tfrecord', [0])
   _records(tmp_path / 'data' / 'eval' / 'a.tfrecord', [0])
@@ -92,18 +121,31 @@ def test_baseline_is_the_push_in_service_when_the_data_was_first_seen(tmp_path):
 
   assert snapshot.latest_version(str(serving)) is None
   assert baseline() == ''  # nothing pushed yet
-  _push(serving, 100)
+  v100 = _push(serving, 100)  # the first run's push
   (serving / '200').mkdir()  # a push still being written: no saved_model.pb
-  # Same data, same pipeline: still what was in service when first seen.
+  # Same data, same pipeline: the same baseline as the run before, so that
+  # run's results are reused and nothing new is pushed.
   assert baseline() == ''
-  # The pipeline changed (config or image): the push in service now.
-  assert baseline('pipeline-2') == str(serving / '100')
-  # New data: the push in service now, and it stays that for this data.
+  # The pipeline changed (what shapes the model, or the image): the push in
+  # service now.
+  assert baseline('pipeline-2') == v100
+  assert baseline('pipeline-2') == v100
+  # New data: the push in service now, and it stays that for this data,
+  # even once this data's own model is pushed.
   _records(tmp_path / 'data' / 'train' / 'b.tfrecord', [1])
-  assert baseline() == str(serving / '100')
-  _push(serving, 300)
-  assert baseline() == str(serving / '100')
-  assert snapshot.latest_version(str(serving)) == str(serving / '300')
+  assert baseline('pipeline-2') == v100
+  v300 = _push(serving, 300)
+  assert baseline('pipeline-2') == v100
+  # The data put back as it was: the model in service is measured again.
+  os.remove(tmp_path / 'data' / 'train' / 'b.tfrecord')
+  assert baseline('pipeline-2') == v300
+  # The recorded push deleted: the newest one there.
+  _records(tmp_path / 'data' / 'train' / 'c.tfrecord', [1])
+  assert baseline('pipeline-2') == v300
+  v400 = _push(serving, 400)
+  shutil.rmtree(v300)
+  assert baseline('pipeline-2') == v400
+  assert snapshot.latest_version(str(serving)) == v400
 
 
 def test_example_gen_refuses_files_that_changed_after_the_snapshot(tmp_path):
@@ -121,10 +163,39 @@ def test_example_gen_refuses_files_that_changed_after_the_snapshot(tmp_path):
   assert not os.path.exists(tmp_path / 'out' / 'Split-train')
 
 
+def test_example_gen_refuses_files_that_change_while_it_reads(
+    tmp_path, monkeypatch):
+  _records(tmp_path / 'train' / 'a.tfrecord', [0, 1])
+  _records(tmp_path / 'eval' / 'a.tfrecord', [0])
+  taken = json.dumps(snapshot.examples_snapshot(str(tmp_path)))
+  real = snapshot.refingerprint
+  calls = []
+
+  def refingerprint(snap, check=False):
+    calls.append(1)
+    if len(calls) == 2:  # the check after reading: a file was rewritten
+      _records(tmp_path / 'train' / 'a.tfrecord', [5, 6, 7])
+    return real(snap, check)
+
+  monkeypatch.setattr(snapshot, 'refingerprint', refingerprint)
+  examples = standard_artifacts.Examples()
+  examples.uri = str(tmp_path / 'out')
+  with pytest.raises(gen_executor.SnapshotChangedError,
+                     match='while this run read them'):
+    gen_executor.TFRecordExecutor().Do(
+        {}, {'examples': [examples]},
+        {'snapshot': taken, 'output_config': '{}',
+         'output_data_format': 6, 'output_file_format': 5})
+  assert len(calls) == 2
+  assert not examples.has_custom_property('input_fingerprint')
+
+
 def test_example_gen_ingests_the_window(tmp_path):
   _span(tmp_path, 1, labels=(0, 0))
   _span(tmp_path, 2, labels=(1, 1, 1))
   _span(tmp_path, 3, labels=(2,))
+  # A sub-folder under train/ is not read.
+  _records(tmp_path / 'span-3' / 'train' / 'old' / 'x.tfrecord', [9])
   taken = json.dumps(snapshot.examples_snapshot(str(tmp_path), 'tfrecord',
                                                 'span-{SPAN}', 2))
   examples = standard_artifacts.Examples()

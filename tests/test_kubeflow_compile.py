@@ -321,6 +321,16 @@ def test_only_the_snapshot_is_taken_afresh_every_run(default_compiled):
   assert kfp_components.load_component_from_file(str(default_compiled))
 
 
+def test_s3_storage_is_refused_for_kubeflow(tmp_path):
+  """TFX's container entrypoint does not load TensorFlow's S3 filesystem:
+  said at compile time, not in the first pod."""
+  for kwargs in ({'data_root': 's3://acme/data'},
+                 {'pipeline_root': 's3://acme/root'}):
+    with pytest.raises(ConfigError, match='s3:// is not supported on Kubeflow'):
+      runner.compile_pipeline(load_config(), str(tmp_path / 'p.yaml'),
+                              **{'pipeline_root': str(tmp_path), **kwargs})
+
+
 def test_modules_on_this_machine_are_refused(tmp_path):
   local = str(tmp_path / 'my_module')
   config = _with(load_config(), module={'handle': local})

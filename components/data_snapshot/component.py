@@ -36,6 +36,7 @@ class DataSnapshotSpec(types.ComponentSpec):
       'serving_dir': ExecutionParameter(type=str),
       'state_dir': ExecutionParameter(type=str),
       'identity': ExecutionParameter(type=str),
+      'ready_marker': ExecutionParameter(type=str),  # '' for none
   }
   INPUTS = {}
   OUTPUTS = {
@@ -52,10 +53,10 @@ class DataSnapshot(base_component.BaseComponent):
 
   def __init__(self, input_base: str, source: str, span_pattern: str,
                latest_spans: int, serving_dir: str, state_dir: str,
-               identity: str):
+               identity: str, ready_marker: str = ''):
     super().__init__(spec=DataSnapshotSpec(
         input_base=input_base, source=source, span_pattern=span_pattern or '',
         latest_spans=latest_spans, serving_dir=serving_dir,
-        state_dir=state_dir, identity=identity,
+        state_dir=state_dir, identity=identity, ready_marker=ready_marker,
         examples=types.Channel(type=standard_artifacts.String),
         baseline=types.Channel(type=standard_artifacts.String)))

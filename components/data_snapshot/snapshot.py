@@ -14,12 +14,17 @@ locally) keys on what is really there:
   the data does, so ExampleGen (and every step after it) reruns on new data
   and is a cache hit otherwise.
 - `baseline`: the pushed model version the run warm-starts from and is gated
-  against: the newest push at the time this data (and this pipeline
-  definition) was first seen. It is recorded the first time, under
-  `<state_dir>/baselines/`, and read back by later runs of the same data, so
-  that a run with no new data has the same inputs as the run before it and
-  pushes nothing new, while a run with new data is measured against the
-  model in service.
+  against: the model in service when this data (with this pipeline
+  definition) arrived. The last snapshot's key and baseline are kept in
+  `<state_dir>/last_snapshot.json`: while the data and pipeline stay the
+  same, the baseline stays the same, so a run with no new data has the same
+  inputs as the run before it and pushes nothing new; when either changes
+  (new data, data put back as it was, a new config), the baseline is the
+  newest push then, the model in service.
+
+With `ready_marker` (e.g. '_SUCCESS'), a span folder (or, without spans, the
+data root) counts only once that file is in it: a delivery still being
+written is left for a later run.
 
 Everything goes through tf.io.gfile, so the data root, the serving dir and
 the state dir may be on object storage (gs://, s3://).
@@ -36,6 +41,7 @@ import tensorflow as tf
 
 SPLITS = ('train', 'eval')
 SPAN = '{SPAN}'
+LAST_SNAPSHOT = 'last_snapshot.json'
 
 
 class SnapshotError(ValueError):
@@ -47,19 +53,26 @@ def _join(*parts: str) -> str:
   return posixpath.join(*parts)
 
 
-def list_spans(input_base: str, span_pattern: str) -> List[int]:
-  """The span numbers of the folders under `input_base` that match
-  `span_pattern` (e.g. 'span-{SPAN}'), ascending."""
+def list_spans(input_base: str, span_pattern: str) -> Dict[int, str]:
+  """{span number: folder name} of the folders under `input_base` that match
+  `span_pattern` (e.g. 'span-{SPAN}': span-7, span-07 and span-0007 are all
+  span 7; two folders for one span are an error)."""
   regex = re.compile(
       '^' + re.escape(span_pattern).replace(re.escape(SPAN), r'(\d+)') + '$')
   names = [name.rstrip('/') for name in tf.io.gfile.listdir(input_base)] if (
       tf.io.gfile.isdir(input_base)) else []
-  spans = sorted({int(m.group(1)) for m in map(regex.match, names) if m})
-  return spans
-
-
-def span_folder(span_pattern: str, span: int) -> str:
-  return span_pattern.replace(SPAN, str(span))
+  spans = {}
+  for name in sorted(names):
+    match = regex.match(name)
+    if not match:
+      continue
+    number = int(match.group(1))
+    if number in spans:
+      raise SnapshotError(
+          f'{input_base} holds two folders for span {number}: '
+          f'{spans[number]} and {name}. Keep one.')
+    spans[number] = name
+  return dict(sorted(spans.items()))
 
 
 def _files(pattern: str) -> List[str]:
@@ -89,9 +102,14 @@ def fingerprint(files: List[str], base: str) -> Dict:
   return {'files': len(files), 'bytes': total, 'sha256': digest.hexdigest()}
 
 
+def _ready(folder: str, ready_marker: Optional[str]) -> bool:
+  return not ready_marker or tf.io.gfile.exists(_join(folder, ready_marker))
+
+
 def examples_snapshot(input_base: str, source: str = 'tfrecord',
                       span_pattern: Optional[str] = None,
-                      latest_spans: int = 1) -> Dict:
+                      latest_spans: int = 1,
+                      ready_marker: Optional[str] = None) -> Dict:
   """The data snapshot (see the module docstring) as a dict.
 
   source 'tfrecord': `input_base` holds train/ and eval/ folders of TFRecord
@@ -103,6 +121,11 @@ def examples_snapshot(input_base: str, source: str = 'tfrecord',
                         'be read): check data.path / --data-root.')
   snapshot = {'input_base': input_base, 'source': source, 'spans': None,
               'span': 0, 'splits': None}
+  if not span_pattern and not _ready(input_base, ready_marker):
+    raise SnapshotError(
+        f'data root {input_base} has no {ready_marker} file (data.'
+        'ready_marker): the delivery is not complete. Write it last, once '
+        'every file is in place.')
   if source == 'image_folder':
     if not _walk_files(input_base):
       raise SnapshotError(f'data root {input_base} holds no files.')
@@ -110,16 +133,21 @@ def examples_snapshot(input_base: str, source: str = 'tfrecord',
     return snapshot
 
   if span_pattern:
-    spans = list_spans(input_base, span_pattern)
-    if not spans:
+    found = list_spans(input_base, span_pattern)
+    ready = {n: f for n, f in found.items()
+             if _ready(_join(input_base, f), ready_marker)}
+    if not ready:
       raise SnapshotError(
           f'no folder under {input_base} matches data.span_pattern '
-          f'"{span_pattern}" (e.g. {span_folder(span_pattern, 1)}/train/).')
-    window = spans[-latest_spans:]
+          f'"{span_pattern}" (e.g. {span_pattern.replace(SPAN, "1")}/train/)'
+          + (f' and holds its {ready_marker} file (data.ready_marker)'
+             if ready_marker and found else '') + '.')
+    window = sorted(ready)[-latest_spans:]
     # Train on the latest N spans; evaluate (and gate) on the newest.
-    folders = {'train': [span_folder(span_pattern, s) for s in window],
-               'eval': [span_folder(span_pattern, window[-1])]}
-    snapshot.update(spans=window, span=window[-1])
+    folders = {'train': [ready[s] for s in window],
+               'eval': [ready[window[-1]]]}
+    snapshot.update(spans=window, span=window[-1],
+                    waiting=sorted(set(found) - set(ready)))
   else:
     folders = {split: [''] for split in SPLITS}
   snapshot['splits'] = {
@@ -129,14 +157,13 @@ def examples_snapshot(input_base: str, source: str = 'tfrecord',
   return snapshot
 
 
-def refingerprint(snapshot: Dict, check: bool = False) -> Dict:
-  """The fingerprint of the files `snapshot` names, as they are now (with
-  `check`, a pattern that matches no file is an error)."""
+def files_of(snapshot: Dict, check: bool = False) -> Dict[str, List[str]]:
+  """{split: the files its patterns match now} (files only: sub-folders are
+  not read); with `check`, a pattern that matches no file is an error."""
   base = snapshot['input_base']
-  if not snapshot['splits']:
-    return fingerprint(_walk_files(base), base)
-  files = []
-  for patterns in snapshot['splits'].values():
+  out = {}
+  for split, patterns in snapshot['splits'].items():
+    out[split] = []
     for pattern in patterns:
       matched = _files(_join(base, pattern))
       if check and not matched:
@@ -144,8 +171,17 @@ def refingerprint(snapshot: Dict, check: bool = False) -> Dict:
             f'{_join(base, pattern)} matches no file: each '
             f'{"span folder" if snapshot["spans"] else "data root"} must hold '
             'train/ and eval/ folders of TFRecord files of tf.Examples.')
-      files.extend(matched)
-  return fingerprint(files, base)
+      out[split] += matched
+  return out
+
+
+def refingerprint(snapshot: Dict, check: bool = False) -> Dict:
+  """The fingerprint of the files `snapshot` names, as they are now."""
+  base = snapshot['input_base']
+  if not snapshot['splits']:
+    return fingerprint(_walk_files(base), base)
+  return fingerprint([f for files in files_of(snapshot, check).values()
+                      for f in files], base)
 
 
 def latest_version(serving_dir: str) -> Optional[str]:
@@ -163,22 +199,28 @@ def latest_version(serving_dir: str) -> Optional[str]:
 
 def baseline_for(examples: Dict, identity: str, serving_dir: str,
                  state_dir: str) -> str:
-  """The pushed version this data is measured against ('' when none): the
-  one recorded when this data and pipeline `identity` were first seen, else
-  the newest push now (recorded for the next runs)."""
+  """The pushed version this run is measured against ('' when none): the
+  last snapshot's, while the data and the pipeline `identity` are the same
+  as then and that push is still there; else the newest push now (and this
+  snapshot becomes the last)."""
   key = hashlib.sha256(json.dumps(
       [examples['fingerprint'], examples['splits'], identity],
       sort_keys=True).encode()).hexdigest()[:32]
-  record = _join(state_dir, 'baselines', f'{key}.json')
+  record = _join(state_dir, LAST_SNAPSHOT)
   if tf.io.gfile.exists(record):
     with tf.io.gfile.GFile(record) as f:
-      return json.load(f)['baseline']
+      last = json.load(f)
+    kept = last.get('baseline', '')
+    if last.get('key') == key and (not kept or tf.io.gfile.exists(
+        _join(kept, 'saved_model.pb'))):
+      return kept
   baseline = latest_version(serving_dir) or ''
-  tf.io.gfile.makedirs(posixpath.dirname(record))
+  tf.io.gfile.makedirs(state_dir)
   # Written aside and renamed: a killed run leaves no half-written record.
   tmp = f'{record}.tmp-{os.getpid()}'
   with tf.io.gfile.GFile(tmp, 'w') as f:
-    json.dump({'baseline': baseline, 'fingerprint': examples['fingerprint'],
+    json.dump({'key': key, 'baseline': baseline,
+               'fingerprint': examples['fingerprint'],
                'spans': examples['spans'], 'identity': identity}, f)
   tf.io.gfile.rename(tmp, record, overwrite=True)
   return baseline
@@ -186,9 +228,10 @@ def baseline_for(examples: Dict, identity: str, serving_dir: str,
 
 def take(input_base: str, source: str, span_pattern: Optional[str],
          latest_spans: int, serving_dir: str, state_dir: str,
-         identity: str) -> Dict[str, str]:
+         identity: str, ready_marker: Optional[str] = None) -> Dict[str, str]:
   """{'examples': JSON snapshot, 'baseline': pushed version or ''}."""
-  examples = examples_snapshot(input_base, source, span_pattern, latest_spans)
+  examples = examples_snapshot(input_base, source, span_pattern, latest_spans,
+                               ready_marker)
   # Key order is the code's (train before eval): ExampleGen keeps it.
   return {'examples': json.dumps(examples),
           'baseline': baseline_for(examples, identity, serving_dir, state_dir)}

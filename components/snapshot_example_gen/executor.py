@@ -1,15 +1,15 @@
 """SnapshotExampleGen's executors: TFX's ExampleGen executors, fed by a snapshot.
 
 The snapshot (components/data_snapshot/snapshot.py) names, per split, the
-file patterns below its `input_base`. Before reading, the executor takes the
-fingerprint again: if the files changed since the snapshot (a delivery still
-being written), it stops rather than record examples under a fingerprint they
-do not match; the next run ingests the finished delivery.
+file patterns below its `input_base`. The executor reads exactly the files
+they match, and takes the fingerprint before and after reading: if the files
+changed since the snapshot or while they were read (a delivery still being
+written), it stops rather than publish examples under a fingerprint they do
+not match; the next run ingests the finished delivery.
 """
 
 import hashlib
 import json
-import posixpath
 from typing import Any, Dict
 
 import apache_beam as beam
@@ -38,20 +38,19 @@ class _FromSnapshot:
 
   def Do(self, input_dict, output_dict, exec_properties):
     snap = json.loads(exec_properties['snapshot'])
-    now = snapshot_lib.refingerprint(snap)
-    if now != snap['fingerprint']:
-      raise SnapshotChangedError(
-          f'the files under {snap["input_base"]} changed after this run took '
-          f'its snapshot ({_fingerprint_text(snap["fingerprint"])}; now '
-          f'{_fingerprint_text(now)}): a delivery still being written? '
-          'Nothing was ingested; the next run ingests the data as it is then.')
+    _check_unchanged(snap, 'after this run took its snapshot')
     props = dict(exec_properties, input_base=snap['input_base'])
     if snap['splits']:
+      # Exactly the files the snapshot fingerprinted (files only: a
+      # sub-folder under train/ is not read).
       props['input_config'] = proto_utils.proto_to_json(example_gen_pb2.Input(
           splits=[example_gen_pb2.Input.Split(name=name,
-                                              pattern=json.dumps(patterns))
-                  for name, patterns in snap['splits'].items()]))
+                                              pattern=json.dumps(files))
+                  for name, files in snapshot_lib.files_of(snap).items()]))
     super().Do(input_dict, output_dict, props)
+    # A file that changed while Beam read it: what was read is not what the
+    # fingerprint says; fail rather than publish it.
+    _check_unchanged(snap, 'while this run read them')
     examples = artifact_utils.get_single_instance(output_dict['examples'])
     examples.span = int(snap['span'])
     examples.version = 0
@@ -62,17 +61,28 @@ class _FromSnapshot:
         exec_properties['snapshot'].encode()).hexdigest())
 
 
+def _check_unchanged(snap, when: str) -> None:
+  now = snapshot_lib.refingerprint(snap)
+  if now != snap['fingerprint']:
+    raise SnapshotChangedError(
+        f'the files under {snap["input_base"]} changed {when} '
+        f'({_fingerprint_text(snap["fingerprint"])}; now '
+        f'{_fingerprint_text(now)}): a delivery still being written? Nothing '
+        'was ingested. Start a new run once it is complete (a retry of this '
+        'run reuses its snapshot and fails again); data.ready_marker makes '
+        'runs wait for a marker file written last.')
+
+
 @beam.ptransform_fn
 @beam.typehints.with_input_types(beam.Pipeline)
 @beam.typehints.with_output_types(tf.train.Example)
-def _ReadPatterns(pipeline: beam.Pipeline, exec_properties: Dict[str, Any],  # pylint: disable=invalid-name
-                  split_pattern: str) -> beam.pvalue.PCollection:
-  """Serialized records of the TFRecord files that the split's patterns
-  (a JSON list, relative to input_base) match."""
-  base = exec_properties['input_base']
-  patterns = [posixpath.join(base, p) for p in json.loads(split_pattern)]
+def _ReadFiles(pipeline: beam.Pipeline, exec_properties: Dict[str, Any],  # pylint: disable=invalid-name
+               split_pattern: str) -> beam.pvalue.PCollection:
+  """tf.Examples from the TFRecord files the split's "pattern" lists (a
+  JSON list of paths, set by _FromSnapshot.Do)."""
+  del exec_properties
   return (pipeline
-          | 'Patterns' >> beam.Create(patterns)
+          | 'Files' >> beam.Create(json.loads(split_pattern))
           | 'ReadAllFromTFRecord' >> beam.io.ReadAllFromTFRecord()
           | 'ToTFExample' >> beam.Map(tf.train.Example.FromString))
 
@@ -81,7 +91,7 @@ class TFRecordExecutor(_FromSnapshot, import_executor.Executor):
   """ImportExampleGen's executor over the snapshot's file patterns."""
 
   def GetInputSourceToExamplePTransform(self) -> beam.PTransform:
-    return _ReadPatterns
+    return _ReadFiles
 
 
 class ImageFolderExecutor(_FromSnapshot, image_executor.Executor):
