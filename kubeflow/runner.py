@@ -142,7 +142,7 @@ def cluster_data_root(config: Config, data_root: Optional[str]) -> str:
     raise ConfigError(
         f'data.path: {path} is a folder on this machine, which the cluster '
         'cannot read. Copy the data to storage the cluster reads (gs://, '
-        's3://, a mounted volume) and pass --data-root or set '
+        'a volume mounted in the pods) and pass --data-root or set '
         'kubeflow.data_root.')
   return path
 
@@ -159,7 +159,7 @@ def cluster_schema_path(config: Config, src_dir: str = IMAGE_SRC_DIR) -> str:
     return os.path.join(src_dir, os.path.relpath(local, REPO_ROOT))
   raise ConfigError(
       f'data.schema: {path} is a file on this machine, which the cluster '
-      'cannot read. Copy it to storage the cluster reads (gs://, s3://) and '
+      'cannot read. Copy it to storage the cluster reads (gs://) and '
       'point data.schema there, or add it to the image.')
 
 
@@ -199,7 +199,7 @@ def check_cluster_modules(config: Config) -> None:
           'module (`hubpipe modules list`).')
 
 
-def _fix_spec(path: str, never_cache) -> None:
+def _fix_spec(path: str, never_cache, pipeline_root: str) -> None:
   """Mends the compiled file where TFX 1.16's KubeflowV2DagRunner writes
   what the KFP v2 backend cannot run:
 
@@ -210,13 +210,17 @@ def _fix_spec(path: str, never_cache) -> None:
   - a runtime parameter taken from another task's output
     (`channel.future()[0].value`) names its producer `<id>_task`, a task
     that does not exist (the tasks are named `<id>`): the driver would fail
-    to resolve it.
+    to resolve it;
+  - the pipeline root is written as the spec's `defaultPipelineRoot` (TFX
+    leaves it out of a bare spec, and KFP would put the artifacts under its
+    own default root instead).
   """
   with open(path) as f:
     text = f.read()
   header = ''.join(line for line in text.splitlines(keepends=True)
                    if line.startswith('#'))
   spec = yaml.safe_load(text)
+  spec['defaultPipelineRoot'] = pipeline_root
   tasks = spec['root']['dag']['tasks']
   for task in never_cache:
     tasks[task].pop('cachingOptions', None)
@@ -277,7 +281,7 @@ def compile_pipeline(config: Config, output: str, image: Optional[str] = None,
       output_filename=os.path.basename(output))
   runner.run(pipeline)
   _fix_spec(output, [c.id for c in pipeline.components
-                     if isinstance(c, DataSnapshot)])
+                     if isinstance(c, DataSnapshot)], root)
   return {'output': os.path.abspath(output), 'image': image,
           'pipeline_root': root, 'serving_dir': serving_dir,
           'components': [c.id for c in pipeline.components],

@@ -185,6 +185,10 @@ def run(config: Config, workdir: str,
         config, inputs.input_base, pipeline_root, serving_dir,
         pipeline_identity(config)))
     result['data_snapshot'] = _snapshot_summary(snapshot)
+    if snapshot['waiting']:
+      logging.warning('data snapshot: spans %s have no %s file yet; left for '
+                      'a later run', snapshot['waiting'],
+                      config.data.ready_marker)
     pipeline = create_pipeline(
         config, pipeline_root=pipeline_root,
         input_base=inputs.input_base, serving_dir=serving_dir,
@@ -192,7 +196,7 @@ def run(config: Config, workdir: str,
         metadata_connection_config=(
             tfx.orchestration.metadata.sqlite_metadata_connection_config(
                 metadata_path)),
-        snapshot=snapshot)
+        snapshot={k: snapshot[k] for k in ('examples', 'baseline')})
     progress = _Progress(echo, len(pipeline.components))
     root.addHandler(progress)
     echo(f'hubpipe: running "{config.name}" ({len(pipeline.components)} '
@@ -239,7 +243,7 @@ def _snapshot_summary(snapshot: dict) -> dict:
   """What the summary records of the data snapshot."""
   examples = json.loads(snapshot['examples'])
   return {'spans': examples['spans'], 'fingerprint': examples['fingerprint'],
-          'waiting_spans': examples.get('waiting') or None,
+          'waiting_spans': snapshot.get('waiting') or None,
           'baseline': snapshot['baseline'] or None}
 
 

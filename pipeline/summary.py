@@ -108,13 +108,25 @@ def _evaluation(uri: str, label_key: str) -> dict:
     for failure in per_slice.failures:
       failures.append(f'{failure.metric_key.name}'
                       f'{" (" + failure.metric_key.model_name + ")" if failure.metric_key.model_name else ""}: '
-                      f'{failure.message}')
+                      f'{failure.message or _failed_threshold(failure)}')
   return {'metrics': {k: round(v, 4) for k, v in overall.items()},
           'baseline_metrics': {k: round(v, 4) for k, v in baseline.items()},
           'per_class_accuracy': dict(sorted(per_class.items(),
                                             key=lambda kv: int(kv[0]))),
           'validation_ok': bool(validation.validation_ok),
           'validation_failures': failures}
+
+
+def _failed_threshold(failure) -> str:
+  """What TFMA leaves out of a failure's message: the value and the bound
+  it missed."""
+  value = failure.metric_value.double_value.value
+  threshold = failure.metric_threshold
+  if failure.metric_key.is_diff:
+    bound = threshold.change_threshold.absolute.value
+    return f'change {value:+.4f} against the baseline, allowed {bound:+.4f}'
+  bound = threshold.value_threshold.lower_bound.value
+  return f'{value:.4f}, below the floor {bound:.4f}'
 
 
 def _add_report(out: dict, key: str, folder: str, name: str, fields) -> None:
@@ -221,7 +233,9 @@ def render(summary: dict) -> str:
     lines.append(f'  data snapshot: {fp["files"]} files, {fp["bytes"]:,} bytes, '
                  f'sha256 {fp["sha256"][:12]}'
                  + (f', spans {snapshot["spans"]}' if snapshot.get('spans')
-                    else ''))
+                    else '')
+                 + (f'; spans {snapshot["waiting_spans"]} wait for their '
+                    'ready marker' if snapshot.get('waiting_spans') else ''))
   if summary.get('trained_on_spans'):
     lines.append(f'  trained on spans: {sorted(summary["trained_on_spans"])}')
   if summary.get('components'):
@@ -300,7 +314,10 @@ def render(summary: dict) -> str:
           f'{v["speedup_b1"]:>7.2f}x')
     lines.append(f'    decision: {compression["decision"]["reason"]}')
     lines.append(f'    report: {compression["report_html"]}')
-  lines.append(f'  baseline model: {summary.get("baseline_model") or "none (first blessed run)"}')
+  baseline = summary.get('baseline_model') or (
+      summary.get('data_snapshot') or {}).get('baseline')
+  lines.append(f'  baseline model: '
+               f'{baseline or "none (nothing pushed when this data arrived)"}')
   lines.append(f'  blessed: {summary.get("blessed")}')
   if summary.get('pushed') and summary.get('pushed_now') is False:
     lines.append(f'  pushed: nothing new (the same data and pipeline as the '

@@ -330,10 +330,18 @@ class Backend:
   pipeline (see the module docstring). `state_dir` holds its cache, the
   record of successful executions that survives between runs."""
 
-  def __init__(self, pipeline_spec: dict, pipeline_root: str, state_dir: str,
-               env: Dict[str, str], cwd: str, task_timeout: float = 900):
+  def __init__(self, pipeline_spec: dict, state_dir: str,
+               env: Dict[str, str], cwd: str, task_timeout: float = 900,
+               pipeline_root: Optional[str] = None):
+    """`pipeline_root`: as a run's runtime config sets it; default: the
+    spec's defaultPipelineRoot (an error when it has none, as on KFP when
+    neither is given and the deployment sets no default)."""
     self.spec = pipeline_spec_of(pipeline_spec)
-    self.pipeline_root = pipeline_root.rstrip('/')
+    root = pipeline_root or self.spec.get('defaultPipelineRoot')
+    if not root:
+      raise LauncherError('no pipeline root: the spec has no '
+                          'defaultPipelineRoot and none was given')
+    self.pipeline_root = root.rstrip('/')
     self.env, self.cwd, self.task_timeout = env, cwd, task_timeout
     os.makedirs(state_dir, exist_ok=True)
     self._cache_path = os.path.join(state_dir, 'kfp_cache.json')

@@ -38,7 +38,9 @@ def test_spans_window_and_newest_eval(tmp_path):
   (tmp_path / 'notes.txt').write_text('ignored')
   assert snapshot.list_spans(str(tmp_path), 'span-{SPAN}') == {
       1: 'span-1', 2: 'span-2', 3: 'span-03', 10: 'span-10'}
-  snap = snapshot.examples_snapshot(str(tmp_path), 'tfrecord', 'span-{SPAN}', 3)
+  snap, waiting = snapshot.examples_snapshot(str(tmp_path), 'tfrecord',
+                                             'span-{SPAN}', 3)
+  assert waiting == []
   assert snap['spans'] == [2, 3, 10] and snap['span'] == 10
   assert snap['splits'] == {
       'train': ['span-2/train/*', 'span-03/train/*', 'span-10/train/*'],
@@ -46,7 +48,7 @@ def test_spans_window_and_newest_eval(tmp_path):
   assert snap['fingerprint']['files'] == 4
   # Fewer spans than the window: all of them.
   assert snapshot.examples_snapshot(
-      str(tmp_path), 'tfrecord', 'span-{SPAN}', 9)['spans'] == [1, 2, 3, 10]
+      str(tmp_path), 'tfrecord', 'span-{SPAN}', 9)[0]['spans'] == [1, 2, 3, 10]
   # Two folders for one span: which one is meant is not guessed.
   _span(tmp_path, '0010')
   with pytest.raises(snapshot.SnapshotError, match='two folders for span 10'):
@@ -55,15 +57,27 @@ def test_spans_window_and_newest_eval(tmp_path):
 
 def test_ready_marker_holds_back_a_delivery_in_progress(tmp_path):
   _span(tmp_path, 1)
-  _span(tmp_path, 2)
   (tmp_path / 'span-1' / '_SUCCESS').write_text('')
-  snap = snapshot.examples_snapshot(str(tmp_path), 'tfrecord', 'span-{SPAN}',
-                                    3, ready_marker='_SUCCESS')
-  assert snap['spans'] == [1] and snap['waiting'] == [2]
+
+  def take():
+    return snapshot.take(str(tmp_path), 'tfrecord', 'span-{SPAN}', 3,
+                         str(tmp_path / 'serving'), str(tmp_path / 'state'),
+                         'pipeline-1', ready_marker='_SUCCESS')
+
+  before = take()
+  assert json.loads(before['examples'])['spans'] == [1]
+  assert before['waiting'] == []
+  # span-2 is being written: it waits, and what later steps cache on does
+  # not change, so the run is a cache hit rather than a retrain.
+  _span(tmp_path, 2)
+  during = take()
+  assert during['waiting'] == [2]
+  assert (during['examples'], during['baseline']) == (
+      before['examples'], before['baseline'])
   (tmp_path / 'span-2' / '_SUCCESS').write_text('')
-  assert snapshot.examples_snapshot(
-      str(tmp_path), 'tfrecord', 'span-{SPAN}', 3,
-      ready_marker='_SUCCESS')['spans'] == [1, 2]
+  after = take()
+  assert json.loads(after['examples'])['spans'] == [1, 2]
+  assert after['waiting'] == []
   # Without spans, the data root itself must hold the marker.
   plain = tmp_path / 'plain'
   _records(plain / 'train' / 'a.tfrecord', [0])
@@ -71,14 +85,14 @@ def test_ready_marker_holds_back_a_delivery_in_progress(tmp_path):
   with pytest.raises(snapshot.SnapshotError, match='not complete'):
     snapshot.examples_snapshot(str(plain), ready_marker='_SUCCESS')
   (plain / '_SUCCESS').write_text('')
-  assert snapshot.examples_snapshot(str(plain), ready_marker='_SUCCESS')[
+  assert snapshot.examples_snapshot(str(plain), ready_marker='_SUCCESS')[0][
       'fingerprint']['files'] == 2
 
 
 def test_fingerprint_changes_with_the_files_and_only_then(tmp_path):
   _records(tmp_path / 'train' / 'a.tfrecord', [0, 1])
   _records(tmp_path / 'eval' / 'a.tfrecord', [0])
-  first = snapshot.examples_snapshot(str(tmp_path))
+  first, _ = snapshot.examples_snapshot(str(tmp_path))
   assert first['spans'] is None
   assert first['splits'] == {'train': ['train/*'], 'eval': ['eval/*']}
   again = json.loads(json.dumps(first, sort_keys=True))
@@ -151,7 +165,7 @@ def test_baseline_is_the_push_in_service_when_the_data_arrived(tmp_path):
 def test_example_gen_refuses_files_that_changed_after_the_snapshot(tmp_path):
   _records(tmp_path / 'train' / 'a.tfrecord', [0, 1])
   _records(tmp_path / 'eval' / 'a.tfrecord', [0])
-  taken = json.dumps(snapshot.examples_snapshot(str(tmp_path)))
+  taken = json.dumps(snapshot.examples_snapshot(str(tmp_path))[0])
   _records(tmp_path / 'train' / 'late.tfrecord', [2])
   examples = standard_artifacts.Examples()
   examples.uri = str(tmp_path / 'out')
@@ -167,7 +181,7 @@ def test_example_gen_refuses_files_that_change_while_it_reads(
     tmp_path, monkeypatch):
   _records(tmp_path / 'train' / 'a.tfrecord', [0, 1])
   _records(tmp_path / 'eval' / 'a.tfrecord', [0])
-  taken = json.dumps(snapshot.examples_snapshot(str(tmp_path)))
+  taken = json.dumps(snapshot.examples_snapshot(str(tmp_path))[0])
   real = snapshot.refingerprint
   calls = []
 
@@ -197,7 +211,7 @@ def test_example_gen_ingests_the_window(tmp_path):
   # A sub-folder under train/ is not read.
   _records(tmp_path / 'span-3' / 'train' / 'old' / 'x.tfrecord', [9])
   taken = json.dumps(snapshot.examples_snapshot(str(tmp_path), 'tfrecord',
-                                                'span-{SPAN}', 2))
+                                                'span-{SPAN}', 2)[0])
   examples = standard_artifacts.Examples()
   examples.uri = str(tmp_path / 'out')
   gen_executor.TFRecordExecutor().Do(

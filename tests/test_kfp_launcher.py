@@ -59,8 +59,8 @@ def _compile(tmp_path, name, with_resolver=False):
 def _backend(tmp_path, spec):
   env = dict(os.environ, TF_USE_LEGACY_KERAS='1', TF_CPP_MIN_LOG_LEVEL='2',
              HUBPIPE_DATA_DIR=str(assets.data_dir()))
-  return Backend(spec, str(tmp_path / 'root'), str(tmp_path / 'kfp-state'),
-                 env, str(tmp_path))
+  return Backend(spec, str(tmp_path / 'kfp-state'), env, str(tmp_path),
+                 pipeline_root=str(tmp_path / 'root'))
 
 
 def test_importer_cache_hits_and_cache_off(tmp_path):

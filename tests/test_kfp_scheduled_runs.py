@@ -44,10 +44,12 @@ beam:
 '''
 
 
-def _add_span(root, number, seed):
+def _add_span(root, number, seed, ready=True):
   source = fashion_mnist.prepare(150, 60, seed=seed)
   for split in ('train', 'eval'):
     shutil.copytree(source / split, root / f'span-{number}' / split)
+  if ready:
+    (root / f'span-{number}' / '_READY').write_text('')
 
 
 def _env():
@@ -61,7 +63,8 @@ def _backend(tmp_path, name, data, spans):
   config_file = tmp_path / f'{name}.yaml'
   config_file.write_text(CONFIG.format(
       name=name, data=data,
-      spans='span_pattern: span-{SPAN}\n  latest_spans: 2' if spans else ''))
+      spans=('span_pattern: span-{SPAN}\n  latest_spans: 2\n'
+             '  ready_marker: _READY') if spans else ''))
   config = load_config(str(config_file))
   root = tmp_path / 'root'
   compiled = tmp_path / f'{name}.yaml.compiled.yaml'
@@ -69,8 +72,9 @@ def _backend(tmp_path, name, data, spans):
                    data_root=str(data), src_dir=str(REPO_ROOT))
   with open(compiled) as f:
     spec = yaml.safe_load(f)
-  return (Backend(spec, str(root), str(tmp_path / 'kfp-state'), _env(),
-                  str(tmp_path)),
+  # The root the runs use is the one compiled into the spec.
+  assert spec['defaultPipelineRoot'] == str(root)
+  return (Backend(spec, str(tmp_path / 'kfp-state'), _env(), str(tmp_path)),
           f'{root}/serving/{name}')
 
 
@@ -129,8 +133,10 @@ def test_three_scheduled_runs_over_spans(tmp_path):
   assert blessing['blessed'] == 1
   assert len(_versions(serving)) == 2
 
-  # Run 3, no new data: only the snapshot runs; every other step is a cache
-  # hit and nothing new is pushed.
+  # Run 3, no new data (span-3 is still being written: no ready marker):
+  # only the snapshot runs; every other step is a cache hit and nothing new
+  # is pushed.
+  _add_span(spans, 3, seed=3, ready=False)
   third = backend.run()
   states = _states(third)
   assert states.pop('DataSnapshot') == 'executed'

@@ -1,7 +1,5 @@
 """DataSnapshot's executor: take the snapshot, write the two String outputs."""
 
-import json
-
 from absl import logging
 from tfx.dsl.components.base import base_executor
 from tfx.types import artifact_utils
@@ -20,7 +18,7 @@ class Executor(base_executor.BaseExecutor):
         exec_properties.get('ready_marker') or None)
     logging.info('DataSnapshot: examples %s; baseline %s',
                  taken['examples'], taken['baseline'] or 'none')
-    waiting = json.loads(taken['examples']).get('waiting')
+    waiting = taken.pop('waiting')
     if waiting:
       logging.warning('DataSnapshot: spans %s have no %s file yet; left for a '
                       'later run', waiting, exec_properties['ready_marker'])

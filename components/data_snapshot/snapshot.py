@@ -35,7 +35,7 @@ import json
 import os
 import posixpath
 import re
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import tensorflow as tf
 
@@ -109,8 +109,10 @@ def _ready(folder: str, ready_marker: Optional[str]) -> bool:
 def examples_snapshot(input_base: str, source: str = 'tfrecord',
                       span_pattern: Optional[str] = None,
                       latest_spans: int = 1,
-                      ready_marker: Optional[str] = None) -> Dict:
-  """The data snapshot (see the module docstring) as a dict.
+                      ready_marker: Optional[str] = None
+                      ) -> Tuple[Dict, List[int]]:
+  """(The data snapshot (see the module docstring) as a dict, the spans
+  left for later: without their ready marker yet).
 
   source 'tfrecord': `input_base` holds train/ and eval/ folders of TFRecord
   files, or span folders that each hold them. source 'image_folder': the
@@ -130,7 +132,7 @@ def examples_snapshot(input_base: str, source: str = 'tfrecord',
     if not _walk_files(input_base):
       raise SnapshotError(f'data root {input_base} holds no files.')
     snapshot['fingerprint'] = refingerprint(snapshot)
-    return snapshot
+    return snapshot, []
 
   if span_pattern:
     found = list_spans(input_base, span_pattern)
@@ -146,15 +148,17 @@ def examples_snapshot(input_base: str, source: str = 'tfrecord',
     # Train on the latest N spans; evaluate (and gate) on the newest.
     folders = {'train': [ready[s] for s in window],
                'eval': [ready[window[-1]]]}
-    snapshot.update(spans=window, span=window[-1],
-                    waiting=sorted(set(found) - set(ready)))
+    snapshot.update(spans=window, span=window[-1])
+    # Not part of the parameter ExampleGen caches on: a delivery in
+    # progress must not make the next run look new.
+    waiting = sorted(set(found) - set(ready))
   else:
     folders = {split: [''] for split in SPLITS}
   snapshot['splits'] = {
       split: [_join(folder, split, '*') if folder else _join(split, '*')
               for folder in folders[split]] for split in SPLITS}
   snapshot['fingerprint'] = refingerprint(snapshot, check=True)
-  return snapshot
+  return snapshot, (waiting if span_pattern else [])
 
 
 def files_of(snapshot: Dict, check: bool = False) -> Dict[str, List[str]]:
@@ -229,9 +233,12 @@ def baseline_for(examples: Dict, identity: str, serving_dir: str,
 def take(input_base: str, source: str, span_pattern: Optional[str],
          latest_spans: int, serving_dir: str, state_dir: str,
          identity: str, ready_marker: Optional[str] = None) -> Dict[str, str]:
-  """{'examples': JSON snapshot, 'baseline': pushed version or ''}."""
-  examples = examples_snapshot(input_base, source, span_pattern, latest_spans,
-                               ready_marker)
+  """{'examples': JSON snapshot, 'baseline': pushed version or '',
+  'waiting': spans left for later}; the first two are the parameters later
+  steps take."""
+  examples, waiting = examples_snapshot(input_base, source, span_pattern,
+                                        latest_spans, ready_marker)
   # Key order is the code's (train before eval): ExampleGen keeps it.
   return {'examples': json.dumps(examples),
-          'baseline': baseline_for(examples, identity, serving_dir, state_dir)}
+          'baseline': baseline_for(examples, identity, serving_dir, state_dir),
+          'waiting': waiting}

@@ -161,6 +161,8 @@ def _warm_start(model, base_model_dir, name, module) -> str:
   same module (`module`: {handle, input_size}); returns what happened."""
   if not base_model_dir:
     return 'off'
+  if not tf.io.gfile.exists(os.path.join(base_model_dir, 'saved_model.pb')):
+    return 'skipped: nothing pushed yet'
   base = recorded_module(base_model_dir, module['handle'], module['input_size'])
   if base != module:
     return (f'skipped: the base model was built on {base["handle"]} at '
