@@ -4,8 +4,9 @@ A scheduled pipeline is compiled once and then run again and again with the
 same parameters. Whether a run has anything new to do depends on things
 outside the pipeline: the files under the data root and the models under the
 serving dir. `take()` looks at both and returns two strings that later steps
-take as parameters, so that an orchestrator's cache (KFP's, or ML Metadata's
-locally) keys on what is really there:
+take as parameters (and, for the log, the spans still waiting for their ready
+marker), so that an orchestrator's cache (KFP's, or ML Metadata's locally)
+keys on what is really there:
 
 - `examples`: the data snapshot (JSON): for each split, the file patterns to
   ingest (with span folders: the newest span's eval files and the train files
