@@ -14,6 +14,7 @@ The folder is removed once the model is exported.
 import hashlib
 import json
 import os
+import uuid
 from typing import Callable
 
 import numpy as np
@@ -43,18 +44,27 @@ def backup_callback(directory: str, name: str) -> tf_keras.callbacks.Callback:
   return tf_keras.callbacks.BackupAndRestore(os.path.join(directory, name))
 
 
-def cached_array(directory: str, name: str,
-                 compute: Callable[[], np.ndarray]) -> np.ndarray:
-  """`compute()` once; later calls (and retries) load the saved result."""
+def cached_array(directory: str, name: str, compute: Callable[[], np.ndarray],
+                 write: bool = True) -> np.ndarray:
+  """`compute()` once; later calls (and retries) load the saved result.
+
+  write=False: use a saved result but do not save one (the workers of a
+  multi-worker cluster other than the chief, which compute the same array).
+  The file is written under a name of its own and then renamed, so a reader
+  never sees half of it and two writers never share a temporary file.
+  """
   path = os.path.join(directory, f'{name}.npy')
   if tf.io.gfile.exists(path):
     with tf.io.gfile.GFile(path, 'rb') as f:
       return np.load(f)
   value = compute()
+  if not write:
+    return value
   tf.io.gfile.makedirs(directory)
-  with tf.io.gfile.GFile(path + '.tmp', 'wb') as f:
+  temporary = f'{path}.tmp-{uuid.uuid4().hex}'
+  with tf.io.gfile.GFile(temporary, 'wb') as f:
     np.save(f, value)
-  tf.io.gfile.rename(path + '.tmp', path, overwrite=True)
+  tf.io.gfile.rename(temporary, path, overwrite=True)
   return value
 
 

@@ -70,12 +70,24 @@ def _files(patterns):
   return sorted(files)
 
 
-def _records(patterns) -> tf.data.Dataset:
-  return tf.data.TFRecordDataset(_files(patterns), compression_type='GZIP')
+def _records(patterns, workers: int = 1) -> tf.data.Dataset:
+  """The raw records; with several workers (MultiWorkerMirroredStrategy),
+  each reads its own files when there are enough of them, else every worker
+  reads all and keeps its share of the examples (tf.data's FILE and DATA
+  sharding; FILE on fewer files than workers fails at the first step)."""
+  files = _files(patterns)
+  dataset = tf.data.TFRecordDataset(files, compression_type='GZIP')
+  if workers > 1:
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = (
+        tf.data.experimental.AutoShardPolicy.FILE if len(files) >= workers
+        else tf.data.experimental.AutoShardPolicy.DATA)
+    dataset = dataset.with_options(options)
+  return dataset
 
 
 def transformed_dataset(patterns, tf_transform_output, input_key, label_key,
-                        batch_size) -> tf.data.Dataset:
+                        batch_size, workers: int = 1) -> tf.data.Dataset:
   """(inputs, labels) batches: raw tf.Examples through the Transform graph."""
   raw_spec = tf_transform_output.raw_feature_spec()
   tft_layer = tf_transform_output.transform_features_layer()
@@ -84,7 +96,7 @@ def transformed_dataset(patterns, tf_transform_output, input_key, label_key,
     transformed = tft_layer(tf.io.parse_example(serialized, raw_spec))
     return transformed[input_key], transformed[label_key]
 
-  return (_records(patterns).batch(batch_size)
+  return (_records(patterns, workers).batch(batch_size)
           .map(transform, num_parallel_calls=tf.data.AUTOTUNE)
           .prefetch(tf.data.AUTOTUNE))
 
@@ -134,6 +146,25 @@ def class_weights(labels: np.ndarray, num_classes: int, mode: str):
   weights = np.zeros(num_classes)
   weights[present] = len(labels) / (present.sum() * counts[present])
   return {i: float(w) for i, w in enumerate(weights)}
+
+
+class StepCounter(tf_keras.callbacks.Callback):
+  """Counts the training steps of the last epoch `fit` ran (what the global
+  batch really was: examples / steps)."""
+
+  def __init__(self):
+    super().__init__()
+    self.steps_per_epoch = None
+    self._steps = 0
+
+  def on_epoch_begin(self, epoch, logs=None):
+    self._steps = 0
+
+  def on_train_batch_end(self, batch, logs=None):
+    self._steps += 1
+
+  def on_epoch_end(self, epoch, logs=None):
+    self.steps_per_epoch = self._steps
 
 
 def _callbacks(config, checkpoint_dir, name, extra=()):
@@ -229,14 +260,21 @@ class _Training:
   def __init__(self, fn_args):
     self.fn_args = fn_args
     self.config = config = config_from_dict(fn_args.custom_config['config'])
+    # First: a multi-worker strategy must be built before the runtime starts.
+    self.strategy = strategy_lib.make(config.training.strategy,
+                                      config.training.mixed_precision)
+    # Multi-worker: every worker trains; the chief's model and files are kept.
+    self.role = strategy_lib.worker_role(self.strategy)
+    self.is_chief = strategy_lib.is_chief(*self.role)
+    self.global_batch = (config.training.batch_size *
+                         self.strategy.num_replicas_in_sync)
+    self.steps = StepCounter()
     tf_keras.utils.set_random_seed(config.training.seed)
     self.input_key = config.input_feature
     self.label_key = config.data.label_feature
     transform_output = tft.TFTransformOutput(fn_args.transform_output)
     self.transform_output = transform_output
     self.num_classes = num_classes_from(transform_output)
-    self.strategy = strategy_lib.make(config.training.strategy,
-                                      config.training.mixed_precision)
     # The module: the ModuleSelector's choice when it is in the pipeline (it
     # reaches the Trainer as hyperparameters, as the Tuner's would), else the
     # config's.
@@ -254,11 +292,13 @@ class _Training:
                         or self.transform_size)
     self.base_model_dir = (getattr(fn_args, 'base_model', None)
                            if config.training.warm_start else None)
-    batch = config.training.batch_size * self.strategy.num_replicas_in_sync
+    workers = strategy_lib.num_workers(self.strategy)
     self.train_ds = transformed_dataset(fn_args.train_files, transform_output,
-                                        self.input_key, self.label_key, batch)
+                                        self.input_key, self.label_key,
+                                        self.global_batch, workers)
     self.eval_ds = transformed_dataset(fn_args.eval_files, transform_output,
-                                       self.input_key, self.label_key, batch)
+                                       self.input_key, self.label_key,
+                                       self.global_batch, workers)
     self.train_labels = raw_column(fn_args.train_files, self.label_key)
     self.eval_labels = raw_column(fn_args.eval_files, self.label_key)
     self.tensorboard = tf_keras.callbacks.TensorBoard(
@@ -280,14 +320,16 @@ class _Training:
 
   def embed(self, extractor, name):
     """The frozen module's features, computed once (kept across retries)."""
+    # Under MultiWorkerMirroredStrategy Keras' predict gives every worker
+    # all the features in input order; the chief alone saves them.
     predict = lambda ds: (lambda: extractor.predict(ds, verbose=0))
     return (checkpoints.cached_array(self.checkpoint_dir, f'{name}-train',
-                                     predict(self.train_ds)),
+                                     predict(self.train_ds), self.is_chief),
             checkpoints.cached_array(self.checkpoint_dir, f'{name}-eval',
-                                     predict(self.eval_ds)))
+                                     predict(self.eval_ds), self.is_chief))
 
   def fit_head(self, features, eval_features, name='head', base_model_dir=None):
-    extra = [self.tensorboard] if name == 'head' else []
+    extra = [self.tensorboard, self.steps] if name == 'head' else []
     return _fit_head(
         self.strategy, features, self.train_labels, eval_features,
         self.eval_labels, self.num_classes, self.config,
@@ -303,7 +345,7 @@ class _Training:
         class_weight=class_weights(self.train_labels, self.num_classes,
                                    self.config.training.class_weight),
         callbacks=_callbacks(self.config, self.checkpoint_dir, name,
-                             [self.tensorboard]),
+                             [self.tensorboard, self.steps]),
         verbose=2)
     return fitted.history, float(model.evaluate(self.eval_ds, verbose=0)[1])
 
@@ -390,11 +432,15 @@ def run_fn(fn_args):
       'learning_rate': config.training.learning_rate,
       'strategy': strategy_lib.describe(t.strategy),
       'replicas': t.strategy.num_replicas_in_sync,
+      'global_batch_size': t.global_batch,
+      'worker': ({'task_type': t.role[0], 'task_id': t.role[1]}
+                 if t.role[0] else None),
   }
   start = time.time()
   served, head, accuracy, history = MODES[config.model.integration](t, report)
   report['training_seconds'] = round(time.time() - start, 2)
   report['eval_accuracy'] = float(accuracy)
+  report['steps_per_epoch'] = t.steps.steps_per_epoch
   report['epochs_run'] = len(next(iter(history.values()), []))
   report['history'] = {k: [float(v) for v in vals]
                        for k, vals in history.items()}
@@ -420,7 +466,7 @@ def run_fn(fn_args):
                                       if k != 'history'})
 
   # Multi-worker: every worker saves (collective ops), the chief's copy stays.
-  role = strategy_lib.worker_role(t.strategy)
+  role = t.role
   serving_dir = strategy_lib.output_dir(fn_args.serving_model_dir, *role)
   model_lib.export_serving_model(served, t.transform_output, t.input_key,
                                  t.label_key, serving_dir)
@@ -432,7 +478,7 @@ def run_fn(fn_args):
     served.save_weights(os.path.join(warm_start_dir, 'model'))
   with tf.io.gfile.GFile(os.path.join(serving_dir, MODULE_FILE), 'w') as f:
     json.dump(t.module_record, f)
-  if not strategy_lib.is_chief(*role):
+  if not t.is_chief:
     tf.io.gfile.rmtree(os.path.dirname(serving_dir))
     return
   tf.io.gfile.makedirs(fn_args.model_run_dir)

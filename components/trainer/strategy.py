@@ -42,8 +42,14 @@ def choose(requested: str, num_gpus: int, tf_config: Optional[str] = None,
 
 
 def make(requested: str, mixed_precision: bool = False) -> tf.distribute.Strategy:
-  """Builds the strategy; create every variable inside its scope()."""
-  gpus = tf.config.list_logical_devices('GPU')
+  """Builds the strategy; create every variable inside its scope().
+
+  Call it before anything else touches TensorFlow's runtime:
+  MultiWorkerMirroredStrategy configures the collective ops, which only
+  works before the runtime starts (so the GPUs are counted with
+  list_physical_devices, which does not start it).
+  """
+  gpus = tf.config.list_physical_devices('GPU')
   tpu_address = os.environ.get('TPU_NAME') or os.environ.get('TPU_ADDRESS')
   name = choose(requested, len(gpus), os.environ.get('TF_CONFIG'), tpu_address)
   if mixed_precision:
@@ -65,12 +71,14 @@ def make(requested: str, mixed_precision: bool = False) -> tf.distribute.Strateg
   if name == 'mirrored':
     return tf.distribute.MirroredStrategy()
   if name == 'one_device':
-    return tf.distribute.OneDeviceStrategy(gpus[0].name if gpus else '/cpu:0')
+    return tf.distribute.OneDeviceStrategy('/gpu:0' if gpus else '/cpu:0')
   return tf.distribute.get_strategy()
 
 
 def describe(strategy: tf.distribute.Strategy) -> str:
   """A readable name: MirroredStrategy, DefaultStrategy, ..."""
+  if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+    return 'MultiWorkerMirroredStrategy'  # its class is CollectiveAllReduce...
   return type(strategy).__name__.strip('_').replace(
       'DistributionStrategy', 'Strategy')
 
@@ -100,6 +108,14 @@ def worker_role(strategy: tf.distribute.Strategy):
     return None, None, False
   return (resolver.task_type, resolver.task_id,
           'chief' in resolver.cluster_spec().as_dict())
+
+
+def num_workers(strategy: tf.distribute.Strategy) -> int:
+  """How many processes train together (1 unless multi-worker)."""
+  if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+    return 1
+  return max(1, _workers_in(json.dumps(
+      {'cluster': strategy.cluster_resolver.cluster_spec().as_dict()})))
 
 
 def is_chief(task_type, task_id, has_chief: bool = False) -> bool:

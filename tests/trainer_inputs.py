@@ -1,0 +1,138 @@
+"""A tiny real Trainer input for tests that run the Trainer outside a DAG.
+
+Writes raw image examples (PNG bytes, the toy colour problem) as an Examples
+artifact with train and eval splits, then runs TFX's own Transform executor on
+them with hubpipe's image preprocessing_fn. The result is what the Trainer
+reads in a pipeline run: raw examples plus a Transform graph.
+
+`trainer_do(...)` then runs TFX's GenericExecutor on them, as a Trainer pod
+(or one worker of a TFJob / Vertex worker pool) does.
+"""
+
+import io
+import json
+import os
+
+import numpy as np
+import tensorflow as tf
+from PIL import Image
+from tfx.components.trainer import executor as trainer_executor
+from tfx.components.transform import executor as transform_executor
+from tfx.proto import trainer_pb2
+from tfx.types import artifact_utils
+from tfx.types import standard_artifacts
+from google.protobuf import json_format
+
+from toy_images import toy_images
+
+SCHEMA_DIR = os.path.join(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))), 'schemas', 'image_classification')
+TRANSFORM_FN = 'hubpipe.components.transform.image.preprocessing_fn'
+TRAINER_FN = 'hubpipe.components.trainer.run.run_fn'
+
+
+def _example(image: np.ndarray, label: int) -> bytes:
+  buffer = io.BytesIO()
+  Image.fromarray((image * 255).astype('uint8')).save(buffer, format='PNG')
+  return tf.train.Example(features=tf.train.Features(feature={
+      'image': tf.train.Feature(bytes_list=tf.train.BytesList(
+          value=[buffer.getvalue()])),
+      'label': tf.train.Feature(int64_list=tf.train.Int64List(
+          value=[int(label)])),
+  })).SerializeToString()
+
+
+def _artifact(cls, uri, **properties):
+  artifact = cls()
+  artifact.uri = uri
+  for key, value in properties.items():
+    setattr(artifact, key, value)
+  return artifact
+
+
+def examples_artifact(root: str, splits: dict) -> standard_artifacts.Examples:
+  """{split: (images, labels)} as an Examples artifact (gzipped TFRecords)."""
+  examples = _artifact(standard_artifacts.Examples, os.path.join(root, 'examples'))
+  examples.split_names = artifact_utils.encode_split_names(sorted(splits))
+  for split, (images, labels) in splits.items():
+    folder = os.path.join(examples.uri, f'Split-{split}')
+    os.makedirs(folder, exist_ok=True)
+    with tf.io.TFRecordWriter(os.path.join(folder, 'data.gz'),
+                              options='GZIP') as writer:
+      for image, label in zip(images, labels):
+        writer.write(_example(image, label))
+  return examples
+
+
+def make_trainer_inputs(root: str, train: int = 96, eval_: int = 48,
+                        size: int = 32, input_size=(32, 32), classes: int = 3,
+                        seed: int = 0) -> dict:
+  """Examples + Transform graph + schema under `root`; returns their URIs."""
+  x_train, y_train = toy_images(train, seed, size=size, classes=classes,
+                                signal=0.5)
+  x_eval, y_eval = toy_images(eval_, seed + 1, size=size, classes=classes,
+                              signal=0.5)
+  examples = examples_artifact(root, {'train': (x_train, y_train),
+                                      'eval': (x_eval, y_eval)})
+  schema = _artifact(standard_artifacts.Schema, SCHEMA_DIR)
+  graph = _artifact(standard_artifacts.TransformGraph,
+                    os.path.join(root, 'transform_graph'))
+  cache = _artifact(standard_artifacts.TransformCache,
+                    os.path.join(root, 'transform_cache'))
+  executor = transform_executor.Executor(
+      transform_executor.Executor.Context(
+          beam_pipeline_args=['--direct_running_mode=in_memory',
+                              '--direct_num_workers=1'],
+          tmp_dir=os.path.join(root, 'tmp'), unique_id='transform'))
+  executor.Do(
+      {'examples': [examples], 'schema': [schema]},
+      {'transform_graph': [graph], 'updated_analyzer_cache': [cache]},
+      {'preprocessing_fn': TRANSFORM_FN, 'disable_statistics': 1,
+       'force_tf_compat_v1': 0,
+       'custom_config': json.dumps({'input_feature': 'image',
+                                    'label_feature': 'label',
+                                    'input_size': list(input_size)})})
+  return {'examples': examples.uri, 'transform_graph': graph.uri,
+          'schema': SCHEMA_DIR, 'input_size': list(input_size),
+          'eval_labels': [int(v) for v in y_eval]}
+
+
+def trainer_do(inputs: dict, output_root: str, config: dict,
+               preprocessor=None) -> None:
+  """TFX's GenericExecutor().Do with hubpipe's run_fn, as a Trainer pod runs
+  it; `config` is the Trainer's config sections (Config.to_dict())."""
+  examples = _artifact(standard_artifacts.Examples, inputs['examples'])
+  examples.split_names = artifact_utils.encode_split_names(['eval', 'train'])
+  model = _artifact(standard_artifacts.Model,
+                    os.path.join(output_root, 'Trainer', 'model', '1'))
+  model_run = _artifact(standard_artifacts.ModelRun,
+                        os.path.join(output_root, 'Trainer', 'model_run', '1'))
+  trainer_executor.GenericExecutor().Do(
+      {'examples': [examples],
+       'transform_graph': [_artifact(standard_artifacts.TransformGraph,
+                                     inputs['transform_graph'])],
+       'schema': [_artifact(standard_artifacts.Schema, inputs['schema'])]},
+      {'model': [model], 'model_run': [model_run]},
+      {'run_fn': TRAINER_FN,
+       'train_args': json_format.MessageToJson(
+           trainer_pb2.TrainArgs(splits=['train'])),
+       'eval_args': json_format.MessageToJson(
+           trainer_pb2.EvalArgs(splits=['eval'])),
+       'custom_config': json.dumps({'config': config,
+                                    'input_size': inputs['input_size'],
+                                    'preprocessor': preprocessor})})
+
+
+def main(argv):
+  """`python tests/trainer_inputs.py <inputs.json> <output root> <config.json>`:
+  one Trainer process (a worker when TF_CONFIG is set)."""
+  with open(argv[1]) as f:
+    inputs = json.load(f)
+  with open(argv[3]) as f:
+    config = json.load(f)
+  trainer_do(inputs, argv[2], config)
+
+
+if __name__ == '__main__':
+  import sys
+  main(sys.argv)
