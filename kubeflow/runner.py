@@ -36,12 +36,15 @@ from hubpipe.components import assets
 from hubpipe.components.data_snapshot.component import DataSnapshot
 from hubpipe.pipeline.config import BUNDLED as BUNDLED_DATA
 from hubpipe.pipeline.config import REPO_ROOT, Config, ConfigError, load_config
+from hubpipe.kubeflow.entrypoint import TFX_ENTRYPOINT
 
 # Where kubeflow/Dockerfile builds the offline modules and the bundled data
 # (its HUBPIPE_DATA_DIR), and where it puts this repository (its WORKDIR):
 # compiled pipelines read the bundled data and the curated schemas there.
 IMAGE_DATA_DIR = '/opt/hubpipe/data'
 IMAGE_SRC_DIR = '/opt/hubpipe/src'
+# Every step's command (TFX's container entry point, wrapped).
+ENTRYPOINT = 'hubpipe.kubeflow.entrypoint'
 # The configs whose bundled data kubeflow/Dockerfile prepares in the image.
 IMAGE_CONFIGS = ('pipeline/configs/fashion_mnist.yaml',
                  'pipeline/configs/rotten_tomatoes_minilm.yaml')
@@ -213,7 +216,10 @@ def _fix_spec(path: str, never_cache, pipeline_root: str) -> None:
     to resolve it;
   - the pipeline root is written as the spec's `defaultPipelineRoot` (TFX
     leaves it out of a bare spec, and KFP would put the artifacts under its
-    own default root instead).
+    own default root instead);
+  - each step runs hubpipe's entry point (kubeflow/entrypoint.py), TFX's
+    own after it has turned `--direct_num_workers=0` into the pod's CPU
+    limit.
   """
   with open(path) as f:
     text = f.read()
@@ -224,6 +230,10 @@ def _fix_spec(path: str, never_cache, pipeline_root: str) -> None:
   tasks = spec['root']['dag']['tasks']
   for task in never_cache:
     tasks[task].pop('cachingOptions', None)
+  for executor in spec['deploymentSpec']['executors'].values():
+    container = executor.get('container', {})
+    if container.get('command') == ['python', '-m', TFX_ENTRYPOINT]:
+      container['command'] = ['python', '-m', ENTRYPOINT]
   for task in tasks.values():
     for parameter in task.get('inputs', {}).get('parameters', {}).values():
       producer = parameter.get('taskOutputParameter', {})

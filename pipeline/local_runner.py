@@ -135,6 +135,7 @@ def run(config: Config, workdir: str,
   `workdir`."""
   from tfx import v1 as tfx
   from hubpipe.components import storage
+  from hubpipe.pipeline import cpus
   from hubpipe.components.data_snapshot import snapshot as snapshot_lib
   from hubpipe.pipeline.pipeline import (create_pipeline, pipeline_identity,
                                          snapshot_parameters)
@@ -196,7 +197,10 @@ def run(config: Config, workdir: str,
         metadata_connection_config=(
             tfx.orchestration.metadata.sqlite_metadata_connection_config(
                 metadata_path)),
-        snapshot={k: snapshot[k] for k in ('examples', 'baseline')})
+        snapshot={k: snapshot[k] for k in ('examples', 'baseline')},
+        # Beam's 0 workers would mean one per core of the machine, not per
+        # CPU this process may use (a container's limit).
+        cpus=cpus.available_cpus())
     progress = _Progress(echo, len(pipeline.components))
     root.addHandler(progress)
     echo(f'hubpipe: running "{config.name}" ({len(pipeline.components)} '

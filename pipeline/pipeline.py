@@ -52,15 +52,20 @@ def _sections(config: Config, keys) -> dict:
   return {k: v for k, v in config.to_dict().items() if k in keys}
 
 
-def beam_pipeline_args(config: Config) -> List[str]:
+def beam_pipeline_args(config: Config, cpus: Optional[int] = None) -> List[str]:
   """Beam arguments for the data components (ExampleGen, StatisticsGen,
-  Transform, Evaluator); DirectRunner on all cores by default. The cluster
-  runners take their endpoints and options from beam.extra_args."""
+  Transform, Evaluator); DirectRunner with one worker per CPU by default. The
+  cluster runners take their endpoints and options from beam.extra_args.
+
+  `cpus`: what `direct_num_workers: 0` means, the CPUs the run may use
+  (pipeline/cpus.py). None leaves the 0 for the process that runs the step
+  to resolve (a Kubeflow pod: kubeflow/entrypoint.py)."""
   beam = config.beam
   args = [f'--runner={beam.runner}']
   if beam.runner == 'DirectRunner':
+    workers = beam.direct_num_workers or cpus or 0
     args += [f'--direct_running_mode={beam.direct_running_mode}',
-             f'--direct_num_workers={beam.direct_num_workers}']
+             f'--direct_num_workers={workers}']
   return args + list(beam.extra_args)
 
 
@@ -142,7 +147,8 @@ def create_pipeline(config: Config, pipeline_root: str, input_base: str,
                     metadata_connection_config=None,
                     enable_cache: bool = True,
                     snapshot: Union[Dict[str, str], str, None] = None,
-                    identity: Optional[str] = None) -> tfx.dsl.Pipeline:
+                    identity: Optional[str] = None,
+                    cpus: Optional[int] = None) -> tfx.dsl.Pipeline:
   """The runner-agnostic DAG for `config`.
 
   Args:
@@ -163,6 +169,8 @@ def create_pipeline(config: Config, pipeline_root: str, input_base: str,
       under a runner that caches every step, it would replay the first
       snapshot).
     identity: `pipeline_identity(config, image)` (default: image 'local').
+    cpus: the CPUs a local run may use, for `beam.direct_num_workers: 0`
+      (None: each step's process resolves it, as on Kubeflow).
   """
   data = config.data
   identity = identity or pipeline_identity(config)
@@ -286,4 +294,4 @@ def create_pipeline(config: Config, pipeline_root: str, input_base: str,
                   if c is not None],
       enable_cache=enable_cache,
       metadata_connection_config=metadata_connection_config,
-      beam_pipeline_args=beam_pipeline_args(config))
+      beam_pipeline_args=beam_pipeline_args(config, cpus))

@@ -17,6 +17,7 @@ from kfp.pipeline_spec import pipeline_spec_pb2
 from tfx.orchestration.kubeflow.v2 import kubeflow_v2_dag_runner
 
 from hubpipe.kubeflow import runner
+from hubpipe.kubeflow.entrypoint import TFX_ENTRYPOINT
 from hubpipe.pipeline import cli
 from hubpipe.pipeline.config import ConfigError, config_from_dict, load_config
 
@@ -71,7 +72,7 @@ def test_kfp_loads_the_compiled_pipeline(default_compiled):
       'Compressor', 'Pusher'}
 
 
-def test_every_component_runs_in_the_image_with_the_tfx_entrypoint(
+def test_every_component_runs_in_the_image_with_hubpipes_entrypoint(
     default_compiled):
   spec = _spec(default_compiled)
   executors = json_format.MessageToDict(spec.deployment_spec)['executors']
@@ -80,7 +81,11 @@ def test_every_component_runs_in_the_image_with_the_tfx_entrypoint(
   assert len(containers) >= 10
   for name, container in containers.items():
     assert container['image'] == IMAGE, name
-    assert container['command'] == list(kubeflow_v2_dag_runner.KUBEFLOW_TFX_CMD)
+    # TFX's entry point, wrapped: Beam's 0 workers become the pod's CPUs.
+    assert list(kubeflow_v2_dag_runner.KUBEFLOW_TFX_CMD) == [
+        'python', '-m', TFX_ENTRYPOINT]
+    assert container['command'] == ['python', '-m', runner.ENTRYPOINT], name
+    assert '--direct_num_workers=0' in container['args'], name
   trainer = _container(spec, 'Trainer')
   assert trainer['args'][:2] == ['--executor_class_path',
                                  'tfx.components.trainer.executor.GenericExecutor']
@@ -163,11 +168,11 @@ def test_beam_arguments_reach_the_data_components(tmp_path, runner_name,
   assert custom['config']['training']['strategy'] == 'multi_worker_mirrored'
 
 
-def test_local_runs_keep_direct_runner_on_all_cores():
+def test_direct_runner_on_every_cpu_by_default():
   from hubpipe.pipeline.pipeline import beam_pipeline_args
-  assert beam_pipeline_args(load_config()) == [
+  assert beam_pipeline_args(load_config(), cpus=3) == [
       '--runner=DirectRunner', '--direct_running_mode=multi_processing',
-      '--direct_num_workers=0']
+      '--direct_num_workers=3']
 
 
 def test_resource_quantities_convert_for_the_deprecated_fields():
