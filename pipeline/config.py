@@ -22,6 +22,7 @@ DATA_SOURCES = ('fashion_mnist', 'rotten_tomatoes', 'tfrecord', 'image_folder')
 BUNDLED = {'fashion_mnist': 'image', 'rotten_tomatoes': 'text'}
 ON_CORRUPT = ('fail', 'skip')
 INTEGRATIONS = ('feature_extraction', 'fine_tune', 'hybrid')
+MIXED_PRECISION = (False, True, 'mixed_float16', 'mixed_bfloat16')
 STRATEGIES = ('auto', 'default', 'one_device', 'mirrored',
               'multi_worker_mirrored', 'tpu')
 DIRECT_RUNNING_MODES = ('in_memory', 'multi_threading', 'multi_processing')
@@ -107,8 +108,11 @@ class TrainingConfig:
   early_stopping_patience: int = 0
   # 'balanced': weight classes inversely to their frequency in the train split.
   class_weight: str = 'none'
-  # Mixed precision: bfloat16 on TPU, float16 (with loss scaling) on GPU.
-  mixed_precision: bool = False
+  # Mixed precision: true picks by hardware (bfloat16 on TPU, float16 with
+  # loss scaling on GPU, none on CPU); a policy name (mixed_float16,
+  # mixed_bfloat16) is used on any hardware. The Hub module computes in
+  # float32 (its SavedModel's dtype); the head in the policy's; logits float32.
+  mixed_precision: Any = False
   # Text: also fit a bag-of-words logistic regression on the same split, as
   # the no-reuse reference.
   bag_of_words_baseline: bool = False
@@ -413,6 +417,10 @@ def validate(config: Config) -> Config:
   _positive('training.learning_rate', t.learning_rate)
   _choice('training.strategy', t.strategy, STRATEGIES)
   _choice('training.class_weight', t.class_weight, ('none', 'balanced'))
+  if t.mixed_precision not in MIXED_PRECISION:
+    raise ConfigError(
+        f'training.mixed_precision: {t.mixed_precision!r} is not allowed; use '
+        'false, true (by hardware) or a policy: mixed_float16, mixed_bfloat16.')
   _positive('training.early_stopping_patience', t.early_stopping_patience,
             allow_zero=True)
   if not 0.0 <= e.min_accuracy <= 1.0:

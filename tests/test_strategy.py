@@ -39,6 +39,10 @@ def test_precision_policy_by_hardware():
   assert strategy.precision_policy('tpu', 0) == 'mixed_bfloat16'
   assert strategy.precision_policy('mirrored', 2) == 'mixed_float16'
   assert strategy.precision_policy('default', 0) is None
+  # Named: used on any hardware (tests train under it on CPU); off: none.
+  assert strategy.precision_policy('default', 0, 'mixed_float16') == (
+      'mixed_float16')
+  assert strategy.precision_policy('tpu', 0, False) is None
 
 
 @pytest.mark.parametrize('task_type, task_id, has_chief, chief', [

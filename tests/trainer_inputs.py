@@ -131,6 +131,10 @@ def main(argv):
   with open(argv[3]) as f:
     config = json.load(f)
   trainer_do(inputs, argv[2], config)
+  import tf_keras  # pylint: disable=g-import-not-at-top
+  # What the components after the Trainer inherit in a local run's process.
+  print(json.dumps({'policy_after_trainer':
+                    tf_keras.mixed_precision.global_policy().name}))
 
 
 if __name__ == '__main__':

@@ -29,14 +29,19 @@ def module_layer(handle: str, trainable, name='hub_module') -> hub.KerasLayer:
 
   trainable: False (frozen), True (all of it, batch norm in inference mode),
   or a `partial.select_trainable` spec (the top blocks only, for hybrid).
+  The layer computes in float32 whatever the global Keras policy: a SavedModel
+  only has functions for the dtypes it was exported with, and under
+  mixed_float16 Keras would otherwise cast its inputs to float16 ("Could not
+  find matching concrete function").
   """
   if trainable is False:
-    return hub.KerasLayer(handle, trainable=False, name=name)
+    return hub.KerasLayer(handle, trainable=False, name=name, dtype='float32')
   if trainable is True:
-    return InferenceModeKerasLayer(handle, trainable=True, name=name)
+    return InferenceModeKerasLayer(handle, trainable=True, name=name,
+                                   dtype='float32')
   from hubpipe.components.trainer import partial  # pylint: disable=g-import-not-at-top
   return partial.PartiallyTrainableKerasLayer(handle, trainable_spec=trainable,
-                                              name=name)
+                                              name=name, dtype='float32')
 
 
 def feature_extractor(modality: str, handle: str, input_size=None,
@@ -57,7 +62,7 @@ def feature_extractor(modality: str, handle: str, input_size=None,
     images = inputs
     if source != list(input_size):
       images = tf_keras.layers.Resizing(*input_size, interpolation='bilinear',
-                                        name='resize')(inputs)
+                                        name='resize', dtype='float32')(inputs)
     return tf_keras.Model(inputs, module_layer(handle, trainable)(images),
                           name='feature_extractor')
   inputs = tf_keras.Input(shape=(), dtype=tf.string, name='text')
@@ -105,6 +110,17 @@ def head(input_shape, num_classes: int, hidden_units=(), dropout=0.0,
   # float32 logits, also under a mixed-precision policy (stable softmax/loss).
   logits = tf_keras.layers.Dense(num_classes, name='logits', dtype='float32')(x)
   return tf_keras.Model(features, logits, name=name)
+
+
+def compute_dtypes(served: tf_keras.Model) -> dict:
+  """The dtype each part of `classifier(...)` computes in: the module, the
+  head's first layer with weights, and the logits."""
+  module = served.get_layer('hub_module')
+  head_model = served.layers[-1]
+  first = next(layer for layer in head_model.layers if layer.weights)
+  return {'module': module.compute_dtype, 'head': first.compute_dtype,
+          'logits': head_model.get_layer('logits').compute_dtype,
+          'variables': sorted({v.dtype.name for v in served.weights})}
 
 
 def compile_for_training(model: tf_keras.Model, learning_rate: float):

@@ -412,6 +412,15 @@ def _control_accuracy(t: _Training) -> float:
 
 def run_fn(fn_args):
   """Trains the model as the config's integration mode says; exports it."""
+  try:
+    _train_and_export(fn_args)
+  finally:
+    # A local run executes the later components in this process: they must
+    # not inherit the Trainer's mixed-precision policy.
+    tf_keras.mixed_precision.set_global_policy('float32')
+
+
+def _train_and_export(fn_args):
   t = _Training(fn_args)
   config = t.config
   logging.info('Trainer: module %s, %d classes, %s, strategy %s with %d '
@@ -441,6 +450,8 @@ def run_fn(fn_args):
   report['training_seconds'] = round(time.time() - start, 2)
   report['eval_accuracy'] = float(accuracy)
   report['steps_per_epoch'] = t.steps.steps_per_epoch
+  report['mixed_precision'] = tf_keras.mixed_precision.global_policy().name
+  report['compute_dtypes'] = model_lib.compute_dtypes(served)
   report['epochs_run'] = len(next(iter(history.values()), []))
   report['history'] = {k: [float(v) for v in vals]
                        for k, vals in history.items()}

@@ -41,7 +41,7 @@ def choose(requested: str, num_gpus: int, tf_config: Optional[str] = None,
   return 'default'
 
 
-def make(requested: str, mixed_precision: bool = False) -> tf.distribute.Strategy:
+def make(requested: str, mixed_precision=False) -> tf.distribute.Strategy:
   """Builds the strategy; create every variable inside its scope().
 
   Call it before anything else touches TensorFlow's runtime:
@@ -52,14 +52,14 @@ def make(requested: str, mixed_precision: bool = False) -> tf.distribute.Strateg
   gpus = tf.config.list_physical_devices('GPU')
   tpu_address = os.environ.get('TPU_NAME') or os.environ.get('TPU_ADDRESS')
   name = choose(requested, len(gpus), os.environ.get('TF_CONFIG'), tpu_address)
-  if mixed_precision:
-    import tf_keras  # pylint: disable=g-import-not-at-top
-    policy = precision_policy(name, len(gpus))
-    if policy:
-      tf_keras.mixed_precision.set_global_policy(policy)
-    else:
-      logging.warning('training.mixed_precision: no effect on CPU; training '
-                      'in float32.')
+  import tf_keras  # pylint: disable=g-import-not-at-top
+  policy = precision_policy(name, len(gpus), mixed_precision)
+  if mixed_precision and not policy:
+    logging.warning('training.mixed_precision: true has no effect on CPU '
+                    '(name a policy to force one); training in float32.')
+  # Set it either way: a policy left by an earlier run in this process must
+  # not carry over.
+  tf_keras.mixed_precision.set_global_policy(policy or 'float32')
   if name == 'tpu':
     resolver = tf.distribute.cluster_resolver.TPUClusterResolver(
         tpu=tpu_address or '')
@@ -83,14 +83,20 @@ def describe(strategy: tf.distribute.Strategy) -> str:
       'DistributionStrategy', 'Strategy')
 
 
-def precision_policy(strategy_name: str, num_gpus: int) -> 'str | None':
-  """The Keras mixed-precision policy for the hardware, or None (float32).
+def precision_policy(strategy_name: str, num_gpus: int,
+                     mixed_precision=True) -> 'str | None':
+  """The Keras mixed-precision policy, or None (float32).
 
-  bfloat16 on TPU, float16 on GPU (Keras then scales the loss), nothing on
-  CPU, where it would only slow training down. A Hub SavedModel computes in
-  the dtype it was exported with, so only the layers around it (the head)
-  change precision.
+  mixed_precision: False (none), a policy name (used as given), or True: by
+  hardware, bfloat16 on TPU, float16 on GPU (Keras then scales the loss),
+  nothing on CPU, where it would only slow training down. A Hub SavedModel
+  computes in the dtype it was exported with, so only the layers around it
+  (the head) change precision.
   """
+  if not mixed_precision:
+    return None
+  if isinstance(mixed_precision, str):
+    return mixed_precision
   if strategy_name == 'tpu':
     return 'mixed_bfloat16'
   if num_gpus:
