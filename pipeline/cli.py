@@ -39,8 +39,14 @@ def _load(path):
 def cmd_run(args) -> int:
   from hubpipe.pipeline import local_runner, summary
   config = _load(args.config)
+  from hubpipe.pipeline import workdir_lock
   workdir = args.workdir or os.path.join('work', config.name)
-  result = local_runner.run(config, workdir, pipeline_root=args.pipeline_root)
+  try:
+    result = local_runner.run(config, workdir, pipeline_root=args.pipeline_root,
+                              wait=args.wait)
+  except workdir_lock.WorkdirBusy as err:
+    print(f'hubpipe: {err}', file=sys.stderr)
+    return workdir_lock.EXIT_BUSY
   print()
   print(summary.render(result))
   return 0 if result['status'] in ('succeeded', 'not_blessed') else 1
@@ -171,6 +177,9 @@ def main(argv=None) -> int:
                    help='where artifacts go (default: <workdir>/pipeline_root),'
                    ' e.g. gs://BUCKET/hubpipe or s3://BUCKET/hubpipe; ML '
                    'Metadata, the log and the summary stay in the work dir')
+  run.add_argument('--wait', action='store_true',
+                   help='if another run holds the work dir, start when it '
+                   'ends (default: stop at once, exit status 75)')
   run.set_defaults(func=cmd_run)
   assets = sub.add_parser('assets', help='fetch data and build modules for a config')
   assets.add_argument('--config', help='YAML config (default: the demo)')

@@ -4,8 +4,10 @@ Layout of a work dir:
   metadata.sqlite    ML Metadata (the record of every run; enables caching)
   pipeline_root/     artifacts, one folder per component and execution
   serving/<name>/    pushed models, one numbered version folder per push
-  run.log            the full log of the last run
+  logs/<start>.log   the full log of each run (UTC start time and pid)
+  run.log            a link to the last run's log
   summary.json       the summary of the last run
+  .lock              held by the run in progress (pipeline/workdir_lock.py)
 """
 
 import dataclasses
@@ -14,7 +16,6 @@ import json
 import logging
 import os
 import time
-from pathlib import Path
 from typing import Callable, Optional
 
 os.environ.setdefault('TF_USE_LEGACY_KERAS', '1')
@@ -24,6 +25,7 @@ from hubpipe.components.assets import AssetError  # pylint: disable=g-import-not
 from hubpipe.components.hub_modules.inspect import IncompatibleModule
 from hubpipe.components.hub_modules.resolve import ModuleNotFound, ModuleUnavailable
 from hubpipe.pipeline import summary as summary_lib
+from hubpipe.pipeline import workdir_lock
 from hubpipe.pipeline.config import BUNDLED as BUNDLED_DATA
 from hubpipe.pipeline.config import Config, ConfigError
 
@@ -127,12 +129,34 @@ class _Progress(logging.Handler):
 
 def run(config: Config, workdir: str,
         echo: Callable[[str], None] = print,
-        pipeline_root: Optional[str] = None) -> dict:
+        pipeline_root: Optional[str] = None, wait: bool = False) -> dict:
   """Runs the DAG for `config` in `workdir`; returns (and writes) the summary.
 
   Artifacts go to `pipeline_root` (default <workdir>/pipeline_root; a gs://
-  or s3:// URI works too); ML Metadata, run.log and summary.json stay in
-  `workdir`."""
+  or s3:// URI works too); ML Metadata, the logs and summary.json stay in
+  `workdir`. One run holds a work dir at a time: another run's raises
+  workdir_lock.WorkdirBusy before it writes anything (or, with `wait`, it
+  starts when the holder ends)."""
+  workdir = os.path.abspath(workdir)
+  with workdir_lock.hold(workdir, config.source_path, wait=wait, echo=echo):
+    return _run_holding(config, workdir, echo, pipeline_root)
+
+
+def _run_log(workdir: str) -> str:
+  """A new log file for this run under logs/; run.log links to it."""
+  stamp = time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())
+  path = os.path.join(workdir, 'logs', f'{stamp}-{os.getpid()}.log')
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  link = os.path.join(workdir, 'run.log')
+  temporary = f'{link}.{os.getpid()}'
+  if os.path.lexists(temporary):
+    os.remove(temporary)
+  os.symlink(os.path.relpath(path, workdir), temporary)
+  os.replace(temporary, link)  # also replaces a run.log file of old versions
+  return path
+
+
+def _run_holding(config: Config, workdir: str, echo, pipeline_root) -> dict:
   from tfx import v1 as tfx
   from hubpipe.components import storage
   from hubpipe.pipeline import cpus
@@ -140,8 +164,6 @@ def run(config: Config, workdir: str,
   from hubpipe.pipeline.pipeline import (create_pipeline, pipeline_identity,
                                          snapshot_parameters)
 
-  workdir = os.path.abspath(workdir)
-  Path(workdir).mkdir(parents=True, exist_ok=True)
   metadata_path = os.path.join(workdir, 'metadata.sqlite')
   serving_dir = (config.resolve_path(config.push.serving_dir) if
                  config.push.serving_dir else
@@ -154,7 +176,13 @@ def run(config: Config, workdir: str,
       'summary_path': summary_path,
   }
   start = time.time()
-  log_handler = logging.FileHandler(os.path.join(workdir, 'run.log'), mode='w')
+  # This run's executions are those of the pipeline run ML Metadata records
+  # next; not the latest run, which may not be this one (a failure before
+  # the DAG starts records none).
+  runs_before = summary_lib.run_ids(metadata_path)
+  log_path = _run_log(workdir)
+  result['log'] = log_path
+  log_handler = logging.FileHandler(log_path, mode='w')
   log_handler.setFormatter(logging.Formatter(
       '%(asctime)s %(levelname)s %(name)s: %(message)s'))
   root = logging.getLogger()
@@ -204,7 +232,7 @@ def run(config: Config, workdir: str,
     progress = _Progress(echo, len(pipeline.components))
     root.addHandler(progress)
     echo(f'hubpipe: running "{config.name}" ({len(pipeline.components)} '
-         f'components) in {workdir}; full log in {workdir}/run.log')
+         f'components) in {workdir}; full log in {log_path}')
     tfx.orchestration.LocalDagRunner().run(pipeline)
     result['status'] = 'succeeded'
   except ConfigError as err:
@@ -230,7 +258,8 @@ def run(config: Config, workdir: str,
   result['wall_seconds'] = round(time.time() - start, 1)
   try:
     result.update(summary_lib.collect(metadata_path, config.name,
-                                      config.data.label_feature))
+                                      config.data.label_feature,
+                                      exclude_runs=runs_before))
   except Exception as err:  # pylint: disable=broad-except
     result['summary_error'] = f'could not read ML Metadata: {err}'
   failed = [c['name'] for c in result.get('components', [])

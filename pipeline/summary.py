@@ -37,8 +37,18 @@ def _prop(artifact, name):
   return getattr(value, kind) if kind else None
 
 
-def _latest_run(store, pipeline_name: str):
-  runs = [c for c in store.get_contexts_by_type('pipeline_run')]
+def run_ids(metadata_path: str) -> set:
+  """Ids of the pipeline runs ML Metadata holds so far."""
+  from tfx.dsl.io import fileio
+  if not fileio.exists(metadata_path):
+    return set()
+  return {c.id for c in
+          sqlite_store(metadata_path).get_contexts_by_type('pipeline_run')}
+
+
+def _latest_run(store, pipeline_name: str, exclude_runs=()):
+  runs = [c for c in store.get_contexts_by_type('pipeline_run')
+          if c.id not in exclude_runs]
   pipeline = store.get_context_by_type_and_name('pipeline', pipeline_name)
   if pipeline is None or not runs:
     return None
@@ -140,8 +150,10 @@ def _add_report(out: dict, key: str, folder: str, name: str, fields) -> None:
                 **{k: report.get(k) for k in fields}}
 
 
-def collect(metadata_path: str, pipeline_name: str, label_key: str) -> dict:
-  """The latest run of `pipeline_name`, as recorded in ML Metadata."""
+def collect(metadata_path: str, pipeline_name: str, label_key: str,
+            exclude_runs=()) -> dict:
+  """The latest run of `pipeline_name`, as recorded in ML Metadata, leaving
+  out the runs in `exclude_runs` (ids: those that were there before)."""
   out = {'components': [], 'examples': {}, 'training': {}, 'evaluation': {},
          'blessed': None, 'baseline_model': None, 'pushed': False,
          'pushed_model': None}
@@ -149,7 +161,7 @@ def collect(metadata_path: str, pipeline_name: str, label_key: str) -> dict:
   if not fileio.exists(metadata_path):
     return out
   store = sqlite_store(metadata_path)
-  run = _latest_run(store, pipeline_name)
+  run = _latest_run(store, pipeline_name, exclude_runs)
   if run is None:
     return out
   out['run_id'] = run.name
