@@ -11,7 +11,8 @@ runs and schedules. Only the runner and the resources differ from a local run:
   deprecated numeric fields and the current string fields, so old and current
   KFP backends both read the request;
 - the Beam components get `beam_pipeline_args` from the config's `beam`
-  section (DirectRunner in the pod, or a Flink / Spark / Dataflow cluster);
+  section (DirectRunner in the pod, one worker per CPU of the pod's limit,
+  resolved by kubeflow/entrypoint.py; or a Flink / Spark / Dataflow cluster);
 - ML Metadata is the cluster's: no connection config is compiled in;
 - a DataSnapshot step starts every run with KFP's cache off: it fingerprints
   the data root (with span folders: the latest N spans) and picks the push
