@@ -205,7 +205,8 @@ class BeamConfig:
   runner: str = 'DirectRunner'
   # DirectRunner only.
   direct_running_mode: str = 'multi_processing'
-  # 0: one worker per core.
+  # 0: one worker per CPU the process may use (pipeline/cpus.py: the
+  # affinity mask capped by the cgroup CPU limit), not per core of the node.
   direct_num_workers: int = 0
   # Extra Beam pipeline arguments, passed through as given.
   extra_args: list = dataclasses.field(default_factory=list)
