@@ -6,9 +6,14 @@ pod with a CPU limit of 2 on a 64-core node that starts 64 workers, each
 loading TensorFlow, throttled to 2 cores between them. hubpipe replaces the 0
 with the CPUs the process may really use: the fewest of the cores it may run
 on (its affinity mask) and its cgroup's CPU quota (`cpu.max` in cgroup v2,
-`cpu.cfs_quota_us` / `cpu.cfs_period_us` in v1), rounded up. The local runner
-does this before it builds the DAG; on Kubeflow the pod's entry point
-(kubeflow/entrypoint.py) does it, since only the pod knows its limit.
+`cpu.cfs_quota_us` / `cpu.cfs_period_us` in v1, read at the hierarchy's
+root, which is the container's own), rounded up. A cgroup without a quota (a
+pod with a CPU request and no limit) leaves every core of the affinity mask.
+
+The count is resolved when each step runs, never written into the DAG (TFX's
+cache key holds the Beam arguments): the local runner sets an environment
+variable that the compiled placeholder reads (pipeline.beam_pipeline_args);
+on Kubeflow the pod's entry point (kubeflow/entrypoint.py) replaces the 0.
 """
 
 import math

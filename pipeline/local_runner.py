@@ -142,17 +142,28 @@ def run(config: Config, workdir: str,
     return _run_holding(config, workdir, echo, pipeline_root)
 
 
+# logs/ keeps the logs of this many runs.
+KEEP_LOGS = 50
+
+
 def _run_log(workdir: str) -> str:
-  """A new log file for this run under logs/; run.log links to it."""
+  """A new log file for this run under logs/ (the oldest beyond KEEP_LOGS
+  go); run.log links to it where the file system has links."""
   stamp = time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())
-  path = os.path.join(workdir, 'logs', f'{stamp}-{os.getpid()}.log')
-  os.makedirs(os.path.dirname(path), exist_ok=True)
+  folder = os.path.join(workdir, 'logs')
+  path = os.path.join(folder, f'{stamp}-{os.getpid()}.log')
+  os.makedirs(folder, exist_ok=True)
+  for old in sorted(os.listdir(folder))[:-(KEEP_LOGS - 1) or None]:
+    os.remove(os.path.join(folder, old))
   link = os.path.join(workdir, 'run.log')
   temporary = f'{link}.{os.getpid()}'
-  if os.path.lexists(temporary):
-    os.remove(temporary)
-  os.symlink(os.path.relpath(path, workdir), temporary)
-  os.replace(temporary, link)  # also replaces a run.log file of old versions
+  try:
+    if os.path.lexists(temporary):
+      os.remove(temporary)
+    os.symlink(os.path.relpath(path, workdir), temporary)
+    os.replace(temporary, link)  # also replaces a run.log file of old versions
+  except OSError as err:
+    logging.warning('run.log: cannot link it to %s (%s)', path, err)
   return path
 
 
@@ -161,8 +172,8 @@ def _run_holding(config: Config, workdir: str, echo, pipeline_root) -> dict:
   from hubpipe.components import storage
   from hubpipe.pipeline import cpus
   from hubpipe.components.data_snapshot import snapshot as snapshot_lib
-  from hubpipe.pipeline.pipeline import (create_pipeline, pipeline_identity,
-                                         snapshot_parameters)
+  from hubpipe.pipeline.pipeline import (BEAM_WORKERS_ENV, create_pipeline,
+                                         pipeline_identity, snapshot_parameters)
 
   metadata_path = os.path.join(workdir, 'metadata.sqlite')
   serving_dir = (config.resolve_path(config.push.serving_dir) if
@@ -226,9 +237,16 @@ def _run_holding(config: Config, workdir: str, echo, pipeline_root) -> dict:
             tfx.orchestration.metadata.sqlite_metadata_connection_config(
                 metadata_path)),
         snapshot={k: snapshot[k] for k in ('examples', 'baseline')},
-        # Beam's 0 workers would mean one per core of the machine, not per
-        # CPU this process may use (a container's limit).
-        cpus=cpus.available_cpus())
+        local=True)
+    # What `beam.direct_num_workers: 0` resolves to when each Beam step
+    # runs: the CPUs this process may use (a container's limit), not Beam's
+    # one per core of the machine.
+    os.environ[BEAM_WORKERS_ENV] = str(cpus.available_cpus())
+    result['beam'] = {'runner': config.beam.runner}
+    if config.beam.runner == 'DirectRunner':
+      result['beam'].update(
+          running_mode=config.beam.direct_running_mode,
+          workers=config.beam.direct_num_workers or cpus.available_cpus())
     progress = _Progress(echo, len(pipeline.components))
     root.addHandler(progress)
     echo(f'hubpipe: running "{config.name}" ({len(pipeline.components)} '

@@ -27,6 +27,7 @@ from typing import Dict, List, Optional, Union
 
 import tensorflow_model_analysis as tfma
 from tfx import v1 as tfx
+from tfx.dsl.placeholder import placeholder as ph
 
 from hubpipe.components.anomaly_gate.component import AnomalyGate
 from hubpipe.components.compressor.component import Compressor
@@ -38,6 +39,8 @@ from hubpipe.pipeline.config import Config
 
 TRANSFORM_FN = 'hubpipe.components.transform.{modality}.preprocessing_fn'
 TRAINER_FN = 'hubpipe.components.trainer.run.run_fn'
+# Local runs: Beam's DirectRunner worker count, set by the local runner.
+BEAM_WORKERS_ENV = 'HUBPIPE_BEAM_WORKERS'
 EVAL_SPLIT = 'eval'
 # create_pipeline(snapshot=STEP): the DataSnapshot runs as the DAG's first step.
 STEP = 'step'
@@ -52,20 +55,26 @@ def _sections(config: Config, keys) -> dict:
   return {k: v for k, v in config.to_dict().items() if k in keys}
 
 
-def beam_pipeline_args(config: Config, cpus: Optional[int] = None) -> List[str]:
+def beam_pipeline_args(config: Config, local: bool = False) -> list:
   """Beam arguments for the data components (ExampleGen, StatisticsGen,
   Transform, Evaluator); DirectRunner with one worker per CPU by default. The
   cluster runners take their endpoints and options from beam.extra_args.
 
-  `cpus`: what `direct_num_workers: 0` means, the CPUs the run may use
-  (pipeline/cpus.py). None leaves the 0 for the process that runs the step
-  to resolve (a Kubeflow pod: kubeflow/entrypoint.py)."""
+  `direct_num_workers: 0` means the CPUs the process that runs the step may
+  use (pipeline/cpus.py), which only that process knows, so it is resolved
+  when the step runs, never written into the DAG (TFX's cache key holds the
+  Beam arguments: a count in them would rerun every step on a machine with
+  other CPUs). Local runs (`local`): a placeholder of the environment
+  variable BEAM_WORKERS_ENV, which the local runner sets. Kubeflow: the 0
+  itself, which each pod's entry point replaces (kubeflow/entrypoint.py)."""
   beam = config.beam
   args = [f'--runner={beam.runner}']
   if beam.runner == 'DirectRunner':
-    workers = beam.direct_num_workers or cpus or 0
+    workers = str(beam.direct_num_workers)
+    if local and not beam.direct_num_workers:
+      workers = ph.environment_variable(BEAM_WORKERS_ENV)
     args += [f'--direct_running_mode={beam.direct_running_mode}',
-             f'--direct_num_workers={workers}']
+             '--direct_num_workers=' + workers]
   return args + list(beam.extra_args)
 
 
@@ -148,7 +157,7 @@ def create_pipeline(config: Config, pipeline_root: str, input_base: str,
                     enable_cache: bool = True,
                     snapshot: Union[Dict[str, str], str, None] = None,
                     identity: Optional[str] = None,
-                    cpus: Optional[int] = None) -> tfx.dsl.Pipeline:
+                    local: bool = False) -> tfx.dsl.Pipeline:
   """The runner-agnostic DAG for `config`.
 
   Args:
@@ -169,8 +178,7 @@ def create_pipeline(config: Config, pipeline_root: str, input_base: str,
       under a runner that caches every step, it would replay the first
       snapshot).
     identity: `pipeline_identity(config, image)` (default: image 'local').
-    cpus: the CPUs a local run may use, for `beam.direct_num_workers: 0`
-      (None: each step's process resolves it, as on Kubeflow).
+    local: for the local runner (`beam_pipeline_args`).
   """
   data = config.data
   identity = identity or pipeline_identity(config)
@@ -294,4 +302,4 @@ def create_pipeline(config: Config, pipeline_root: str, input_base: str,
                   if c is not None],
       enable_cache=enable_cache,
       metadata_connection_config=metadata_connection_config,
-      beam_pipeline_args=beam_pipeline_args(config, cpus))
+      beam_pipeline_args=beam_pipeline_args(config, local))

@@ -38,12 +38,16 @@ def _prop(artifact, name):
 
 
 def run_ids(metadata_path: str) -> set:
-  """Ids of the pipeline runs ML Metadata holds so far."""
+  """Ids of the pipeline runs ML Metadata holds so far (none when there is
+  no database yet, or one the run itself will have to initialise or mend)."""
   from tfx.dsl.io import fileio
   if not fileio.exists(metadata_path):
     return set()
-  return {c.id for c in
-          sqlite_store(metadata_path).get_contexts_by_type('pipeline_run')}
+  try:
+    return {c.id for c in
+            sqlite_store(metadata_path).get_contexts_by_type('pipeline_run')}
+  except Exception:  # pylint: disable=broad-except
+    return set()
 
 
 def _latest_run(store, pipeline_name: str, exclude_runs=()):

@@ -7,7 +7,11 @@ the kernel drops it when the holding process dies, even by SIGKILL, so a
 crashed run never leaves a stale lock) and writes who holds it there. A second
 run either stops at once with WorkdirBusy, which names the holder, or waits
 for it (`hubpipe run --wait`). Runs in different work dirs do not touch each
-other.
+other, unless they share a pipeline root or serving dir.
+
+flock is reliable on local file systems (not on NFS), and a lock belongs to
+an open file: a process that holds a work dir and calls hold() on it again
+is refused (or, with wait, waits for itself), so take it once per process.
 """
 
 import contextlib

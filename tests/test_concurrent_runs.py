@@ -3,8 +3,10 @@ summary; different work dirs side by side.
 
 Real `hubpipe run` processes on a tiny Fashion-MNIST config: run A holds work
 dir 1; B on the same dir stops at once naming A; C runs in work dir 2 at the
-same time as A; D on work dir 1 with --wait starts when A ends. Then E, which
-fails before its DAG starts, must not report D's components as its own.
+same time as A; D on work dir 1 with --wait starts when A ends, on one CPU
+(A had them all), and must still reuse every step of A: Beam's worker count
+is resolved when each step runs, not written into what TFX caches on. Then E,
+which fails before its DAG starts, must not report D's components as its own.
 """
 
 import json
@@ -15,6 +17,7 @@ import time
 
 import yaml
 
+from hubpipe.pipeline import cpus
 from hubpipe.pipeline import summary as summary_lib
 from hubpipe.pipeline import workdir_lock
 
@@ -29,15 +32,17 @@ CONFIG = {
     'training': {'epochs': 1, 'batch_size': 32},
     'evaluation': {'min_accuracy': 0.0, 'max_accuracy_drop': 1.0},
     'compression': {'enabled': False},
-    'beam': {'direct_running_mode': 'in_memory', 'direct_num_workers': 1},
+    # direct_num_workers: 0 (the default), one per CPU the run may use.
+    'beam': {'direct_running_mode': 'in_memory'},
 }
 HUBPIPE = [sys.executable, '-m', 'hubpipe.pipeline.cli', 'run']
 
 
-def _start(config, workdir, log, *extra):
-  return subprocess.Popen(HUBPIPE + ['--config', str(config), '--workdir',
-                                     str(workdir), *extra],
-                          stdout=open(log, 'w'), stderr=subprocess.STDOUT)
+def _start(config, workdir, log, *extra, cpus=None):
+  return subprocess.Popen(
+      HUBPIPE + ['--config', str(config), '--workdir', str(workdir), *extra],
+      stdout=open(log, 'w'), stderr=subprocess.STDOUT,
+      preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None)
 
 
 def _wait(process, log, timeout=TIMEOUT):
@@ -76,8 +81,8 @@ def test_one_run_per_work_dir_and_work_dirs_side_by_side(tmp_path):
   assert f'in use by hubpipe run pid {a.pid}' in b.stderr
   assert '--wait' in b.stderr and '--workdir' in b.stderr
 
-  # D: --wait queues behind A.
-  d = _start(config, dir1, tmp_path / 'd.out', '--wait')
+  # D: --wait queues behind A; it may use one CPU.
+  d = _start(config, dir1, tmp_path / 'd.out', '--wait', cpus={0})
   deadline = time.time() + 300
   while 'waiting for it' not in (tmp_path / 'd.out').read_text():
     assert d.poll() is None and time.time() < deadline, (
@@ -102,13 +107,17 @@ def test_one_run_per_work_dir_and_work_dirs_side_by_side(tmp_path):
   runs = sorted(summary_lib.run_ids(str(dir1 / 'metadata.sqlite')))
   assert len(runs) == 2
   assert d_summary['log'].endswith(f'-{d.pid}.log')
-  trained = [c for c in d_summary['components'] if c['name'] == 'Trainer']
-  assert trained and trained[0]['state'] == 'cached'
+  assert d_summary['beam']['workers'] == 1
+  states = {c['name']: c['state'] for c in d_summary['components']}
+  for step in ('SnapshotExampleGen', 'StatisticsGen', 'Transform', 'Trainer',
+               'Evaluator'):
+    assert states[step] == 'cached', states
   assert d_summary['pushed_now'] is False  # nothing new to push
   # C ran in its own work dir at the same time, and pushed its model.
   c_summary = json.loads((dir2 / 'summary.json').read_text())
   assert c_summary['status'] == 'succeeded', c_summary.get('error')
   assert c_summary['pushed_now'] is True
+  assert c_summary['beam']['workers'] == cpus.available_cpus()
   assert len(summary_lib.run_ids(str(dir2 / 'metadata.sqlite'))) == 1
 
   # E fails before its DAG starts: its summary has no components (not D's).

@@ -9,7 +9,7 @@ import yaml
 from hubpipe.kubeflow import entrypoint
 from hubpipe.pipeline import cpus
 from hubpipe.pipeline.config import load_config
-from hubpipe.pipeline.pipeline import beam_pipeline_args
+from hubpipe.pipeline.pipeline import BEAM_WORKERS_ENV, beam_pipeline_args
 
 
 def _cgroup_v2(tmp_path, cpu_max, nested=None):
@@ -76,12 +76,25 @@ def test_only_zero_workers_is_resolved():
       '--direct_num_workers=5']
 
 
-def test_local_runs_resolve_zero_and_keep_an_explicit_count():
-  config = load_config(None, {})
-  assert '--direct_num_workers=2' in beam_pipeline_args(config, cpus=2)
-  assert '--direct_num_workers=0' in beam_pipeline_args(config)  # for the pod
+def test_local_runs_resolve_zero_when_each_step_runs(monkeypatch):
+  """The DAG holds a placeholder (TFX's cache key holds the Beam arguments,
+  so a count would rerun every step on a machine with other CPUs); TFX
+  resolves it when the step runs."""
+  from tfx.dsl.compiler import placeholder_utils
+  from tfx.orchestration.portable import data_types
+  local = beam_pipeline_args(load_config(None, {}), local=True)
+  assert local[:2] == ['--runner=DirectRunner',
+                       '--direct_running_mode=multi_processing']
+  context = placeholder_utils.ResolutionContext(
+      exec_info=data_types.ExecutionInfo())
+  for count in ('2', '3'):
+    monkeypatch.setenv(BEAM_WORKERS_ENV, count)
+    assert placeholder_utils.resolve_placeholder_expression(
+        local[2].encode(), context) == f'--direct_num_workers={count}'
+  # Kubeflow: the 0 itself, for the pod's entry point; a count as given.
+  assert '--direct_num_workers=0' in beam_pipeline_args(load_config(None, {}))
   config = load_config(None, {'beam.direct_num_workers': 4})
-  assert '--direct_num_workers=4' in beam_pipeline_args(config, cpus=2)
+  assert '--direct_num_workers=4' in beam_pipeline_args(config, local=True)
 
 
 def test_the_pod_entrypoint_hands_tfx_the_pod_limit(tmp_path, monkeypatch,

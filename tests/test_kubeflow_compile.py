@@ -170,9 +170,10 @@ def test_beam_arguments_reach_the_data_components(tmp_path, runner_name,
 
 def test_direct_runner_on_every_cpu_by_default():
   from hubpipe.pipeline.pipeline import beam_pipeline_args
-  assert beam_pipeline_args(load_config(), cpus=3) == [
+  # 0: the pod's entry point makes it the pod's CPUs (tests/test_cpus.py).
+  assert beam_pipeline_args(load_config()) == [
       '--runner=DirectRunner', '--direct_running_mode=multi_processing',
-      '--direct_num_workers=3']
+      '--direct_num_workers=0']
 
 
 def test_resource_quantities_convert_for_the_deprecated_fields():

@@ -3,7 +3,6 @@
 served model answers in float32 with the accuracy training reported."""
 
 import json
-import os
 import subprocess
 import sys
 
@@ -28,9 +27,12 @@ def inputs(tmp_path_factory):
   return root, str(path), made
 
 
+# float16 where Keras scales the loss (LossScaleOptimizer) and module
+# variables train: fine_tune, and hybrid's partly trainable module.
 @pytest.mark.parametrize('policy,mode,head_dtype', [
-    ('mixed_float16', 'feature_extraction', 'float16'),
-    ('mixed_bfloat16', 'fine_tune', 'bfloat16'),
+    ('mixed_float16', 'fine_tune', 'float16'),
+    ('mixed_float16', 'hybrid', 'float16'),
+    ('mixed_bfloat16', 'feature_extraction', 'bfloat16'),
 ])
 def test_trains_and_serves_under_a_mixed_policy(inputs, policy, mode,
                                                 head_dtype):
@@ -38,7 +40,8 @@ def test_trains_and_serves_under_a_mixed_policy(inputs, policy, mode,
   config = load_config(None, {
       'name': f'mixed-{mode}', 'module.input_size': [32, 32],
       'module.control_handle': None, 'model.integration': mode,
-      'model.hidden_units': [16], 'training.epochs': 2,
+      'model.hidden_units': [16], 'model.unfreeze': 2, 'training.epochs': 2,
+      'training.fine_tune_epochs': 1,
       'training.batch_size': 16, 'training.mixed_precision': policy})
   config_json = root / f'{policy}.json'
   config_json.write_text(json.dumps(
@@ -64,9 +67,7 @@ def test_trains_and_serves_under_a_mixed_policy(inputs, policy, mode,
   served = tf.saved_model.load(
       str(trainer / 'model' / '1' / 'Format-Serving')).signatures[
           'serving_default']
-  records = [r.numpy() for r in tf.data.TFRecordDataset(
-      os.path.join(made['examples'], 'Split-eval', 'data.gz'),
-      compression_type='GZIP')]
+  records = trainer_inputs.eval_records(made)
   out = served(examples=tf.constant(records))
   assert out['probabilities'].dtype == tf.float32
   np.testing.assert_allclose(out['probabilities'].numpy().sum(axis=1), 1.0,

@@ -25,6 +25,8 @@ from google.protobuf import json_format
 
 from toy_images import toy_images
 
+# How dominant the class colour is (tests.toy_images): easy, so a few steps learn.
+SIGNAL = 0.8
 SCHEMA_DIR = os.path.join(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))), 'schemas', 'image_classification')
 TRANSFORM_FN = 'hubpipe.components.transform.image.preprocessing_fn'
@@ -50,18 +52,35 @@ def _artifact(cls, uri, **properties):
   return artifact
 
 
+# Shares of a split per file: uneven, as ExampleGen's shards are.
+SHARDS = (0.5, 0.3, 0.2)
+
+
 def examples_artifact(root: str, splits: dict) -> standard_artifacts.Examples:
-  """{split: (images, labels)} as an Examples artifact (gzipped TFRecords)."""
+  """{split: (images, labels)} as an Examples artifact: gzipped TFRecord
+  shards of uneven size, in order (reading the sorted files gives the
+  examples as given)."""
   examples = _artifact(standard_artifacts.Examples, os.path.join(root, 'examples'))
   examples.split_names = artifact_utils.encode_split_names(sorted(splits))
   for split, (images, labels) in splits.items():
     folder = os.path.join(examples.uri, f'Split-{split}')
     os.makedirs(folder, exist_ok=True)
-    with tf.io.TFRecordWriter(os.path.join(folder, 'data.gz'),
-                              options='GZIP') as writer:
-      for image, label in zip(images, labels):
-        writer.write(_example(image, label))
+    bounds = [round(len(labels) * c) for c in np.cumsum((0,) + SHARDS)]
+    for index, (start, end) in enumerate(zip(bounds[:-1], bounds[1:])):
+      name = f'data-{index:05d}-of-{len(SHARDS):05d}.gz'
+      with tf.io.TFRecordWriter(os.path.join(folder, name),
+                                options='GZIP') as writer:
+        for image, label in zip(images[start:end], labels[start:end]):
+          writer.write(_example(image, label))
   return examples
+
+
+def eval_records(inputs: dict) -> list:
+  """The serialized eval examples, in the order of `inputs['eval_labels']`."""
+  files = sorted(tf.io.gfile.glob(os.path.join(inputs['examples'],
+                                               'Split-eval', '*')))
+  return [r.numpy() for r in tf.data.TFRecordDataset(files,
+                                                     compression_type='GZIP')]
 
 
 def make_trainer_inputs(root: str, train: int = 96, eval_: int = 48,
@@ -69,9 +88,9 @@ def make_trainer_inputs(root: str, train: int = 96, eval_: int = 48,
                         seed: int = 0) -> dict:
   """Examples + Transform graph + schema under `root`; returns their URIs."""
   x_train, y_train = toy_images(train, seed, size=size, classes=classes,
-                                signal=0.5)
+                                signal=SIGNAL)
   x_eval, y_eval = toy_images(eval_, seed + 1, size=size, classes=classes,
-                              signal=0.5)
+                              signal=SIGNAL)
   examples = examples_artifact(root, {'train': (x_train, y_train),
                                       'eval': (x_eval, y_eval)})
   schema = _artifact(standard_artifacts.Schema, SCHEMA_DIR)

@@ -71,17 +71,17 @@ def _files(patterns):
 
 
 def _records(patterns, workers: int = 1) -> tf.data.Dataset:
-  """The raw records; with several workers (MultiWorkerMirroredStrategy),
-  each reads its own files when there are enough of them, else every worker
-  reads all and keeps its share of the examples (tf.data's FILE and DATA
-  sharding; FILE on fewer files than workers fails at the first step)."""
-  files = _files(patterns)
-  dataset = tf.data.TFRecordDataset(files, compression_type='GZIP')
+  """The raw records. With several workers (MultiWorkerMirroredStrategy)
+  every worker reads all the files and keeps its share of each batch
+  (tf.data's DATA sharding). Not FILE sharding: it fails outright on fewer
+  files than workers, and on ExampleGen's shards, which differ in size,
+  it gives the workers different step counts and partial global batches.
+  The price: every worker reads and transforms the whole split."""
+  dataset = tf.data.TFRecordDataset(_files(patterns), compression_type='GZIP')
   if workers > 1:
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = (
-        tf.data.experimental.AutoShardPolicy.FILE if len(files) >= workers
-        else tf.data.experimental.AutoShardPolicy.DATA)
+        tf.data.experimental.AutoShardPolicy.DATA)
     dataset = dataset.with_options(options)
   return dataset
 
@@ -269,6 +269,8 @@ class _Training:
     self.global_batch = (config.training.batch_size *
                          self.strategy.num_replicas_in_sync)
     self.steps = StepCounter()
+    # The same seed on every worker: Keras shuffles numpy inputs (the head's
+    # features) before it shards them, so the workers must agree on the order.
     tf_keras.utils.set_random_seed(config.training.seed)
     self.input_key = config.input_feature
     self.label_key = config.data.label_feature
