@@ -184,6 +184,28 @@ def test_prune_reaches_the_target_sparsity_and_compresses(trained, toy):
   assert sparse['gzip_bytes'] < 0.8 * dense['gzip_bytes']
 
 
+def test_prune_copies_a_partly_trainable_module_weight_for_weight(
+    trained, tiny_handle, toy):
+  """A hybrid model's module trains only its top blocks, so Keras lists its
+  variables in another order (trainable first): the prunable copy must
+  still get each variable's own value."""
+  (x, y), _ = toy
+  extractor = model_lib.feature_extractor('image', tiny_handle,
+                                          input_size=[SIZE, SIZE],
+                                          trainable='conv_d')
+  hybrid = model_lib.classifier(extractor, trained.layers[-1])
+  module = hybrid.get_layer('hub_module')
+  assert module.trainable_weights[0].name.startswith('conv_d')
+  values = {v.name: v.numpy() for v in module.weights}
+  copy = techniques._prunable_copy(module, None, trainable=True)  # pylint: disable=protected-access
+  assert not copy.weights[0].name.startswith('conv_d')  # another order
+  for variable in copy.weights:
+    np.testing.assert_array_equal(variable.numpy(), values[variable.name])
+  pruned, _ = techniques.prune(hybrid, x, y, target_sparsity=0.5, epochs=1,
+                               batch=32)
+  assert pruned.predict(x[:4], verbose=0).shape == (4, CLASSES)
+
+
 def test_distill_teaches_a_small_cnn_the_teachers_answers(trained, toy):
   (x, y), (ex, _) = toy
   tf_keras.utils.set_random_seed(0)

@@ -377,7 +377,15 @@ def _prunable_copy(layer: hub.KerasLayer, prunable, trainable: bool
   kwargs = {k: config[k] for k in _HUB_CONFIG_KEYS if config.get(k) is not None}
   copy = PrunableKerasLayer(config['handle'], prunable=prunable,
                             trainable=trainable, name=layer.name, **kwargs)
-  copy.set_weights(layer.get_weights())
+  # By name, not by position: Keras lists trainable weights first, so a
+  # partly trainable module (hybrid) lists its variables in another order
+  # than the all-trainable copy does.
+  values = {v.name: v for v in layer.weights}
+  if sorted(values) != sorted(v.name for v in copy.weights):
+    raise ValueError(f'{layer.name}: the prunable copy of the module has '
+                     'other variables than the module')
+  for variable in copy.weights:
+    variable.assign(values[variable.name])
   return copy
 
 
