@@ -418,7 +418,8 @@ def validate(config: Config) -> Config:
   _positive('training.learning_rate', t.learning_rate)
   _choice('training.strategy', t.strategy, STRATEGIES)
   _choice('training.class_weight', t.class_weight, ('none', 'balanced'))
-  if t.mixed_precision not in MIXED_PRECISION:
+  if not (isinstance(t.mixed_precision, bool) or
+          t.mixed_precision in MIXED_PRECISION[2:]):
     raise ConfigError(
         f'training.mixed_precision: {t.mixed_precision!r} is not allowed; use '
         'false, true (by hardware) or a policy: mixed_float16, mixed_bfloat16.')

@@ -303,4 +303,8 @@ def _explain(err: Exception) -> str:
   seen = err
   while (seen.__cause__ or seen.__context__) not in (None, seen):
     seen = seen.__cause__ or seen.__context__
+  if type(seen).__name__ == 'FutureTimeoutError':  # gRPC: nobody answered
+    return ('FutureTimeoutError: a gRPC connection timed out; with a portable '
+            'Beam runner, check that the job endpoint in beam.extra_args '
+            '(--job_endpoint, --flink_master) is up and reachable.')
   return f'{type(seen).__name__}: {seen}'

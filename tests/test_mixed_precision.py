@@ -82,5 +82,6 @@ def test_trains_and_serves_under_a_mixed_policy(inputs, policy, mode,
 def test_mixed_precision_values_are_checked():
   assert load_config(None, {'training.mixed_precision': True}
                      ).training.mixed_precision is True
-  with pytest.raises(ConfigError, match='mixed_float16, mixed_bfloat16'):
-    load_config(None, {'training.mixed_precision': 'float16'})
+  for wrong in ('float16', 1, 0, 1.0):  # 1 == True, but not a setting
+    with pytest.raises(ConfigError, match='mixed_float16, mixed_bfloat16'):
+      load_config(None, {'training.mixed_precision': wrong})

@@ -24,6 +24,16 @@ def test_auto_choice_multi_worker_from_tf_config():
   assert strategy.choose('auto', 0, tf_config=one) == 'default'
   with pytest.raises(ValueError, match='TF_CONFIG is not valid JSON'):
     strategy.choose('auto', 0, tf_config='{nope')
+  with pytest.raises(ValueError, match='must be a JSON object like'):
+    strategy.choose('auto', 0, tf_config='["a"]')
+
+
+def test_a_bad_tf_config_stops_any_strategy(monkeypatch):
+  """Not only `auto`: a named strategy also gets hubpipe's message, before
+  TensorFlow's JSON error."""
+  monkeypatch.setenv('TF_CONFIG', '{"cluster": {"worker": ["a:1" "b:1"]}}')
+  with pytest.raises(ValueError, match='TF_CONFIG is not valid JSON.*"task"'):
+    strategy.make('multi_worker_mirrored')
 
 
 def test_explicit_choice_wins():

@@ -14,14 +14,23 @@ from typing import Optional
 import tensorflow as tf
 
 
+TF_CONFIG_SHAPE = ('{"cluster": {"worker": ["host:port", ...]}, '
+                   '"task": {"type": "worker", "index": i}}')
+
+
 def _workers_in(tf_config: Optional[str]) -> int:
+  """How many workers (and chief) TF_CONFIG's cluster names (0: unset)."""
   if not tf_config:
     return 0
   try:
-    cluster = json.loads(tf_config).get('cluster', {})
-  except (ValueError, AttributeError):
-    raise ValueError('TF_CONFIG is not valid JSON; it must hold a "cluster" '
-                     'spec and a "task" for multi-worker training.')
+    spec = json.loads(tf_config)
+  except ValueError as err:
+    raise ValueError(f'TF_CONFIG is not valid JSON ({err}); multi-worker '
+                     f'training needs {TF_CONFIG_SHAPE}.') from None
+  cluster = spec.get('cluster', {}) if isinstance(spec, dict) else None
+  if not isinstance(cluster, dict):
+    raise ValueError(f'TF_CONFIG must be a JSON object like {TF_CONFIG_SHAPE}; '
+                     f'it is {tf_config[:200]}')
   return len(cluster.get('worker', [])) + len(cluster.get('chief', []))
 
 
@@ -51,7 +60,13 @@ def make(requested: str, mixed_precision=False) -> tf.distribute.Strategy:
   """
   gpus = tf.config.list_physical_devices('GPU')
   tpu_address = os.environ.get('TPU_NAME') or os.environ.get('TPU_ADDRESS')
+  workers = _workers_in(os.environ.get('TF_CONFIG'))  # checks it, any strategy
   name = choose(requested, len(gpus), os.environ.get('TF_CONFIG'), tpu_address)
+  if name == 'multi_worker_mirrored' and workers < 2:
+    logging.warning(
+        'training.strategy multi_worker_mirrored: TF_CONFIG names %d '
+        'worker(s), so this process trains alone. Each replica needs '
+        'TF_CONFIG naming all of them: %s', workers, TF_CONFIG_SHAPE)
   import tf_keras  # pylint: disable=g-import-not-at-top
   policy = precision_policy(name, len(gpus), mixed_precision)
   if mixed_precision and not policy:
