@@ -48,6 +48,12 @@ class DataConfig:
   label_feature: str = 'label'
   # image_folder without train/ and eval/ folders: share of images for eval.
   eval_fraction: float = 0.2
+  # Three roles: `train` fits, `validation` makes every choice (early
+  # stopping, the ModuleSelector's ranking, the Compressor's variant),
+  # `eval` only blesses and reports. Without a validation/ folder in the data
+  # (beside train/ and eval/), ExampleGen carves this share of each class
+  # out of train (seeded by data.seed).
+  validation_fraction: float = 0.1
   # Corrupt images: 'fail' stops the run listing them; 'skip' leaves them out
   # and lists them in a report beside the examples.
   on_corrupt: str = 'fail'
@@ -103,9 +109,13 @@ class TrainingConfig:
   # hybrid: the second stage (top of the module + head), at a lower rate.
   fine_tune_epochs: int = 2
   fine_tune_learning_rate: float = 0.0001
-  # Stop when eval accuracy has not improved for this many epochs (0: off);
-  # the best epoch's weights are kept.
+  # Stop when validation accuracy has not improved for this many epochs
+  # (0: off); the best epoch's weights are kept.
   early_stopping_patience: int = 0
+  # Raw examples held to shuffle the training input (files are shuffled
+  # too, seeded by training.seed); lower it for large raw examples (e.g.
+  # 10000 JPEGs of 100 KB hold 1 GB).
+  shuffle_buffer: int = 10000
   # 'balanced': weight classes inversely to their frequency in the train split.
   class_weight: str = 'none'
   # Mixed precision: true picks by hardware (bfloat16 on TPU, float16 with
@@ -139,15 +149,19 @@ class CompressionConfig:
   enabled: bool = True
   techniques: list = dataclasses.field(
       default_factory=lambda: list(COMPRESSION_TECHNIQUES))
-  # Policy: a variant passes when its eval accuracy is at most this far below
-  # the uncompressed model's, and (if set) within the size and latency limits.
+  # Policy: a variant passes when its validation accuracy is at most this far
+  # below the uncompressed model's, and (if set) within the size and latency
+  # limits. Eval accuracy is measured and reported, never used to choose.
   max_accuracy_drop: float = 0.01
   max_size_ratio: Optional[float] = None   # against the float32 TFLite file
   max_latency_ms: Optional[float] = None   # per example, batch 1
   # When nothing passes: 'uncompressed' pushes the trained model alone,
   # 'none' pushes nothing.
   on_no_pass: str = 'uncompressed'
+  # Seeded, class-stratified samples: calibration (from train), choosing
+  # (validation) and reporting (eval).
   calibration_examples: int = 500
+  validation_examples: int = 2000
   eval_examples: int = 2000
   # Train examples for pruning's fine-tune and the distilled student.
   fine_tune_examples: int = 2000
@@ -173,8 +187,9 @@ class SelectionConfig:
   # {handle, input_size: [h, w], preprocessor}: the same module at another
   # resolution is another candidate.
   candidates: list = dataclasses.field(default_factory=list)
+  # Seeded, class-stratified samples: probes fit on train, rank on validation.
   train_examples: int = 1000
-  eval_examples: int = 500
+  validation_examples: int = 500
   # accuracy: the best probe accuracy. budget: the best probe accuracy among
   # the candidates within max_latency_ms and max_size_mb. weighted: probe
   # accuracy less latency_weight (and size_weight) per doubling of latency
@@ -283,6 +298,9 @@ class Config:
 
 # Settings that went away, and what replaced them.
 REMOVED = {
+    'selection.eval_examples': (
+        'the ModuleSelector ranks on the validation split now (eval only '
+        'blesses): rename it selection.validation_examples.'),
     'kubeflow.baseline': (
         'the baseline is always the pushed model in service, chosen by the '
         'DataSnapshot step on every backend (no resolver node). Delete the '
@@ -374,8 +392,13 @@ def validate(config: Config) -> Config:
       raise ConfigError(f'data.span_pattern: "{d.span_pattern}" must contain '
                         '{SPAN}, e.g. span-{SPAN}.')
   _positive('data.latest_spans', d.latest_spans)
+  _positive('training.shuffle_buffer', t.shuffle_buffer)
   _positive('data.train_examples', d.train_examples)
   _positive('data.eval_examples', d.eval_examples)
+  if not 0.0 < d.validation_fraction < 1.0:
+    raise ConfigError(f'data.validation_fraction: must be between 0 and 1 '
+                      f'(exclusive), got {d.validation_fraction}: every run '
+                      'needs a validation split to choose on.')
   if not 0.0 < d.eval_fraction < 1.0:
     raise ConfigError(f'data.eval_fraction: must be between 0 and 1 '
                       f'(exclusive), got {d.eval_fraction}.')
@@ -445,7 +468,8 @@ def validate(config: Config) -> Config:
     if getattr(c, key) is not None and not getattr(c, key) > 0:
       raise ConfigError(f'compression.{key}: must be positive or null, got '
                         f'{getattr(c, key)}.')
-  for key in ('calibration_examples', 'eval_examples', 'fine_tune_examples',
+  for key in ('calibration_examples', 'validation_examples', 'eval_examples',
+              'fine_tune_examples',
               'pruning_epochs', 'distillation_epochs', 'max_float_layers'):
     _positive(f'compression.{key}', getattr(c, key))
   _validate_selection(config.selection)
@@ -479,7 +503,7 @@ def _validate_selection(s: SelectionConfig):
                         f'(positive integers), got {size!r}.')
   _choice('selection.objective', s.objective, SELECTION_OBJECTIVES)
   _positive('selection.train_examples', s.train_examples)
-  _positive('selection.eval_examples', s.eval_examples)
+  _positive('selection.validation_examples', s.validation_examples)
   for key in ('max_latency_ms', 'max_size_mb'):
     if getattr(s, key) is not None and not getattr(s, key) > 0:
       raise ConfigError(f'selection.{key}: must be positive or null, got '

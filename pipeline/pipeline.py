@@ -41,7 +41,9 @@ TRANSFORM_FN = 'hubpipe.components.transform.{modality}.preprocessing_fn'
 TRAINER_FN = 'hubpipe.components.trainer.run.run_fn'
 # Local runs: Beam's DirectRunner worker count, set by the local runner.
 BEAM_WORKERS_ENV = 'HUBPIPE_BEAM_WORKERS'
-EVAL_SPLIT = 'eval'
+# train fits; validation makes every choice (early stopping, the selector,
+# the Compressor); eval only blesses and reports.
+TRAIN_SPLIT, VALIDATION_SPLIT, EVAL_SPLIT = 'train', 'validation', 'eval'
 # create_pipeline(snapshot=STEP): the DataSnapshot runs as the DAG's first step.
 STEP = 'step'
 
@@ -109,6 +111,9 @@ def snapshot_parameters(config: Config, input_base: str, pipeline_root: str,
 def example_gen(config: Config, input_base: str, snapshot):
   """ExampleGen over the data snapshot (a JSON string or runtime parameter):
   TFRecord folders (span folders: the latest N spans), or an image folder."""
+  validation = dict(validation_fraction=config.data.validation_fraction,
+                    label_feature=config.data.label_feature,
+                    split_seed=config.data.seed)
   if config.data.source == 'image_folder':
     from hubpipe.components.image_folder_example_gen import component
     from hubpipe.components.image_folder_example_gen import executor
@@ -119,8 +124,8 @@ def example_gen(config: Config, input_base: str, snapshot):
         custom_config=executor.make_custom_config(
             config.data.image_feature, config.data.label_feature,
             config.data.on_corrupt),
-        images=True)
-  return SnapshotExampleGen(snapshot)
+        images=True, **validation)
+  return SnapshotExampleGen(snapshot, **validation)
 
 
 def eval_config(config: Config) -> tfma.EvalConfig:
@@ -251,8 +256,9 @@ def create_pipeline(config: Config, pipeline_root: str, input_base: str,
       base_model=previous_model,
       transform_graph=transform.outputs['transform_graph'],
       schema=schema.outputs['schema'],
-      train_args=tfx.proto.TrainArgs(splits=['train']),
-      eval_args=tfx.proto.EvalArgs(splits=[EVAL_SPLIT]),
+      train_args=tfx.proto.TrainArgs(splits=[TRAIN_SPLIT]),
+      # The Trainer's "eval" files are the validation split: it never sees eval.
+      eval_args=tfx.proto.EvalArgs(splits=[VALIDATION_SPLIT]),
       custom_config={'config': _sections(config, TRAINER_SECTIONS),
                      'input_size': input_size,
                      'preprocessor': preprocessor})

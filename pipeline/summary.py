@@ -207,11 +207,13 @@ def collect(metadata_path: str, pipeline_name: str, label_key: str,
         out['blessed'] = bool(_prop(artifact, 'blessed'))
       elif type_name == 'hubpipe.CompressionReport':
         _add_report(out, 'compression', artifact.uri, 'compression_report',
-                    ('reference_accuracy', 'decision', 'variants', 'skipped'))
+                    ('reference_accuracy', 'validation_examples',
+                     'eval_examples', 'decision', 'variants', 'skipped'))
       elif type_name == 'hubpipe.ModuleSelection':
         _add_report(out, 'module_selection', artifact.uri, 'module_selection',
                     ('policy', 'rows', 'pareto', 'decision',
-                     'selector_seconds', 'train_examples', 'eval_examples'))
+                     'selector_seconds', 'train_examples',
+                     'validation_examples'))
       elif type_name == 'PushedModel':
         out['pushed'] = bool(_prop(artifact, 'pushed'))
         # A cached Pusher pushed nothing now: its record is an earlier run's.
@@ -262,10 +264,10 @@ def render(summary: dict) -> str:
   if selection.get('rows'):
     lines.append(f'  module selector ({selection["policy"]["objective"]}; '
                  f'linear probe on {selection["train_examples"]} train / '
-                 f'{selection["eval_examples"]} eval examples, '
+                 f'{selection["validation_examples"]} validation examples, '
                  f'{selection["selector_seconds"]:.0f} s'
                  f'{_share(selection["selector_seconds"], summary)}):')
-    lines.append(f'    {"rank":>4} {"candidate":<36} {"probe acc":>9} '
+    lines.append(f'    {"rank":>4} {"candidate":<36} {"val. acc":>9} '
                  f'{"ms b1":>7} {"size MB":>8} {"params":>11}')
     for row in selection['rows']:
       if row.get('rank') is None:
@@ -290,23 +292,21 @@ def render(summary: dict) -> str:
     lines.append(f'  trainer: {training.get("num_classes")} classes, '
                  f'{training.get("epochs")} epochs, {training.get("integration")}, '
                  f'{training.get("strategy")} '
-                 f'x{training.get("replicas")}, head eval accuracy '
-                 f'{training.get("eval_accuracy", 0):.4f}')
-    bow = training.get('bag_of_words_baseline')
-    if bow:
-      lines.append(f'  reference: {bow["model"]}: eval accuracy '
-                   f'{bow["eval_accuracy"]:.4f} (value of reuse: '
-                   f'{training["eval_accuracy"] - bow["eval_accuracy"]:+.4f})')
-    control = training.get('control')
-    if control:
-      lines.append(f'  control: same head on {control["module"]}: eval '
-                   f'accuracy {control["eval_accuracy"]:.4f} '
-                   f'(value of reuse: '
-                   f'{training["eval_accuracy"] - control["eval_accuracy"]:+.4f})')
+                 f'x{training.get("replicas")}, validation accuracy '
+                 f'{training.get("validation_accuracy", 0):.4f}')
+    mine = training.get('validation_accuracy', 0)
+    for key, what in (('bag_of_words_baseline', 'reference'),
+                      ('control', 'control')):
+      other = training.get(key)
+      if other:
+        name = other.get('model') or f'same head on {other["module"]}'
+        lines.append(f'  {what}: {name}: validation accuracy '
+                     f'{other["validation_accuracy"]:.4f} (value of reuse: '
+                     f'{mine - other["validation_accuracy"]:+.4f})')
   evaluation = summary.get('evaluation') or {}
   if evaluation.get('metrics'):
     metrics = evaluation['metrics']
-    lines.append('  evaluator: ' + ', '.join(
+    lines.append('  evaluator (eval split): ' + ', '.join(
         f'{k} {v}' for k, v in sorted(metrics.items())))
     if evaluation.get('baseline_metrics'):
       lines.append('  baseline:  ' + ', '.join(
@@ -315,16 +315,21 @@ def render(summary: dict) -> str:
       lines.append(f'    failed: {failure}')
   compression = summary.get('compression') or {}
   if compression.get('variants'):
-    lines.append(f'  compressor (uncompressed accuracy '
-                 f'{compression["reference_accuracy"]:.4f}):')
-    lines.append(f'    {"variant":<16} {"accuracy":>8} {"drop":>7} {"size MB":>8} '
-                 f'{"ratio":>6} {"gzip":>6} {"ms b1":>7} {"speed-up":>8}')
+    reference = compression['reference_accuracy']
+    lines.append(f'  compressor (uncompressed accuracy: validation '
+                 f'{reference["validation"]:.4f}, eval {reference["eval"]:.4f}; '
+                 'chosen on validation, eval reported):')
+    lines.append(f'    {"variant":<16} {"val. acc":>8} {"drop":>7} {"eval acc":>8} '
+                 f'{"drop":>7} {"size MB":>8} {"ratio":>6} {"gzip":>6} '
+                 f'{"ms b1":>7} {"speed-up":>8}')
     for v in compression['variants']:
       if v.get('error'):
         lines.append(f'    {v["name"]:<16} failed: {v["error"][:60]}')
         continue
       lines.append(
-          f'    {v["name"]:<16} {v["accuracy"]:>8.4f} {v["accuracy_drop"]:>+7.4f} '
+          f'    {v["name"]:<16} {v["validation_accuracy"]:>8.4f} '
+          f'{v["validation_drop"]:>+7.4f} {v["eval_accuracy"]:>8.4f} '
+          f'{v["eval_drop"]:>+7.4f} '
           f'{v["size_bytes"] / 1e6:>8.2f} {v["size_ratio"]:>6.2f} '
           f'{v["gzip_ratio"]:>6.2f} {v["latency_ms_b1"]:>7.3f} '
           f'{v["speedup_b1"]:>7.2f}x')

@@ -92,7 +92,9 @@ def test_the_dag_runs_on_portable_runner_with_external_workers(
   states = {c['name']: c['state'] for c in summary['components']}
   assert all(states[step] == 'complete' for step in BEAM_STEPS), states
   assert summary['pushed_now'] is True
-  assert summary['examples'] == {'train': 120, 'eval': 60}
+  examples = summary['examples']
+  assert examples['train'] + examples['validation'] == 120
+  assert examples['eval'] == 60 and examples['validation'] >= 10
   # Each Beam step was a job of the job service, done ...
   jobs = re.findall(r'Completed job in [\d.]+ seconds with state (\w+)',
                     job_log.read_text())

@@ -67,16 +67,16 @@ def test_trains_and_serves_under_a_mixed_policy(inputs, policy, mode,
   served = tf.saved_model.load(
       str(trainer / 'model' / '1' / 'Format-Serving')).signatures[
           'serving_default']
-  records = trainer_inputs.eval_records(made)
+  records = trainer_inputs.records(made, 'validation')
   out = served(examples=tf.constant(records))
   assert out['probabilities'].dtype == tf.float32
   np.testing.assert_allclose(out['probabilities'].numpy().sum(axis=1), 1.0,
                              rtol=1e-5)
   accuracy = float(np.mean(out['class_id'].numpy() ==
-                           np.array(made['eval_labels'])))
+                           np.array(made['validation_labels'])))
   # Served in float16/bfloat16 the head may round an example differently
   # than the Keras evaluation did; within one example of it.
-  assert abs(accuracy - report['eval_accuracy']) <= 1 / len(records) + 1e-6
+  assert abs(accuracy - report['validation_accuracy']) <= 1 / len(records) + 1e-6
 
 
 def test_mixed_precision_values_are_checked():

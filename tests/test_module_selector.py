@@ -295,7 +295,7 @@ def _report(ranked, decision):
                      'max_size_mb': None, 'latency_weight': 0.0,
                      'size_weight': 0.0},
           'transform_size': [224, 224], 'train_examples': 1000,
-          'eval_examples': 500, 'num_classes': 10, 'rows': ranked,
+          'validation_examples': 500, 'num_classes': 10, 'rows': ranked,
           'pareto': ranking.pareto_front(ranked), 'decision': decision,
           'selector_seconds': 12.5}
 
@@ -324,7 +324,8 @@ def test_executor_outputs_what_the_trainer_reads(tiny_handle, toy, tmp_path,
   """Do, with the sample given: properties, report, and the one file the
   TFX Trainer reads into fn_args.hyperparameters."""
   train_x, train_y, eval_x, eval_y = toy
-  samples = {'train': (train_x, train_y), 'eval': (eval_x, eval_y)}
+  # The probes rank on validation; eval is not read at all.
+  samples = {'train': (train_x, train_y), 'validation': (eval_x, eval_y)}
   monkeypatch.setattr(executor.trainer_run, 'transformed_sample',
                       lambda examples, split, *args: samples[split])
   monkeypatch.setattr(executor.tft, 'TFTransformOutput', lambda uri: uri)

@@ -89,9 +89,9 @@ def _run_two_workers(root, inputs_json, mode, overrides):
 
 def _served_accuracy(model_dir, made):
   served = tf.saved_model.load(model_dir).signatures['serving_default']
-  records = trainer_inputs.eval_records(made)
+  records = trainer_inputs.records(made, 'validation')
   predicted = served(examples=tf.constant(records))['class_id'].numpy()
-  return float(np.mean(predicted == np.array(made['eval_labels'])))
+  return float(np.mean(predicted == np.array(made['validation_labels'])))
 
 
 # feature_extraction: the features are embedded apart from their labels, so
@@ -120,7 +120,7 @@ def test_two_workers_train_one_model(inputs, mode, overrides, at_least):
   assert sorted(os.listdir(model_dir)) == ['Format-Serving']
   # The checkpoint folder (shared by both workers) is gone once exported.
   assert not os.listdir(trainer / 'checkpoints')
-  # The kept model scores on eval what training reported.
+  # The kept model scores on validation what training reported.
   accuracy = _served_accuracy(str(model_dir / 'Format-Serving'), made)
-  assert accuracy == pytest.approx(report['eval_accuracy'], abs=1e-6)
+  assert accuracy == pytest.approx(report['validation_accuracy'], abs=1e-6)
   assert accuracy >= at_least

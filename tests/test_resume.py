@@ -23,15 +23,19 @@ SCRIPT = textwrap.dedent('''
     os.environ['TF_USE_LEGACY_KERAS'] = '1'
     import numpy as np
     import tf_keras
-    from hubpipe.components.trainer import checkpoints
+    from hubpipe.components.trainer import checkpoints, embeddings
 
     directory, progress = sys.argv[1], sys.argv[2]
     calls = []
     def embed():
       calls.append(1)
-      return np.random.RandomState(0).rand(64, 8).astype('float32')
-    features = checkpoints.cached_array(directory, 'train', embed)
-    labels = (features[:, 0] > 0.5).astype('int64')
+      x = np.random.RandomState(0).rand(64, 8).astype('float32')
+      yield x, (x[:, 0] > 0.5).astype('int64')
+    folder = os.path.join(directory, 'embeddings')
+    done = embeddings.write(folder, embed())
+    pairs = list(embeddings.dataset(folder, done).as_numpy_iterator())
+    features = np.stack([p[0] for p in pairs])
+    labels = np.array([p[1] for p in pairs])
     tf_keras.utils.set_random_seed(0)
     model = tf_keras.Sequential([tf_keras.Input((8,)), tf_keras.layers.Dense(2)])
     model.compile('adam', tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True))
@@ -99,9 +103,32 @@ def test_checkpoint_dir_is_stable_for_the_same_inputs(tmp_path):
   assert checkpoints.checkpoint_dir(args(8, 20)) != first  # another config
 
 
-def test_cached_array_computes_once(tmp_path):
+def test_embeddings_are_streamed_to_shards_once(tmp_path, monkeypatch):
+  from hubpipe.components.trainer import embeddings
+  monkeypatch.setattr(embeddings, 'SHARD_EXAMPLES', 4)
   calls = []
-  compute = lambda: calls.append(1) or np.arange(3)
-  np.testing.assert_array_equal(checkpoints.cached_array(str(tmp_path), 'x', compute), [0, 1, 2])
-  np.testing.assert_array_equal(checkpoints.cached_array(str(tmp_path), 'x', compute), [0, 1, 2])
-  assert len(calls) == 1
+
+  def batches():
+    calls.append(1)
+    for start in range(0, 10, 3):
+      x = np.arange(start, min(start + 3, 10), dtype='float32')
+      yield np.stack([x, -x], axis=1).reshape(-1, 1, 2), x.astype('int64')
+
+  folder = str(tmp_path / 'train')
+  done = embeddings.write(folder, batches())
+  assert done == {'count': 10, 'shape': [1, 2], 'shards': [
+      'features-00000.tfrecord', 'features-00001.tfrecord',
+      'features-00002.tfrecord']}
+  assert embeddings.write(folder, batches()) == done and len(calls) == 1
+  pairs = list(embeddings.dataset(folder, done).as_numpy_iterator())
+  assert [int(y) for _, y in pairs] == list(range(10))
+  np.testing.assert_array_equal(pairs[3][0], [[3.0, -3.0]])
+  mean, std = embeddings.moments(folder, done)
+  np.testing.assert_allclose(mean, [[4.5, -4.5]])
+  np.testing.assert_allclose(std, [[np.std(np.arange(10))] * 2], rtol=1e-5)
+  shuffled = [int(y) for _, y in embeddings.dataset(
+      folder, done, shuffle=True, seed=1).as_numpy_iterator()]
+  assert sorted(shuffled) == list(range(10)) and shuffled != list(range(10))
+  # A pass that was killed (no done.json) starts over.
+  (tmp_path / 'train' / embeddings.DONE).unlink()
+  assert embeddings.write(folder, batches()) == done and len(calls) == 2

@@ -51,11 +51,18 @@ def test_frozen_glove_with_bag_of_words_reference(tmp_path):
        'training.epochs': 5, 'evaluation.min_accuracy': 0.4})
   summary = local_runner.run(config, str(tmp_path / 'work'), echo=lambda _: None)
   assert summary['status'] == 'succeeded', summary.get('error')
-  assert summary['examples'] == {'train': 150, 'eval': 60}
+  examples = summary['examples']
+  assert examples['train'] + examples['validation'] == 150
+  assert abs(examples['validation'] - 15) <= 2  # 10% of each of 2 classes
+  assert examples['eval'] == 60
   assert summary['module']['output_kind'] == 'feature_vector'
   training = summary['training']
   assert training['num_classes'] == 2
-  assert 0.0 <= training['bag_of_words_baseline']['eval_accuracy'] <= 1.0
+  # The no-reuse reference is scored on the validation split, as the model.
+  bow = training['bag_of_words_baseline']['validation_accuracy']
+  assert training['validation_examples'] == examples['validation']
+  assert bow * examples['validation'] == pytest.approx(
+      round(bow * examples['validation']))
   assert summary['blessed'] and summary['pushed']
   _check_served_model(summary)
 

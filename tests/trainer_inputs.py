@@ -1,7 +1,8 @@
 """A tiny real Trainer input for tests that run the Trainer outside a DAG.
 
 Writes raw image examples (PNG bytes, the toy colour problem) as an Examples
-artifact with train and eval splits, then runs TFX's own Transform executor on
+artifact with train, validation and eval splits (as hubpipe's ExampleGen
+writes them), then runs TFX's own Transform executor on
 them with hubpipe's image preprocessing_fn. The result is what the Trainer
 reads in a pipeline run: raw examples plus a Transform graph.
 
@@ -75,23 +76,32 @@ def examples_artifact(root: str, splits: dict) -> standard_artifacts.Examples:
   return examples
 
 
-def eval_records(inputs: dict) -> list:
-  """The serialized eval examples, in the order of `inputs['eval_labels']`."""
+def records(inputs: dict, split: str = 'validation') -> list:
+  """The serialized examples of `split`, in the order of
+  `inputs[f'{split}_labels']`."""
   files = sorted(tf.io.gfile.glob(os.path.join(inputs['examples'],
-                                               'Split-eval', '*')))
+                                               f'Split-{split}', '*')))
   return [r.numpy() for r in tf.data.TFRecordDataset(files,
                                                      compression_type='GZIP')]
 
 
 def make_trainer_inputs(root: str, train: int = 96, eval_: int = 48,
                         size: int = 32, input_size=(32, 32), classes: int = 3,
-                        seed: int = 0) -> dict:
-  """Examples + Transform graph + schema under `root`; returns their URIs."""
+                        seed: int = 0, class_sorted: bool = False) -> dict:
+  """Examples + Transform graph + schema under `root`; returns their URIs.
+  validation and eval have `eval_` examples each; class_sorted: the train
+  files hold the examples sorted by class (as some deliveries do)."""
   x_train, y_train = toy_images(train, seed, size=size, classes=classes,
                                 signal=SIGNAL)
-  x_eval, y_eval = toy_images(eval_, seed + 1, size=size, classes=classes,
+  if class_sorted:
+    order = np.argsort(y_train, kind='stable')
+    x_train, y_train = x_train[order], y_train[order]
+  x_val, y_val = toy_images(eval_, seed + 1, size=size, classes=classes,
+                            signal=SIGNAL)
+  x_eval, y_eval = toy_images(eval_, seed + 2, size=size, classes=classes,
                               signal=SIGNAL)
   examples = examples_artifact(root, {'train': (x_train, y_train),
+                                      'validation': (x_val, y_val),
                                       'eval': (x_eval, y_eval)})
   schema = _artifact(standard_artifacts.Schema, SCHEMA_DIR)
   graph = _artifact(standard_artifacts.TransformGraph,
@@ -113,6 +123,8 @@ def make_trainer_inputs(root: str, train: int = 96, eval_: int = 48,
                                     'input_size': list(input_size)})})
   return {'examples': examples.uri, 'transform_graph': graph.uri,
           'schema': SCHEMA_DIR, 'input_size': list(input_size),
+          'train_labels': [int(v) for v in y_train],
+          'validation_labels': [int(v) for v in y_val],
           'eval_labels': [int(v) for v in y_eval]}
 
 
@@ -121,7 +133,8 @@ def trainer_do(inputs: dict, output_root: str, config: dict,
   """TFX's GenericExecutor().Do with hubpipe's run_fn, as a Trainer pod runs
   it; `config` is the Trainer's config sections (Config.to_dict())."""
   examples = _artifact(standard_artifacts.Examples, inputs['examples'])
-  examples.split_names = artifact_utils.encode_split_names(['eval', 'train'])
+  examples.split_names = artifact_utils.encode_split_names(
+      ['eval', 'train', 'validation'])
   model = _artifact(standard_artifacts.Model,
                     os.path.join(output_root, 'Trainer', 'model', '1'))
   model_run = _artifact(standard_artifacts.ModelRun,
@@ -136,7 +149,7 @@ def trainer_do(inputs: dict, output_root: str, config: dict,
        'train_args': json_format.MessageToJson(
            trainer_pb2.TrainArgs(splits=['train'])),
        'eval_args': json_format.MessageToJson(
-           trainer_pb2.EvalArgs(splits=['eval'])),
+           trainer_pb2.EvalArgs(splits=['validation'])),
        'custom_config': json.dumps({'config': config,
                                     'input_size': inputs['input_size'],
                                     'preprocessor': preprocessor})})

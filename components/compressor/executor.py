@@ -1,9 +1,12 @@
 """The Compressor's executor: make each variant, measure it, decide, write out.
 
 Every variant serves the trained model's core (transformed images in, logits
-out) and is measured on the same transformed eval examples: accuracy against
-the uncompressed model, file size (and gzip size), TFLite CPU latency per
-example at batch 1 and at batch 32. The decision follows the policy in
+out) and is measured on the same transformed examples: accuracy against the
+uncompressed model on a validation sample (what the policy chooses on, and
+what int8_selective's steps are scored on) and on an eval sample (what is
+reported; eval plays no part in any choice), file size (and gzip size),
+TFLite CPU latency per example at batch 1 and at batch 32. Samples are
+seeded, class-stratified random draws. The decision follows the policy in
 `policy.choose`; the output Model holds the trained SavedModel (raw tf.Example
 signature, for TF Serving) and, beside it, `model.tflite` (the chosen variant,
 for edge use), so the Pusher puts both in the versioned folder. The output
@@ -70,13 +73,21 @@ def core_model(config, serving_dir, input_size, num_classes):
   return model
 
 
-def _row(name, tflite_bytes, x, y, reference, float_row=None, note='',
+def _row(name, tflite_bytes, samples, reference, float_row=None, note='',
          threads=2):
+  """One variant's measurements. samples: {'validation': (x, y), 'eval':
+  (x, y)}; reference: the uncompressed model's accuracy on each."""
   size = measure.sizes(tflite_bytes)
-  accuracy = measure.tflite_accuracy(tflite_bytes, x, y, threads=threads)
+  accuracy = {split: measure.tflite_accuracy(tflite_bytes, x, y,
+                                             threads=threads)
+              for split, (x, y) in samples.items()}
+  x = samples['eval'][0]
   row = {
-      'name': name, 'accuracy': accuracy,
-      'accuracy_drop': reference - accuracy,
+      'name': name,
+      'validation_accuracy': accuracy['validation'],
+      'validation_drop': reference['validation'] - accuracy['validation'],
+      'eval_accuracy': accuracy['eval'],
+      'eval_drop': reference['eval'] - accuracy['eval'],
       'size_bytes': size['bytes'], 'gzip_bytes': size['gzip_bytes'],
       'latency_ms_b1': measure.tflite_latency(tflite_bytes, x, 1, runs=50,
                                               threads=threads),
@@ -92,11 +103,16 @@ def _row(name, tflite_bytes, x, y, reference, float_row=None, note='',
   return row
 
 
-def compress(model, train_x, train_y, eval_x, eval_y, settings, log=print):
-  """All variants of `model`, measured: (rows, {name: tflite bytes})."""
+def compress(model, train_x, train_y, samples, settings, log=print):
+  """All variants of `model`, measured: (reference accuracies, rows, {name:
+  tflite bytes}). train_x/train_y: a seeded random train sample (its first
+  calibration_examples calibrate); samples: {'validation': (x, y), 'eval':
+  (x, y)}."""
   techs = settings['techniques']
-  reference = measure.keras_accuracy(model, eval_x, eval_y)
+  reference = {split: measure.keras_accuracy(model, x, y)
+               for split, (x, y) in samples.items()}
   calibration = train_x[:settings['calibration_examples']]
+  validation_x, validation_y = samples['validation']
   variants, rows = {}, []
 
   def add(name, make, note=''):
@@ -105,7 +121,7 @@ def compress(model, train_x, train_y, eval_x, eval_y, settings, log=print):
       result = make()
       data, note = result if isinstance(result, tuple) else (result, note)
       variants[name] = data
-      rows.append(_row(name, data, eval_x, eval_y, reference,
+      rows.append(_row(name, data, samples, reference,
                        rows[0] if rows else None, note))
     except Exception as err:  # pylint: disable=broad-except
       logging.exception('compression variant %s failed', name)
@@ -119,17 +135,12 @@ def compress(model, train_x, train_y, eval_x, eval_y, settings, log=print):
       add(mode, lambda m=mode: techniques.to_tflite(model, m, calibration))
   if 'int8_selective' in techs:
     def selective():
-      # Ops are chosen on train examples past the calibration ones, so the
-      # eval split that reports the result played no part in choosing.
-      selection = slice(settings['calibration_examples'], None)
-      if len(train_x[selection]) < 100:
-        selection = slice(None)
-      # Half the budget on the selection examples leaves room for sampling
-      # noise when the same variant is scored on the eval split.
+      # Ops are chosen on the validation sample, as the policy chooses
+      # variants; half the budget there leaves room for sampling noise.
       limits = [r for r in (settings['selective_max_size_ratio'],
                             settings['max_size_ratio']) if r is not None]
       result = techniques.int8_selective(
-          model, calibration, train_x[selection], train_y[selection],
+          model, calibration, validation_x, validation_y,
           budget=settings['max_accuracy_drop'] / 2,
           max_float_layers=settings['max_float_layers'],
           max_size_ratio=min(limits) if limits else None)
@@ -220,19 +231,23 @@ class Executor(base_executor.BaseExecutor):
     train_x, train_y = trainer_run.transformed_sample(
         examples, 'train', transform_output, config,
         settings['fine_tune_examples'])
-    eval_x, eval_y = trainer_run.transformed_sample(
-        examples, 'eval', transform_output, config, settings['eval_examples'])
+    samples = {split: trainer_run.transformed_sample(
+        examples, split, transform_output, config, settings[f'{split}_examples'])
+               for split in ('validation', 'eval')}
     model = core_model(config, serving_dir, params['input_size'], num_classes)
-    reference, rows, variants = compress(model, train_x, train_y, eval_x,
-                                         eval_y, settings, log=logging.info)
+    reference, rows, variants = compress(model, train_x, train_y, samples,
+                                         settings, log=logging.info)
     decision = policy.choose(rows, settings['max_accuracy_drop'],
                              settings['max_size_ratio'],
                              settings['max_latency_ms'],
                              settings['on_no_pass'])
     report = {
         'model': model_artifact.uri,
+        # The uncompressed model's accuracy on each sample: the policy
+        # chooses on validation; eval is reported only.
         'reference_accuracy': reference,
-        'eval_examples': int(len(eval_y)),
+        'validation_examples': int(len(samples['validation'][1])),
+        'eval_examples': int(len(samples['eval'][1])),
         'calibration_examples': int(min(len(train_x),
                                         settings['calibration_examples'])),
         'threads': 2,

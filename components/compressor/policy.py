@@ -1,8 +1,10 @@
 """The Compressor's acceptance policy and its report, as pure functions.
 
-Each measured variant is a row (dict) with at least: name, accuracy,
-accuracy_drop (against the uncompressed model, in accuracy points as a
-fraction), size_bytes, size_ratio (against the float32 TFLite reference) and
+Each measured variant is a row (dict) with at least: name,
+validation_accuracy and validation_drop (against the uncompressed model, in
+accuracy points as a fraction, on the validation sample: what the policy
+chooses on), eval_accuracy and eval_drop (the same on the eval sample:
+reported, never used to choose), size_bytes, size_ratio (against the float32 TFLite reference) and
 latency_ms_b1; a row with `candidate: False` (e.g. the float32 reference)
 is shown but never chosen. `choose` picks what the Pusher gets; `render_html` writes the
 page a user reads.
@@ -24,8 +26,8 @@ def passes(row: Dict, max_accuracy_drop: float,
   reasons = []
   if row.get('error'):
     return [f'failed: {row["error"]}']
-  if row['accuracy_drop'] > max_accuracy_drop + 1e-9:
-    reasons.append(f'accuracy drop {row["accuracy_drop"]:.4f} > '
+  if row['validation_drop'] > max_accuracy_drop + 1e-9:
+    reasons.append(f'validation accuracy drop {row["validation_drop"]:.4f} > '
                    f'{max_accuracy_drop:.4f}')
   if max_size_ratio is not None and row['size_ratio'] > max_size_ratio:
     reasons.append(f'size ratio {row["size_ratio"]:.2f} > {max_size_ratio:.2f}')
@@ -64,7 +66,8 @@ def choose(rows: Sequence[Dict], max_accuracy_drop: float,
                        f'policy{"" if not_slower else " (all passing ones are slower than float32)"} '
                        f'({best["size_ratio"]:.2f}x the float32 size, '
                        f'{best["speedup_b1"]:.2f}x its speed at batch 1, '
-                       f'accuracy drop {best["accuracy_drop"]:+.4f})')}
+                       f'validation accuracy drop '
+                       f'{best["validation_drop"]:+.4f})')}
   if on_no_pass == UNCOMPRESSED:
     return {'chosen': UNCOMPRESSED, 'failures': failures,
             'reason': 'no variant passed the policy; pushing the uncompressed '
@@ -74,8 +77,11 @@ def choose(rows: Sequence[Dict], max_accuracy_drop: float,
                     '(compression.on_no_pass: none)'}
 
 
-COLUMNS = (('name', 'variant', '{}'), ('accuracy', 'accuracy', '{:.4f}'),
-           ('accuracy_drop', 'drop', '{:+.4f}'),
+COLUMNS = (('name', 'variant', '{}'),
+           ('validation_accuracy', 'validation accuracy', '{:.4f}'),
+           ('validation_drop', 'validation drop', '{:+.4f}'),
+           ('eval_accuracy', 'eval accuracy', '{:.4f}'),
+           ('eval_drop', 'eval drop', '{:+.4f}'),
            ('size_bytes', 'size (MB)', lambda v: f'{v / 1e6:.2f}'),
            ('size_ratio', 'size ratio', '{:.2f}'),
            ('gzip_ratio', 'gzip ratio', '{:.2f}'),
@@ -112,19 +118,21 @@ td,th{{border:1px solid #bbb;padding:4px 8px;text-align:right}}
 td:first-child,th:first-child{{text-align:left}}</style></head><body>
 <h1>Compression report</h1>
 <p>Model: {html.escape(str(report.get('model', '')))}<br>
-Uncompressed (Keras) eval accuracy: {report['reference_accuracy']:.4f} on
-{report['eval_examples']} eval examples; calibration: {report['calibration_examples']}
-train examples. Latency: TFLite interpreter, {report.get('threads', 2)} threads,
+Uncompressed (Keras) accuracy: {report['reference_accuracy']['validation']:.4f} on
+{report['validation_examples']} validation examples (the policy chooses on these),
+{report['reference_accuracy']['eval']:.4f} on {report['eval_examples']} eval
+examples (reported only); calibration: {report['calibration_examples']} train
+examples; all seeded, class-stratified random samples. Latency: TFLite interpreter, {report.get('threads', 2)} threads,
 median ms per example.</p>
-<p>Policy: accuracy drop at most {policy['max_accuracy_drop']:.4f}
+<p>Policy: validation accuracy drop at most {policy['max_accuracy_drop']:.4f}
 {'' if policy.get('max_size_ratio') is None else f"; size ratio at most {policy['max_size_ratio']}"}
 {'' if policy.get('max_latency_ms') is None else f"; latency at most {policy['max_latency_ms']} ms"};
 when nothing passes: {html.escape(policy['on_no_pass'])}.</p>
 <p><b>Decision: {html.escape(str(chosen))}</b> &mdash; {html.escape(decision['reason'])}</p>
 <table><tr>{head}<th>policy</th></tr>{''.join(body)}</table>
-<h2>Accuracy against size and latency</h2>
-{report_svg.scatter(rows, 'size_bytes', 'file size (bytes)', chosen)}
-{report_svg.scatter(rows, 'latency_ms_b1', 'latency, batch 1 (ms/example)', chosen)}
+<h2>Eval accuracy against size and latency</h2>
+{report_svg.scatter(rows, 'size_bytes', 'file size (bytes)', chosen, y_key='eval_accuracy')}
+{report_svg.scatter(rows, 'latency_ms_b1', 'latency, batch 1 (ms/example)', chosen, y_key='eval_accuracy')}
 </body></html>
 '''
 

@@ -41,6 +41,9 @@ from typing import Dict, List, Optional, Tuple
 import tensorflow as tf
 
 SPLITS = ('train', 'eval')
+# Optional: a validation/ folder beside train/ and eval/ (else ExampleGen
+# carves the validation split out of train).
+VALIDATION = 'validation'
 SPAN = '{SPAN}'
 LAST_SNAPSHOT = 'last_snapshot.json'
 
@@ -116,7 +119,7 @@ def examples_snapshot(input_base: str, source: str = 'tfrecord',
   left for later: without their ready marker yet).
 
   source 'tfrecord': `input_base` holds train/ and eval/ folders of TFRecord
-  files, or span folders that each hold them. source 'image_folder': the
+  files (and optionally validation/), or span folders that each hold them. source 'image_folder': the
   whole folder is fingerprinted; the image ExampleGen reads its layout.
   """
   if not tf.io.gfile.isdir(input_base):
@@ -149,15 +152,20 @@ def examples_snapshot(input_base: str, source: str = 'tfrecord',
     # Train on the latest N spans; evaluate (and gate) on the newest.
     folders = {'train': [ready[s] for s in window],
                'eval': [ready[window[-1]]]}
+    # The newest span's own validation data, when it brings some.
+    if tf.io.gfile.isdir(_join(input_base, ready[window[-1]], VALIDATION)):
+      folders[VALIDATION] = [ready[window[-1]]]
     snapshot.update(spans=window, span=window[-1])
     # Not part of the parameter ExampleGen caches on: a delivery in
     # progress must not make the next run look new.
     waiting = sorted(set(found) - set(ready))
   else:
     folders = {split: [''] for split in SPLITS}
+    if tf.io.gfile.isdir(_join(input_base, VALIDATION)):
+      folders[VALIDATION] = ['']
   snapshot['splits'] = {
       split: [_join(folder, split, '*') if folder else _join(split, '*')
-              for folder in folders[split]] for split in SPLITS}
+              for folder in folders[split]] for split in folders}
   snapshot['fingerprint'] = refingerprint(snapshot, check=True)
   return snapshot, (waiting if span_pattern else [])
 

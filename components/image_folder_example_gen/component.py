@@ -22,6 +22,8 @@ from hubpipe.components.image_folder_example_gen.executor import (
     Executor, make_custom_config)
 
 SPLIT_FOLDERS = ('train', 'eval')
+# Optional beside them; else the validation split is carved out of train.
+VALIDATION_FOLDER = 'validation'
 # Hash buckets in all when ExampleGen divides one pool of images.
 TOTAL_BUCKETS = 1000
 
@@ -31,24 +33,28 @@ def split_configs(input_base: str, eval_fraction: float = 0.2
   """(input_config, output_config) for an image folder.
 
   When input_base holds both train/ and eval/ folders (each with the class folders),
-  they are the splits. Otherwise the class folders are directly under input_base and
-  ExampleGen hashes each image into train or eval, eval_fraction of them to eval
-  (rounded to 1/1000). Only one of train/ and eval/ is an error: a class cannot be
-  told from a split folder then. The patterns are `train/*` and `eval/*` (rather than
-  `train` and `eval`) so that FileBasedExampleGen's input fingerprint, which stats what
-  the patterns match, sees the class folders change when images are added or removed.
+  they are the splits, and so is validation/ when it is there too. Otherwise the
+  class folders are directly under input_base and ExampleGen hashes each image into
+  train or eval, eval_fraction of them to eval (rounded to 1/1000). Only one of
+  train/ and eval/ is an error: a class cannot be told from a split folder then.
+  The patterns are `train/*` and `eval/*` (rather than `train` and `eval`) so that
+  FileBasedExampleGen's input fingerprint, which stats what the patterns match,
+  sees the class folders change when images are added or removed.
   """
-  present = [s for s in SPLIT_FOLDERS if fileio.isdir(os.path.join(input_base, s))]
-  if len(present) == 2:
+  present = [s for s in SPLIT_FOLDERS + (VALIDATION_FOLDER,)
+             if fileio.isdir(os.path.join(input_base, s))]
+  if set(SPLIT_FOLDERS) <= set(present):
     return (example_gen_pb2.Input(splits=[
         example_gen_pb2.Input.Split(name=s, pattern=f'{s}/*')
-        for s in SPLIT_FOLDERS]),
+        for s in present]),
             example_gen_pb2.Output())
   if present:
+    missing = [s for s in SPLIT_FOLDERS if s not in present]
     raise ValueError(
         f'{input_base} has a {present[0]}/ folder but no '
-        f'{(set(SPLIT_FOLDERS) - set(present)).pop()}/ folder: give it both train/ '
-        'and eval/ (each with one sub-folder per class), or only class folders.')
+        f'{" or ".join(m + "/" for m in missing)} folder: give it both train/ '
+        'and eval/ (each with one sub-folder per class, and optionally '
+        'validation/), or only class folders.')
   if not 0.0 < eval_fraction < 1.0:
     raise ValueError(f'eval_fraction must be between 0 and 1, got {eval_fraction}')
   eval_buckets = min(max(round(eval_fraction * TOTAL_BUCKETS), 1), TOTAL_BUCKETS - 1)

@@ -6,8 +6,10 @@ examples: the frozen module embeds the sample once; a probe (the head the
 Trainer fits in feature_extraction mode, without hidden layers: linear on a
 feature vector, the small convolutional head on a feature map; the config's
 epochs, learning rate, batch size, dropout and class weights) is fitted on the
-train embeddings and scored on the eval ones, so that its accuracy compares
-with the Trainer's. Size on disk, parameter count and CPU latency per example
+train embeddings and scored on the validation ones (the split the Trainer
+reports on; never eval, which only the Evaluator uses), so that its accuracy
+compares with the Trainer's. Both samples are seeded, class-stratified
+random draws. Size on disk, parameter count and CPU latency per example
 at batch 1 (module + probe) come with it. A candidate that cannot be loaded,
 does not fit, or fails while probed becomes a skipped row with the reason:
 one bad candidate must not stop a scheduled retrain.
@@ -223,8 +225,8 @@ class Executor(base_executor.BaseExecutor):
         input_dict['examples'], 'train', transform_output, config,
         selection.train_examples)
     eval_x, eval_y = trainer_run.transformed_sample(
-        input_dict['examples'], 'eval', transform_output, config,
-        selection.eval_examples)
+        input_dict['examples'], 'validation', transform_output, config,
+        selection.validation_examples)
     transform_size = None
     if config.modality == 'image':
       transform_size = list(train_x.shape[1:3])
@@ -246,7 +248,8 @@ class Executor(base_executor.BaseExecutor):
     seconds = time.time() - start
     report = {
         'policy': policy, 'transform_size': transform_size,
-        'train_examples': int(len(train_y)), 'eval_examples': int(len(eval_y)),
+        'train_examples': int(len(train_y)),
+        'validation_examples': int(len(eval_y)),
         'num_classes': num_classes, 'rows': ranked,
         'pareto': ranking.pareto_front(rows), 'decision': decision,
         'selector_seconds': round(seconds, 2),

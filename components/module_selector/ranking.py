@@ -1,7 +1,7 @@
 """How the ModuleSelector ranks its candidates, as pure functions (no TF).
 
 A row is one candidate, a dict with at least `name`; a probed row also has
-`accuracy` (the linear probe's eval accuracy), `latency_ms_b1` (CPU, per
+`accuracy` (the linear probe's validation accuracy), `latency_ms_b1` (CPU, per
 example, batch 1) and `size_bytes` (the module on disk, None if unknown). A
 row with `skipped` (the reason) was not probed: it ranks last, with rank None.
 """

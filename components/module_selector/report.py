@@ -69,7 +69,7 @@ def render_html(report: Dict) -> str:
   terms = [f'{k} {policy[k]:g}' for k in keys if policy[k] is not None]
   plot = report_svg.scatter(
       rows, 'latency_ms_b1', 'CPU latency, batch 1 (ms/example)', chosen,
-      front=report['pareto'], y_label='probe accuracy', width=640,
+      front=report['pareto'], y_label='probe validation accuracy', width=640,
       height=360)
   return f'''<!doctype html>
 <html><head><meta charset="utf-8"><title>hubpipe module selection</title>
@@ -78,10 +78,12 @@ td,th{{border:1px solid #bbb;padding:4px 8px;text-align:right}}
 td:nth-child(2),td:last-child{{text-align:left}}</style></head><body>
 <h1>Module selection</h1>
 <p>Each candidate module, frozen, embedded {report['train_examples']} train and
-{report['eval_examples']} eval examples (the first ones, in file order); a
-probe (the Trainer's head without hidden layers: linear on a feature vector,
-its small convolutional head on a feature map) was fitted on the train
-embeddings and scored on the eval ones ({report['num_classes']} classes).
+{report['validation_examples']} validation examples (seeded, class-stratified
+random samples); a probe (the Trainer's head without hidden layers: linear on
+a feature vector, its small convolutional head on a feature map) was fitted
+on the train embeddings and scored on the validation ones
+({report['num_classes']} classes). Accuracy below is validation accuracy; the
+eval split plays no part in the choice.
 Latency: the module and the probe in TensorFlow on CPU, median ms per example
 at batch 1.</p>
 <p>Objective: {html.escape('; '.join([policy['objective']] + terms))}.</p>

@@ -14,7 +14,8 @@ TFRecord folders or, with `ImageFolderExecutor`, for image folders.
 It also does what resolver nodes did for rolling windows, which that backend
 rejects: with span folders the snapshot's train patterns cover the latest N
 spans and its eval pattern the newest, so one Examples artifact holds the
-window. The artifact records `span` (the newest), and custom properties
+window. Its splits are train, validation (the data's own, or carved out of
+train: validation_split.py) and eval. The artifact records `span` (the newest), and custom properties
 `spans` (JSON list), `input_fingerprint` and `snapshot_sha256`.
 """
 
@@ -41,6 +42,11 @@ class SnapshotExampleGenSpec(types.ComponentSpec):
       'output_config': ExecutionParameter(type=example_gen_pb2.Output),
       'custom_config': ExecutionParameter(type=example_gen_pb2.CustomConfig,
                                           optional=True),
+      # The validation split, when the data brings no validation/ folder:
+      # this share of each class of train (by `label_feature`), seeded.
+      'validation_fraction': ExecutionParameter(type=float),
+      'label_feature': ExecutionParameter(type=str),
+      'split_seed': ExecutionParameter(type=int),
       'output_data_format': ExecutionParameter(type=int),
       'output_file_format': ExecutionParameter(type=int),
   }
@@ -58,15 +64,20 @@ class SnapshotExampleGen(base_beam_component.BaseBeamComponent):
                input_config: Optional[example_gen_pb2.Input] = None,
                output_config: Optional[example_gen_pb2.Output] = None,
                custom_config: Optional[example_gen_pb2.CustomConfig] = None,
-               images: bool = False):
+               images: bool = False, validation_fraction: float = 0.1,
+               label_feature: str = 'label', split_seed: int = 0):
     """`snapshot`: a JSON string, or a DataSnapshot output's
     `.future()[0].value`. `images`: read image folders (input_config and
-    custom_config as for the image folder ExampleGen)."""
+    custom_config as for the image folder ExampleGen). Without validation
+    data, `validation_fraction` of each class (`label_feature`) of train is
+    carved out as the `validation` split, seeded by `split_seed`."""
     super().__init__(
         spec=SnapshotExampleGenSpec(
             snapshot=snapshot, input_config=input_config,
             output_config=output_config or example_gen_pb2.Output(),
             custom_config=custom_config,
+            validation_fraction=validation_fraction,
+            label_feature=label_feature, split_seed=split_seed,
             output_data_format=example_gen_pb2.FORMAT_TF_EXAMPLE,
             output_file_format=example_gen_pb2.FORMAT_TFRECORDS_GZIP,
             examples=types.Channel(type=standard_artifacts.Examples)),

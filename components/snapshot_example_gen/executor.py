@@ -21,6 +21,9 @@ from tfx.utils import proto_utils
 
 from hubpipe.components.data_snapshot import snapshot as snapshot_lib
 from hubpipe.components.image_folder_example_gen import executor as image_executor
+from hubpipe.components.snapshot_example_gen import validation_split
+
+VALIDATION = 'validation'
 
 
 class SnapshotChangedError(RuntimeError):
@@ -34,7 +37,10 @@ def _fingerprint_text(fingerprint: Dict) -> str:
 
 class _FromSnapshot:
   """Turns the `snapshot` parameter into what TFX's ExampleGen executor reads,
-  runs it, and records span, spans and fingerprint on the Examples."""
+  runs it (adding the validation split), and records span, spans and
+  fingerprint on the Examples."""
+
+  _examples = None
 
   def Do(self, input_dict, output_dict, exec_properties):
     snap = json.loads(exec_properties['snapshot'])
@@ -47,11 +53,14 @@ class _FromSnapshot:
           splits=[example_gen_pb2.Input.Split(name=name,
                                               pattern=json.dumps(files))
                   for name, files in snapshot_lib.files_of(snap).items()]))
+    examples = artifact_utils.get_single_instance(output_dict['examples'])
+    # TFX names the splits after the configs; GenerateExamplesByBeam adds
+    # the carved one before the splits are written.
+    self._examples = examples
     super().Do(input_dict, output_dict, props)
     # A file that changed while Beam read it: what was read is not what the
     # fingerprint says; fail rather than publish it.
     _check_unchanged(snap, 'while this run read them')
-    examples = artifact_utils.get_single_instance(output_dict['examples'])
     examples.span = int(snap['span'])
     examples.version = 0
     examples.set_string_custom_property(
@@ -59,6 +68,25 @@ class _FromSnapshot:
     examples.set_string_custom_property('spans', json.dumps(snap['spans']))
     examples.set_string_custom_property('snapshot_sha256', hashlib.sha256(
         exec_properties['snapshot'].encode()).hexdigest())
+
+
+  def GenerateExamplesByBeam(self, pipeline, exec_properties):
+    """TFX's splits, plus `validation` carved out of train when the data
+    brings none (validation_split.py)."""
+    splits = super().GenerateExamplesByBeam(pipeline, exec_properties)
+    fraction = exec_properties.get('validation_fraction') or 0.0
+    if VALIDATION not in splits and fraction > 0:
+      if 'train' not in splits:
+        raise ValueError(f'no train split to carve validation from: the '
+                         f'splits are {sorted(splits)}.')
+      splits['train'], splits[VALIDATION] = (
+          splits['train'] | 'CarveValidation' >> validation_split.CarveValidation(
+              exec_properties['label_feature'], fraction,
+              int(exec_properties.get('split_seed') or 0)))
+    if self._examples is not None:
+      self._examples.split_names = artifact_utils.encode_split_names(
+          list(splits))
+    return splits
 
 
 def _check_unchanged(snap, when: str) -> None:

@@ -6,18 +6,15 @@ hubpipe keys a checkpoint folder on what the training depends on (the example
 files, the Transform output, the Trainer's config) under the pipeline root;
 a retry finds it and carries on:
   - Keras `BackupAndRestore` resumes `fit` at the last finished epoch;
-  - the frozen module's embeddings (feature extraction) are kept as .npy files,
-    so a retry does not recompute them.
+  - the frozen module's embeddings (feature extraction) are kept as sharded
+    TFRecords (embeddings.py), so a retry does not recompute them.
 The folder is removed once the model is exported.
 """
 
 import hashlib
 import json
 import os
-import uuid
-from typing import Callable
 
-import numpy as np
 import tensorflow as tf
 import tf_keras
 
@@ -42,30 +39,6 @@ def checkpoint_dir(fn_args) -> str:
 def backup_callback(directory: str, name: str) -> tf_keras.callbacks.Callback:
   """Saves after every epoch; a new `fit` with the same folder resumes."""
   return tf_keras.callbacks.BackupAndRestore(os.path.join(directory, name))
-
-
-def cached_array(directory: str, name: str, compute: Callable[[], np.ndarray],
-                 write: bool = True) -> np.ndarray:
-  """`compute()` once; later calls (and retries) load the saved result.
-
-  write=False: use a saved result but do not save one (the workers of a
-  multi-worker cluster other than the chief, which compute the same array).
-  The file is written under a name of its own and then renamed, so a reader
-  never sees half of it and two writers never share a temporary file.
-  """
-  path = os.path.join(directory, f'{name}.npy')
-  if tf.io.gfile.exists(path):
-    with tf.io.gfile.GFile(path, 'rb') as f:
-      return np.load(f)
-  value = compute()
-  if not write:
-    return value
-  tf.io.gfile.makedirs(directory)
-  temporary = f'{path}.tmp-{uuid.uuid4().hex}'
-  with tf.io.gfile.GFile(temporary, 'wb') as f:
-    np.save(f, value)
-  tf.io.gfile.rename(temporary, path, overwrite=True)
-  return value
 
 
 def clear(directory: str) -> None:

@@ -2,9 +2,10 @@
 
 Integration modes:
   feature_extraction: the module is frozen, so its forward pass over the data
-    runs once, not once per epoch. The Trainer embeds the train and eval splits
-    a single time (under the distribution strategy), fits the head on the
-    cached feature vectors, then assembles module + head into the served model.
+    runs once, not once per epoch. The Trainer embeds the train and
+    validation splits a single time, streaming the features to sharded files
+    (embeddings.py), fits the head on them, then assembles module + head into
+    the served model.
   fine_tune: module and head train together on the transformed examples, the
     module in inference mode (batch-norm statistics frozen) at the configured
     (small) learning rate.
@@ -13,12 +14,20 @@ Integration modes:
     training.fine_tune_learning_rate for training.fine_tune_epochs.
 The served model takes the raw feature either way (image bytes or text).
 
+Splits: the Trainer reads `train` (fn_args.train_files), shuffled with the
+config's seed and repeated, steps_per_epoch steps an epoch (TFX's
+TrainArgs.num_steps, when set: that many steps in all), and `validation`
+(fn_args.eval_files: the pipeline's EvalArgs name it) for early stopping
+and every accuracy it reports (EvalArgs.num_steps, when set, caps the
+validation steps). It never reads `eval`, which only the Evaluator uses.
+
 The config reaches the Trainer through `custom_config['config']`.
 """
 
 import json
 import logging
 import os
+import tempfile
 import time
 
 os.environ.setdefault('TF_USE_LEGACY_KERAS', '1')
@@ -27,10 +36,11 @@ import numpy as np  # pylint: disable=g-import-not-at-top
 import tensorflow as tf
 import tensorflow_transform as tft
 import tf_keras
-from tfx.types import artifact_utils
 
 from hubpipe.components.hub_modules import resolve as hub_resolve
 from hubpipe.components.trainer import checkpoints
+from hubpipe.components.trainer import embeddings
+from hubpipe.components.trainer import inputs
 from hubpipe.components.trainer import model as model_lib
 from hubpipe.components.trainer import strategy as strategy_lib
 from hubpipe.components.transform import labels as label_transform
@@ -61,80 +71,21 @@ def num_classes_from(tf_transform_output) -> int:
   return ids[-1] + 1
 
 
-def _files(patterns):
-  files = []
-  for pattern in patterns:
-    files.extend(tf.io.gfile.glob(pattern))
-  if not files:
-    raise ValueError(f'no example files match {patterns}')
-  return sorted(files)
-
-
-def _records(patterns, workers: int = 1) -> tf.data.Dataset:
-  """The raw records. With several workers (MultiWorkerMirroredStrategy)
-  every worker reads all the files and keeps its share of each batch
-  (tf.data's DATA sharding). Not FILE sharding: it fails outright on fewer
-  files than workers, and on ExampleGen's shards, which differ in size,
-  it gives the workers different step counts and partial global batches.
-  The price: every worker reads and transforms the whole split."""
-  dataset = tf.data.TFRecordDataset(_files(patterns), compression_type='GZIP')
-  if workers > 1:
-    options = tf.data.Options()
-    options.experimental_distribute.auto_shard_policy = (
-        tf.data.experimental.AutoShardPolicy.DATA)
-    dataset = dataset.with_options(options)
-  return dataset
-
-
-def transformed_dataset(patterns, tf_transform_output, input_key, label_key,
-                        batch_size, workers: int = 1) -> tf.data.Dataset:
-  """(inputs, labels) batches: raw tf.Examples through the Transform graph."""
-  raw_spec = tf_transform_output.raw_feature_spec()
-  tft_layer = tf_transform_output.transform_features_layer()
-
-  def transform(serialized):
-    transformed = tft_layer(tf.io.parse_example(serialized, raw_spec))
-    return transformed[input_key], transformed[label_key]
-
-  return (_records(patterns, workers).batch(batch_size)
-          .map(transform, num_parallel_calls=tf.data.AUTOTUNE)
-          .prefetch(tf.data.AUTOTUNE))
-
-
 def split_patterns(examples_artifacts, split: str) -> list:
-  """File patterns of `split` in Examples artifacts (ValueError if none)."""
-  patterns = [os.path.join(artifact_utils.get_split_uri([a], split), '*')
-              for a in examples_artifacts
-              if split in artifact_utils.decode_split_names(a.split_names)]
-  if not patterns:
-    raise ValueError(f'the examples have no "{split}" split.')
-  return patterns
+  """File patterns of `split` in Examples artifacts (see inputs.py)."""
+  return inputs.split_patterns(examples_artifacts, split)
 
 
 def transformed_sample(examples_artifacts, split: str, tf_transform_output,
                        config, limit: int):
-  """The first `limit` transformed (inputs, labels) of `split` as numpy, in
-  file order (what the Compressor and the ModuleSelector measure on)."""
-  xs, ys, count = [], [], 0
-  for x, y in transformed_dataset(split_patterns(examples_artifacts, split),
-                                  tf_transform_output, config.input_feature,
-                                  config.data.label_feature, 64):
-    xs.append(x.numpy())
-    ys.append(y.numpy())
-    count += len(y)
-    if count >= limit:
-      break
-  if not xs:
-    raise ValueError(f'the "{split}" split holds no examples.')
-  return np.concatenate(xs)[:limit], np.concatenate(ys)[:limit]
-
-
-def raw_column(patterns, key, dtype=tf.int64) -> np.ndarray:
-  """One raw feature, in file order (e.g. the labels, without decoding images)."""
-  spec = {key: tf.io.FixedLenFeature([1], dtype)}
-  ds = _records(patterns).batch(1024).map(
-      lambda s: tf.reshape(tf.io.parse_example(s, spec)[key], [-1]))
-  return np.concatenate(list(ds.as_numpy_iterator()))
+  """A seeded, class-stratified random sample of `limit` transformed
+  (inputs, labels) of `split` as numpy (what the Compressor and the
+  ModuleSelector fit and measure on)."""
+  return inputs.transformed_sample(
+      inputs.factory_for(examples_artifacts),
+      split_patterns(examples_artifacts, split), tf_transform_output,
+      config.input_feature, config.data.label_feature, limit,
+      seed=config.training.seed)
 
 
 def class_weights(labels: np.ndarray, num_classes: int, mode: str):
@@ -209,30 +160,43 @@ def _warm_start(model, base_model_dir, name, module) -> str:
   return f'from {base_model_dir}'
 
 
-def _fit_head(strategy, features, labels, eval_features, eval_labels,
-              num_classes, config, callbacks=(), name='head',
-              base_model_dir=None, module=None):
+def _fit_head_on(strategy, train, validation, steps_per_epoch, feature_shape,
+                train_labels, num_classes, config, callbacks=(), name='head',
+                base_model_dir=None, module=None):
+  """Fits a head on batched datasets of (features, label): `train` repeated
+  (steps_per_epoch steps an epoch), `validation` one pass. Returns (head,
+  validation accuracy, history)."""
   with strategy.scope():
-    head = model_lib.head(features.shape[1:], num_classes,
+    head = model_lib.head(feature_shape, num_classes,
                           config.model.hidden_units, config.model.dropout,
                           name=name)
     head.warm_start = _warm_start(head, base_model_dir, 'head', module)
     model_lib.compile_for_training(head, config.training.learning_rate)
-  global_batch = config.training.batch_size * strategy.num_replicas_in_sync
-  history = head.fit(features, labels, batch_size=global_batch,
-                     epochs=config.training.epochs,
-                     validation_data=(eval_features, eval_labels),
-                     class_weight=class_weights(labels, num_classes,
+  history = head.fit(train, epochs=config.training.epochs,
+                     steps_per_epoch=steps_per_epoch,
+                     validation_data=validation,
+                     class_weight=class_weights(train_labels, num_classes,
                                                 config.training.class_weight),
                      callbacks=list(callbacks), verbose=2)
-  _, accuracy = head.evaluate(eval_features, eval_labels,
-                              batch_size=global_batch, verbose=0)
+  _, accuracy = head.evaluate(validation, verbose=0)
   return head, float(accuracy), history.history
 
 
-def _standardise(train, *others):
-  mean, std = train.mean(axis=0), train.std(axis=0) + 1e-12
-  return [(a - mean) / std for a in (train,) + others]
+def _fit_head(strategy, features, labels, validation_features,
+              validation_labels, num_classes, config, callbacks=(),
+              name='head', base_model_dir=None, module=None):
+  """`_fit_head_on` for features in memory (the ModuleSelector's probes),
+  shuffled with the config's seed."""
+  global_batch = config.training.batch_size * strategy.num_replicas_in_sync
+  train = (tf.data.Dataset.from_tensor_slices((features, labels))
+           .shuffle(len(labels), seed=config.training.seed)
+           .repeat().batch(global_batch))
+  validation = tf.data.Dataset.from_tensor_slices(
+      (validation_features, validation_labels)).batch(global_batch)
+  return _fit_head_on(
+      strategy, train, validation,
+      inputs.steps_per_epoch(len(labels), global_batch), features.shape[1:],
+      labels, num_classes, config, callbacks, name, base_model_dir, module)
 
 
 def bag_of_words_accuracy(train_texts, train_labels, eval_texts, eval_labels,
@@ -294,18 +258,38 @@ class _Training:
                         or self.transform_size)
     self.base_model_dir = (getattr(fn_args, 'base_model', None)
                            if config.training.warm_start else None)
-    workers = strategy_lib.num_workers(self.strategy)
-    self.train_ds = transformed_dataset(fn_args.train_files, transform_output,
-                                        self.input_key, self.label_key,
-                                        self.global_batch, workers)
-    self.eval_ds = transformed_dataset(fn_args.eval_files, transform_output,
-                                       self.input_key, self.label_key,
-                                       self.global_batch, workers)
-    self.train_labels = raw_column(fn_args.train_files, self.label_key)
-    self.eval_labels = raw_column(fn_args.eval_files, self.label_key)
+    self.workers = strategy_lib.num_workers(self.strategy)
+    # TFXIO, as TFX's Trainer hands it over: format and payload from the
+    # Examples artifact. fn_args.eval_files are the validation split's.
+    self.factory = fn_args.data_accessor.tf_dataset_factory
+    schema = transform_output.raw_metadata.schema
+    self.train_labels = inputs.raw_column(self.factory, fn_args.train_files,
+                                          schema, self.label_key).astype(int)
+    self.validation_labels = inputs.raw_column(
+        self.factory, fn_args.eval_files, schema, self.label_key).astype(int)
     self.tensorboard = tf_keras.callbacks.TensorBoard(
         os.path.join(fn_args.model_run_dir, 'logs'))
     self.checkpoint_dir = checkpoints.checkpoint_dir(fn_args)
+    # Embeddings: the chief's go beside the checkpoints (a retry reuses
+    # them); another worker's to a folder of its own.
+    self.embedding_dir = (os.path.join(self.checkpoint_dir, 'embeddings')
+                          if self.is_chief else tempfile.mkdtemp())
+
+  def steps_per_epoch(self, epochs: int) -> int:
+    """Steps that cover train once (TrainArgs.num_steps: that many in all)."""
+    return inputs.steps_per_epoch(len(self.train_labels), self.global_batch,
+                                  self.fn_args.train_steps, epochs)
+
+  def dataset(self, split: str, training: bool = False) -> tf.data.Dataset:
+    """Transformed batches of 'train' or 'validation'; training: shuffled
+    (files and examples, seeded), repeated; else one pass in file order."""
+    files = (self.fn_args.train_files if split == 'train'
+             else self.fn_args.eval_files)
+    return inputs.transformed_dataset(
+        self.factory, files, self.transform_output, self.input_key,
+        self.label_key, self.global_batch, shuffle=training,
+        seed=self.config.training.seed, repeat=training, workers=self.workers,
+        shuffle_buffer=self.config.training.shuffle_buffer)
 
   @property
   def module_record(self) -> dict:
@@ -320,46 +304,66 @@ class _Training:
           preprocessor=self.preprocessor if handle == self.handle else None,
           seq_length=self.config.module.seq_length, trainable=trainable)
 
-  def embed(self, extractor, name):
-    """The frozen module's features, computed once (kept across retries)."""
-    # Under MultiWorkerMirroredStrategy Keras' predict gives every worker
-    # all the features in input order; the chief alone saves them.
-    predict = lambda ds: (lambda: extractor.predict(ds, verbose=0))
-    return (checkpoints.cached_array(self.checkpoint_dir, f'{name}-train',
-                                     predict(self.train_ds), self.is_chief),
-            checkpoints.cached_array(self.checkpoint_dir, f'{name}-eval',
-                                     predict(self.eval_ds), self.is_chief))
+  def embed(self, extractor, name) -> dict:
+    """The frozen module's features of train and validation, computed once
+    and streamed to sharded files (embeddings.py): {split: (folder, done)}.
+    Every worker of a cluster embeds the whole split itself (no collective
+    ops), in file order."""
+    call = tf.function(lambda x: extractor(x, training=False))
+    out = {}
+    for split in ('train', 'validation'):
+      folder = os.path.join(self.embedding_dir, f'{name}-{split}')
+      one_pass = inputs.transformed_dataset(
+          self.factory, (self.fn_args.train_files if split == 'train'
+                         else self.fn_args.eval_files),
+          self.transform_output, self.input_key, self.label_key,
+          self.config.training.batch_size)
+      batches = ((call(x).numpy(), y.numpy()) for x, y in one_pass)
+      out[split] = (folder, embeddings.write(folder, batches))
+    return out
 
-  def fit_head(self, features, eval_features, name='head', base_model_dir=None):
+  def fit_head(self, cached, name='head', base_model_dir=None, transform=None):
+    """The head on cached embeddings (`embed`): train shuffled (seeded) and
+    repeated, validation for early stopping and the reported accuracy."""
     extra = [self.tensorboard, self.steps] if name == 'head' else []
-    return _fit_head(
-        self.strategy, features, self.train_labels, eval_features,
-        self.eval_labels, self.num_classes, self.config,
-        callbacks=_callbacks(self.config, self.checkpoint_dir, name, extra),
-        name=name, base_model_dir=base_model_dir, module=self.module_record)
+    seed = self.config.training.seed
+    train = embeddings.dataset(*cached['train'], shuffle=True, seed=seed,
+                               transform=transform)
+    validation = embeddings.dataset(*cached['validation'], transform=transform)
+    batched = lambda ds: inputs.data_sharded(ds.batch(self.global_batch),
+                                             self.workers)
+    return _fit_head_on(
+        self.strategy, batched(train.repeat()), batched(validation),
+        self.steps_per_epoch(self.config.training.epochs),
+        cached['train'][1]['shape'], self.train_labels, self.num_classes,
+        self.config, _callbacks(self.config, self.checkpoint_dir, name, extra),
+        name, base_model_dir, self.module_record)
 
   def fit_end_to_end(self, model, learning_rate, epochs, name):
     """Trains the module (what of it is trainable) and the head on examples."""
     with self.strategy.scope():
       model_lib.compile_for_training(model, learning_rate)
+    validation = self.dataset('validation')
     fitted = model.fit(
-        self.train_ds, epochs=epochs, validation_data=self.eval_ds,
+        self.dataset('train', training=True), epochs=epochs,
+        steps_per_epoch=self.steps_per_epoch(epochs),
+        validation_data=validation,
+        validation_steps=self.fn_args.eval_steps or None,
         class_weight=class_weights(self.train_labels, self.num_classes,
                                    self.config.training.class_weight),
         callbacks=_callbacks(self.config, self.checkpoint_dir, name,
                              [self.tensorboard, self.steps]),
         verbose=2)
-    return fitted.history, float(model.evaluate(self.eval_ds, verbose=0)[1])
+    return fitted.history, float(model.evaluate(validation, verbose=0)[1])
 
 
 def _train_head_on_frozen_module(t: _Training, report: dict):
   """feature_extraction: embeddings once, then the head on them."""
   extractor = t.extractor(t.handle)
   start = time.time()
-  train_features, eval_features = t.embed(extractor, 'module')
+  cached = t.embed(extractor, 'module')
   report['embedding_seconds'] = round(time.time() - start, 2)
-  head, accuracy, history = t.fit_head(train_features, eval_features,
-                                       base_model_dir=t.base_model_dir)
+  head, accuracy, history = t.fit_head(cached, base_model_dir=t.base_model_dir)
   report['warm_start'] = head.warm_start
   with t.strategy.scope():
     served = model_lib.classifier(extractor, head)
@@ -369,7 +373,7 @@ def _train_head_on_frozen_module(t: _Training, report: dict):
 def _train_hybrid(t: _Training, report: dict):
   """hybrid: the head on the frozen module, then the module's top blocks too."""
   _, head, accuracy, history = _train_head_on_frozen_module(t, report)
-  report['head_eval_accuracy'] = float(accuracy)
+  report['head_validation_accuracy'] = float(accuracy)
   extractor = t.extractor(t.handle, trainable=t.config.model.unfreeze)
   report['unfrozen_variables'] = sorted(
       extractor.get_layer('hub_module').selected_variable_names)
@@ -404,12 +408,16 @@ MODES = {'feature_extraction': _train_head_on_frozen_module,
 
 def _control_accuracy(t: _Training) -> float:
   """The value of reuse: the same head on the control module (e.g. the same
-  architecture, randomly initialised). A random module's features can be tiny
-  (untrained batch norm), so they are standardised first, which only helps
-  the control."""
+  architecture, randomly initialised), validation accuracy. A random
+  module's features can be tiny (untrained batch norm), so they are
+  standardised (train's mean and deviation) first, which only helps the
+  control."""
   control = t.extractor(hub_resolve.resolve(t.config.module.control_handle))
-  train_features, eval_features = _standardise(*t.embed(control, 'control'))
-  return t.fit_head(train_features, eval_features, name='control_head')[1]
+  cached = t.embed(control, 'control')
+  mean, std = embeddings.moments(*cached['train'])
+  mean, std = tf.constant(mean), tf.constant(std + 1e-12)
+  return t.fit_head(cached, name='control_head',
+                    transform=lambda x: (x - mean) / std)[1]
 
 
 def run_fn(fn_args):
@@ -438,7 +446,10 @@ def _train_and_export(fn_args):
       'integration': config.model.integration,
       'num_classes': t.num_classes,
       'train_examples': int(len(t.train_labels)),
-      'eval_examples': int(len(t.eval_labels)),
+      'validation_examples': int(len(t.validation_labels)),
+      # Every accuracy here is on the validation split; the eval split is
+      # the Evaluator's alone.
+      'accuracy_split': 'validation',
       'epochs': config.training.epochs,
       'learning_rate': config.training.learning_rate,
       'strategy': strategy_lib.describe(t.strategy),
@@ -450,7 +461,7 @@ def _train_and_export(fn_args):
   start = time.time()
   served, head, accuracy, history = MODES[config.model.integration](t, report)
   report['training_seconds'] = round(time.time() - start, 2)
-  report['eval_accuracy'] = float(accuracy)
+  report['validation_accuracy'] = float(accuracy)
   report['steps_per_epoch'] = t.steps.steps_per_epoch
   report['mixed_precision'] = tf_keras.mixed_precision.global_policy().name
   report['compute_dtypes'] = model_lib.compute_dtypes(served)
@@ -465,16 +476,19 @@ def _train_and_export(fn_args):
                  t.module, config.module.handle)
   elif config.module.control_handle:
     report['control'] = {'module': config.module.control_handle,
-                         'eval_accuracy': _control_accuracy(t),
+                         'validation_accuracy': _control_accuracy(t),
                          'features': 'standardised'}
   if config.training.bag_of_words_baseline:
+    schema = t.transform_output.raw_metadata.schema
     report['bag_of_words_baseline'] = {
         'model': 'tf-idf unigrams+bigrams, logistic regression',
-        'eval_accuracy': bag_of_words_accuracy(
-            raw_column(fn_args.train_files, t.input_key, tf.string),
+        'validation_accuracy': bag_of_words_accuracy(
+            inputs.raw_column(t.factory, fn_args.train_files, schema,
+                              t.input_key),
             t.train_labels,
-            raw_column(fn_args.eval_files, t.input_key, tf.string),
-            t.eval_labels, seed=config.training.seed)}
+            inputs.raw_column(t.factory, fn_args.eval_files, schema,
+                              t.input_key),
+            t.validation_labels, seed=config.training.seed)}
   logging.info('Trainer report: %s', {k: v for k, v in report.items()
                                       if k != 'history'})
 

@@ -1,0 +1,88 @@
+"""Carves the validation split out of train: seeded, stratified by label, in Beam.
+
+TFX's ExampleGen divides one input split by hash buckets, but it cannot
+divide train further once the data comes as train/ and eval/ folders, and a
+hash bucket per example is stratified only on average: a class of 12
+examples may end up with none in validation. Here every example gets a
+seeded hash of its bytes; per class, the `fraction` of its examples with the
+smallest hashes go to validation (at least one when the class has two or
+more, never the last one). Only (label, hash) pairs are grouped, not the
+examples, so memory stays at 16 bytes per example.
+
+The same data and seed give the same split on every run and every runner;
+another seed gives another split.
+"""
+
+import hashlib
+from typing import Dict, Iterable, Tuple, Union
+
+import apache_beam as beam
+import tensorflow as tf
+
+Record = Union[bytes, tf.train.Example]
+
+
+def _example(record: Record) -> tf.train.Example:
+  return (tf.train.Example.FromString(record) if isinstance(record, bytes)
+          else record)
+
+
+def _bytes(record: Record) -> bytes:
+  return (record if isinstance(record, bytes)
+          else record.SerializeToString(deterministic=True))
+
+
+def label_of(record: Record, label_feature: str) -> str:
+  """The example's label as text ('' when it has none: the schema check
+  reports that; here it is one more stratum)."""
+  feature = _example(record).features.feature
+  if label_feature not in feature:
+    return ''
+  value = feature[label_feature]
+  kind = value.WhichOneof('kind')
+  values = list(getattr(value, kind).value) if kind else []
+  return repr(values[0]) if values else ''
+
+
+def hash_of(record: Record, seed: int) -> float:
+  """A seeded, uniform number in [0, 1) from the example's bytes."""
+  digest = hashlib.sha256(f'{seed}:'.encode() + _bytes(record)).digest()
+  return int.from_bytes(digest[:8], 'big') / 2.0**64
+
+
+def count_for(total: int, fraction: float) -> int:
+  """How many of a class's `total` examples go to validation."""
+  if total < 2:
+    return 0
+  return min(total - 1, max(1, round(fraction * total)))
+
+
+def _cut(item: Tuple[str, Iterable[float]], fraction: float
+         ) -> Tuple[str, float]:
+  """(label, the largest hash that goes to validation; -1: none)."""
+  label, hashes = item
+  hashes = sorted(hashes)
+  count = count_for(len(hashes), fraction)
+  return label, (hashes[count - 1] if count else -1.0)
+
+
+@beam.ptransform_fn
+def CarveValidation(records, label_feature: str, fraction: float,  # pylint: disable=invalid-name
+                    seed: int):
+  """records -> (train, validation) PCollections (see the module docstring)."""
+  keyed = records | 'Key' >> beam.Map(
+      lambda r: (label_of(r, label_feature), hash_of(r, seed), r))
+  cuts = (keyed
+          | 'LabelAndHash' >> beam.Map(lambda k: (k[0], k[1]))
+          | 'GroupByLabel' >> beam.GroupByKey()
+          | 'Cut' >> beam.Map(_cut, fraction))
+
+  def which(k, num_partitions, cuts: Dict[str, float]):
+    del num_partitions
+    return 1 if k[1] <= cuts[k[0]] else 0
+
+  train, validation = keyed | 'Partition' >> beam.Partition(
+      which, 2, cuts=beam.pvalue.AsDict(cuts))
+  strip = lambda k: k[2]
+  return (train | 'TrainRecords' >> beam.Map(strip),
+          validation | 'ValidationRecords' >> beam.Map(strip))

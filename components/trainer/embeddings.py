@@ -1,0 +1,132 @@
+"""The frozen module's embeddings, streamed to and from sharded files.
+
+With the module frozen (feature extraction, the first stage of hybrid, the
+control), its forward pass runs once over each split and the head trains on
+the result. The features (vectors, or feature maps) are written as they are
+computed: TFRecords of {features: float list, label: int64}, SHARD_EXAMPLES
+per file, each written under a temporary name and renamed, and a `done.json`
+(count, feature shape, shards) written last. Nothing holds a whole split in
+memory: training reads the shards back as a tf.data pipeline (shards in a
+seeded order, a bounded shuffle buffer).
+
+A Trainer that was killed and runs again finds `done.json` and skips the
+pass (the folder lives in the Trainer's checkpoint folder, keyed on its
+inputs). Without it, the pass starts over.
+"""
+
+import json
+import os
+import uuid
+from typing import Callable, Dict, Iterable, Tuple
+
+import numpy as np
+import tensorflow as tf
+
+SHARD_EXAMPLES = 4096
+DONE = 'done.json'
+# Bytes of features held for shuffling the head's training input.
+SHUFFLE_BYTES = 256 << 20
+
+
+def _example(features: np.ndarray, label: int) -> bytes:
+  return tf.train.Example(features=tf.train.Features(feature={
+      'features': tf.train.Feature(float_list=tf.train.FloatList(
+          value=features.reshape(-1))),
+      'label': tf.train.Feature(int64_list=tf.train.Int64List(
+          value=[int(label)])),
+  })).SerializeToString()
+
+
+def read_done(folder: str):
+  path = os.path.join(folder, DONE)
+  if not tf.io.gfile.exists(path):
+    return None
+  with tf.io.gfile.GFile(path) as f:
+    return json.load(f)
+
+
+def write(folder: str, batches: Iterable[Tuple[np.ndarray, np.ndarray]]
+          ) -> Dict:
+  """Streams (features, labels) batches into shards under `folder`; returns
+  what done.json records. An existing complete folder is reused."""
+  done = read_done(folder)
+  if done:
+    return done
+  if tf.io.gfile.exists(folder):
+    tf.io.gfile.rmtree(folder)  # what a killed pass left
+  tf.io.gfile.makedirs(folder)
+  shards, count, shape, writer, in_shard, temporary = [], 0, None, None, 0, ''
+
+  def close():
+    writer.close()
+    name = f'features-{len(shards):05d}.tfrecord'
+    tf.io.gfile.rename(temporary, os.path.join(folder, name), overwrite=True)
+    shards.append(name)
+
+  for features, labels in batches:
+    features = np.asarray(features, np.float32)
+    shape = list(features.shape[1:])
+    for row, label in zip(features, np.reshape(labels, [-1])):
+      if writer is None:
+        temporary = os.path.join(folder, f'.tmp-{uuid.uuid4().hex}')
+        writer, in_shard = tf.io.TFRecordWriter(temporary), 0
+      writer.write(_example(row, label))
+      in_shard += 1
+      count += 1
+      if in_shard == SHARD_EXAMPLES:
+        close()
+        writer = None
+  if writer is not None:
+    close()
+  if not count:
+    raise ValueError('no examples to embed.')
+  done = {'count': count, 'shape': shape, 'shards': shards}
+  with tf.io.gfile.GFile(os.path.join(folder, DONE), 'w') as f:
+    json.dump(done, f)
+  return done
+
+
+def dataset(folder: str, done: Dict, *, shuffle=False, seed=None,
+            transform: Callable = None) -> tf.data.Dataset:
+  """The cached (features, label) pairs, one by one; shuffled: shards in a
+  seeded order and a buffer of at most SHUFFLE_BYTES (reshuffled each epoch,
+  the same on every worker)."""
+  shape = done['shape']
+  spec = {'features': tf.io.FixedLenFeature([int(np.prod(shape))], tf.float32),
+          'label': tf.io.FixedLenFeature([], tf.int64)}
+  files = tf.data.Dataset.from_tensor_slices(
+      [os.path.join(folder, s) for s in done['shards']])
+  if shuffle:
+    files = files.shuffle(len(done['shards']), seed=seed)
+  # Unshuffled: one shard after the other (the order they were written in).
+  records = files.interleave(
+      tf.data.TFRecordDataset, deterministic=True,
+      cycle_length=min(4, len(done['shards'])) if shuffle else 1)
+
+  def parse(record):
+    parsed = tf.io.parse_single_example(record, spec)
+    features = tf.reshape(parsed['features'], shape)
+    if transform is not None:
+      features = transform(features)
+    return features, parsed['label']
+
+  pairs = records.map(parse, num_parallel_calls=tf.data.AUTOTUNE,
+                      deterministic=True)
+  if shuffle:
+    per_example = 4 * max(1, int(np.prod(shape)))
+    buffer = max(1, min(done['count'], SHUFFLE_BYTES // per_example))
+    pairs = pairs.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
+  return pairs
+
+
+def moments(folder: str, done: Dict) -> Tuple[np.ndarray, np.ndarray]:
+  """Per-feature mean and standard deviation, in one streamed pass."""
+  total = sq = None
+  for features, _ in dataset(folder, done).batch(1024):
+    features = features.numpy().astype(np.float64)
+    s, q = features.sum(axis=0), (features ** 2).sum(axis=0)
+    total = s if total is None else total + s
+    sq = q if sq is None else sq + q
+  mean = total / done['count']
+  std = np.sqrt(np.maximum(sq / done['count'] - mean ** 2, 0.0))
+  return mean.astype(np.float32), std.astype(np.float32)

@@ -1,0 +1,177 @@
+"""Reading examples: TFXIO datasets, seeded shuffling, stratified samples.
+
+Every reader goes through TFX's TFXIO (the Trainer's `fn_args.data_accessor`,
+or the same factory built from the Examples artifacts in the ModuleSelector
+and the Compressor), so the payload and file format come from the artifact,
+not from a hard-coded GZIP TFRecord reader.
+
+Training input is shuffled (files and examples, with the config's seed) and
+repeated, and the Trainer sets the steps per epoch: a class-sorted or
+span-ordered delivery does not train in sorted batches. Samples (the
+selector's probes, the Compressor's calibration, fine-tuning and measuring
+sets) are seeded random draws, stratified by class, not the first N in file
+order.
+"""
+
+import math
+import os
+from typing import Callable, List, Optional, Tuple
+
+os.environ.setdefault('TF_USE_LEGACY_KERAS', '1')
+
+import numpy as np  # pylint: disable=g-import-not-at-top
+import tensorflow as tf
+from tensorflow_metadata.proto.v0 import schema_pb2
+from tfx.components.util import tfxio_utils
+from tfx.types import artifact_utils
+from tfx_bsl.tfxio import dataset_options
+
+# Examples (raw records) held for shuffling; training.shuffle_buffer.
+SHUFFLE_BUFFER = 10000
+TELEMETRY = ['hubpipe']
+
+DatasetFactory = Callable[[List[str], dataset_options.TensorFlowDatasetOptions,
+                           Optional[schema_pb2.Schema]], tf.data.Dataset]
+
+
+def factory_for(examples_artifacts) -> DatasetFactory:
+  """The TFXIO dataset factory for Examples artifacts (what TFX's Trainer
+  hands `run_fn` as `fn_args.data_accessor.tf_dataset_factory`)."""
+  return tfxio_utils.get_tf_dataset_factory_from_artifact(
+      list(examples_artifacts), TELEMETRY)
+
+
+def split_patterns(examples_artifacts, split: str) -> list:
+  """File patterns of `split` in Examples artifacts (ValueError if none)."""
+  patterns = [os.path.join(artifact_utils.get_split_uri([a], split), '*')
+              for a in examples_artifacts
+              if split in artifact_utils.decode_split_names(a.split_names)]
+  if not patterns:
+    raise ValueError(f'the examples have no "{split}" split.')
+  return patterns
+
+
+def _options(batch_size, shuffle=False, seed=None, repeat=False,
+             shuffle_buffer=SHUFFLE_BUFFER):
+  return dataset_options.TensorFlowDatasetOptions(
+      batch_size=batch_size, shuffle=shuffle, shuffle_seed=seed,
+      shuffle_buffer_size=shuffle_buffer, num_epochs=None if repeat else 1,
+      sloppy_ordering=False)
+
+
+def data_sharded(dataset: tf.data.Dataset, workers: int) -> tf.data.Dataset:
+  """With several workers (MultiWorkerMirroredStrategy) every worker reads
+  the same (identically seeded) stream and keeps its share of each batch
+  (tf.data's DATA sharding). Not FILE sharding: it fails outright on fewer
+  files than workers, and on ExampleGen's shards, which differ in size, it
+  gives the workers different step counts and partial global batches. The
+  price: every worker reads and transforms the whole split."""
+  if workers <= 1:
+    return dataset
+  options = tf.data.Options()
+  options.experimental_distribute.auto_shard_policy = (
+      tf.data.experimental.AutoShardPolicy.DATA)
+  return dataset.with_options(options)
+
+
+def transformed_dataset(factory: DatasetFactory, patterns, tf_transform_output,
+                        input_key, label_key, batch_size, *, shuffle=False,
+                        seed=None, repeat=False, workers: int = 1,
+                        shuffle_buffer: int = SHUFFLE_BUFFER) -> tf.data.Dataset:
+  """(inputs, labels) batches: raw examples through TFXIO, then the
+  Transform graph. shuffle/seed/repeat: for training (files and examples
+  shuffled with the seed, the same order on every worker); without them one
+  pass in file order."""
+  raw = factory(list(patterns), _options(batch_size, shuffle, seed, repeat,
+                                         shuffle_buffer),
+                tf_transform_output.raw_metadata.schema)
+  tft_layer = tf_transform_output.transform_features_layer()
+
+  def transform(features):
+    transformed = tft_layer(features)
+    return transformed[input_key], transformed[label_key]
+
+  dataset = raw.map(transform, num_parallel_calls=tf.data.AUTOTUNE)
+  return data_sharded(dataset, workers).prefetch(tf.data.AUTOTUNE)
+
+
+def _only(schema: schema_pb2.Schema, key: str) -> schema_pb2.Schema:
+  out = schema_pb2.Schema()
+  for feature in schema.feature:
+    if feature.name == key:
+      out.feature.add().CopyFrom(feature)
+  if not out.feature:
+    raise ValueError(f'the schema has no feature "{key}".')
+  return out
+
+
+def raw_column(factory: DatasetFactory, patterns, schema, key) -> np.ndarray:
+  """One raw feature of every example, in file order (e.g. the labels,
+  without decoding images). Only that feature is parsed."""
+  dataset = factory(list(patterns), _options(1024), _only(schema, key))
+  values = [np.reshape(batch[key].numpy(), [-1]) for batch in dataset]
+  return np.concatenate(values) if values else np.zeros([0])
+
+
+def stratified_indices(labels: np.ndarray, limit: int, seed: int) -> np.ndarray:
+  """Up to `limit` positions of `labels`, drawn at random (seeded), each
+  class in its share of the whole (at least one of each class when `limit`
+  allows), sorted."""
+  total = len(labels)
+  if limit >= total:
+    return np.arange(total)
+  rng = np.random.default_rng(seed)
+  classes, counts = np.unique(labels, return_counts=True)
+  quota = np.floor(counts * limit / total).astype(int)
+  if limit >= len(classes):
+    quota = np.maximum(quota, 1)
+  # Hand out what rounding left over to the largest remainders.
+  remainders = counts * limit / total - np.floor(counts * limit / total)
+  for i in np.argsort(-remainders):
+    if quota.sum() >= limit:
+      break
+    if quota[i] < counts[i]:
+      quota[i] += 1
+  chosen = [rng.choice(np.flatnonzero(labels == c), size=q, replace=False)
+            for c, q in zip(classes, quota) if q]
+  return np.sort(np.concatenate(chosen))[:limit] if chosen else np.arange(0)
+
+
+def transformed_sample(factory: DatasetFactory, patterns, tf_transform_output,
+                       input_key, label_key, limit: int, seed: int
+                       ) -> Tuple[np.ndarray, np.ndarray]:
+  """A seeded, class-stratified random sample of `limit` transformed
+  (inputs, labels) as numpy, in a seeded random order. The labels are read
+  first (cheap); only the chosen examples go through the Transform graph."""
+  schema = tf_transform_output.raw_metadata.schema
+  labels = raw_column(factory, patterns, schema, label_key)
+  if not len(labels):
+    raise ValueError(f'no examples in {list(patterns)}.')
+  chosen = np.zeros(len(labels), bool)
+  chosen[stratified_indices(labels, limit, seed)] = True
+  mask = tf.constant(chosen)
+  tft_layer = tf_transform_output.transform_features_layer()
+  raw = factory(list(patterns), _options(1), schema)
+  picked = (raw.enumerate()
+            .filter(lambda i, _: mask[i])
+            .map(lambda _, features: features)
+            .unbatch().batch(64)
+            .map(lambda f: (lambda t: (t[input_key], t[label_key]))(
+                tft_layer(f))))
+  xs, ys = [], []
+  for x, y in picked:
+    xs.append(x.numpy())
+    ys.append(y.numpy())
+  # In a seeded random order, so that its first N are a random sample too
+  # (the Compressor calibrates on the first calibration_examples).
+  order = np.random.default_rng(seed).permutation(sum(len(y) for y in ys))
+  return np.concatenate(xs)[order], np.concatenate(ys)[order]
+
+
+def steps_per_epoch(examples: int, global_batch: int,
+                    train_steps: Optional[int] = None, epochs: int = 1) -> int:
+  """Steps that cover the split once; with TFX's TrainArgs.num_steps
+  (`train_steps`), that many steps in all, spread over the epochs."""
+  if train_steps:
+    return max(1, math.ceil(train_steps / epochs))
+  return max(1, math.ceil(examples / global_batch))
