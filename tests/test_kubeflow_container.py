@@ -131,9 +131,12 @@ def test_transform_container_writes_a_working_transform_graph(compiled):
                           produced_parameters={'DataSnapshot': parameters})
   gen_out = _run(spec, 'SnapshotExampleGen', gen_in, work)
   examples = produced_artifact(gen_in, gen_out, 'examples')
-  assert json.loads(examples['metadata']['split_names']) == ['train', 'eval']
+  # validation carved out of train (the data brings none).
+  assert json.loads(examples['metadata']['split_names']) == [
+      'train', 'validation', 'eval']
   eval_files = glob.glob(os.path.join(examples['uri'], 'Split-eval', '*'))
   assert eval_files
+  assert glob.glob(os.path.join(examples['uri'], 'Split-validation', '*'))
 
   # ImportSchemaGen, on the curated schema compiled in as schema_file.
   schema_in = executor_input(spec, 'ImportSchemaGen', {}, root)

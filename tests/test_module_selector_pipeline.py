@@ -35,7 +35,7 @@ TINY = {
         'mobilenet_v1_100_224_random',
         'glove_6b_50d'],
     'selection.train_examples': 150,
-    'selection.eval_examples': 100,
+    'selection.validation_examples': 100,
     'beam.direct_running_mode': 'in_memory',
 }
 

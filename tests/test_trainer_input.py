@@ -122,6 +122,9 @@ def test_stratified_indices():
   # Fewer than there are: everything, in order.
   np.testing.assert_array_equal(inputs.stratified_indices(labels, 500, 0),
                                 np.arange(100))
-  # Every class gets one when the limit allows, even a rare one.
-  rare = np.array([0] * 99 + [1])
-  assert 1 in rare[inputs.stratified_indices(rare, 10, seed=3)]
+  # Every class gets one when the limit allows, even a rare one, and the
+  # limit still holds.
+  rare = np.array([0] * 990 + [1] * 5 + [2] * 5)
+  picked = inputs.stratified_indices(rare, 10, seed=3)
+  assert len(picked) == 10
+  assert np.bincount(rare[picked]).tolist() == [8, 1, 1]

@@ -70,6 +70,16 @@ def test_serialized_records_are_carved_like_examples():
   assert validation_split.label_of(EXAMPLES[0], 'missing') == ''
 
 
+def test_identical_records_go_together_and_a_class_keeps_one_in_train():
+  copies = [_example(5, 0)] * 6 + [_example(5, 1)]
+  _SEEN.clear()
+  out = _carve(copies, seed=0, fraction=0.5)
+  # Two distinct records: one each way, copies with their original.
+  train, validation = _labels(out['train']), _labels(out['validation'])
+  assert train[5] >= 1 and validation[5] >= 1
+  assert train[5] + validation[5] == 7
+
+
 def test_count_for():
   assert [validation_split.count_for(n, 0.1) for n in (0, 1, 2, 9, 10, 26)] == [
       0, 0, 1, 1, 1, 3]

@@ -1,7 +1,8 @@
 """ModuleSelector: a TFX component between the Transform and the Trainer.
 
-Inputs: the Examples (the first selection.train_examples train and
-selection.eval_examples eval examples are the sample), the Schema (lineage:
+Inputs: the Examples (seeded, class-stratified samples of
+selection.train_examples train and selection.validation_examples validation
+examples; never eval), the Schema (lineage:
 the selection depends on the data it describes) and the TransformGraph.
 Parameter: the hubpipe config (its `selection` section lists the candidates
 and the objective). Outputs: a ModuleSelection (module_selection.json and

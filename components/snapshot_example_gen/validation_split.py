@@ -6,8 +6,9 @@ hash bucket per example is stratified only on average: a class of 12
 examples may end up with none in validation. Here every example gets a
 seeded hash of its bytes; per class, the `fraction` of its examples with the
 smallest hashes go to validation (at least one when the class has two or
-more, never the last one). Only (label, hash) pairs are grouped, not the
-examples, so memory stays at 16 bytes per example.
+more, never the last one; identical records count once and go together).
+Only (label, hash) pairs are grouped, not the examples: a few dozen bytes
+per example, on one worker per class.
 
 The same data and seed give the same split on every run and every runner;
 another seed gives another split.
@@ -61,7 +62,9 @@ def _cut(item: Tuple[str, Iterable[float]], fraction: float
          ) -> Tuple[str, float]:
   """(label, the largest hash that goes to validation; -1: none)."""
   label, hashes = item
-  hashes = sorted(hashes)
+  # Identical records share a hash and go the same way: count distinct ones,
+  # so that a class of copies keeps one in train.
+  hashes = sorted(set(hashes))
   count = count_for(len(hashes), fraction)
   return label, (hashes[count - 1] if count else -1.0)
 

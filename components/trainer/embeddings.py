@@ -41,8 +41,11 @@ def read_done(folder: str):
   path = os.path.join(folder, DONE)
   if not tf.io.gfile.exists(path):
     return None
-  with tf.io.gfile.GFile(path) as f:
-    return json.load(f)
+  try:
+    with tf.io.gfile.GFile(path) as f:
+      return json.load(f)
+  except (ValueError, tf.errors.OpError):
+    return None  # unreadable: the pass starts over
 
 
 def write(folder: str, batches: Iterable[Tuple[np.ndarray, np.ndarray]]
@@ -81,8 +84,10 @@ def write(folder: str, batches: Iterable[Tuple[np.ndarray, np.ndarray]]
   if not count:
     raise ValueError('no examples to embed.')
   done = {'count': count, 'shape': shape, 'shards': shards}
-  with tf.io.gfile.GFile(os.path.join(folder, DONE), 'w') as f:
+  temporary = os.path.join(folder, f'.tmp-{uuid.uuid4().hex}')
+  with tf.io.gfile.GFile(temporary, 'w') as f:
     json.dump(done, f)
+  tf.io.gfile.rename(temporary, os.path.join(folder, DONE), overwrite=True)
   return done
 
 

@@ -125,6 +125,9 @@ def stratified_indices(labels: np.ndarray, limit: int, seed: int) -> np.ndarray:
   quota = np.floor(counts * limit / total).astype(int)
   if limit >= len(classes):
     quota = np.maximum(quota, 1)
+    # Raising rare classes to one can overshoot: take it from the largest.
+    while quota.sum() > limit:
+      quota[np.argmax(quota)] -= 1
   # Hand out what rounding left over to the largest remainders.
   remainders = counts * limit / total - np.floor(counts * limit / total)
   for i in np.argsort(-remainders):
