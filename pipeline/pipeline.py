@@ -35,6 +35,7 @@ from hubpipe.components.data_snapshot.component import DataSnapshot
 from hubpipe.components.module_selector.component import ModuleSelector
 from hubpipe.components.pushed_baseline.component import LatestPushedModel
 from hubpipe.components.snapshot_example_gen.component import SnapshotExampleGen
+from hubpipe.pipeline import code_version
 from hubpipe.pipeline.config import Config
 
 TRANSFORM_FN = 'hubpipe.components.transform.{modality}.preprocessing_fn'
@@ -224,7 +225,8 @@ def create_pipeline(config: Config, pipeline_root: str, input_base: str,
       # would write ~100 KB per example to disk.
       materialize=False,
       disable_statistics=True,
-      custom_config={'input_feature': config.input_feature,
+      custom_config={'code': code_version.digest('Transform'),
+                     'input_feature': config.input_feature,
                      'label_feature': data.label_feature,
                      'input_size': input_size})
   transform.add_upstream_node(gate)
@@ -259,7 +261,8 @@ def create_pipeline(config: Config, pipeline_root: str, input_base: str,
       train_args=tfx.proto.TrainArgs(splits=[TRAIN_SPLIT]),
       # The Trainer's "eval" files are the validation split: it never sees eval.
       eval_args=tfx.proto.EvalArgs(splits=[VALIDATION_SPLIT]),
-      custom_config={'config': _sections(config, TRAINER_SECTIONS),
+      custom_config={'code': code_version.digest('Trainer'),
+                     'config': _sections(config, TRAINER_SECTIONS),
                      'input_size': input_size,
                      'preprocessor': preprocessor})
 

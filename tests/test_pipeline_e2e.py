@@ -13,6 +13,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
+from hubpipe.pipeline import code_version
 from hubpipe.pipeline import local_runner
 from hubpipe.pipeline.config import load_config
 
@@ -191,6 +192,21 @@ def test_a_new_compression_policy_reuses_the_trained_model(first_run):
   assert summary['blessed'] is True  # by the Evaluator ...
   assert summary['compression']['decision']['chosen'] is None  # ... but
   assert summary['pushed'] is False  # the Compressor's policy stops the push
+
+
+def test_an_edit_to_the_trainer_code_retrains(first_run, monkeypatch):
+  config, workdir, _, _ = first_run
+  # What a changed components/trainer/ gives: another digest of the
+  # Trainer's code (tests/test_code_version.py edits real files).
+  real = code_version.digest
+  monkeypatch.setattr(code_version, 'digest',
+                      lambda step: 'edited' if step == 'Trainer' else real(step))
+  summary = local_runner.run(config, str(workdir), echo=lambda _: None)
+  states = {c['name']: c['state'] for c in summary['components']}
+  for name in ('SnapshotExampleGen', 'StatisticsGen', 'Transform'):
+    assert states[name] == 'cached', states
+  assert states['Trainer'] == 'complete', states
+  assert states['Evaluator'] == 'complete', states
 
 
 def test_schema_anomaly_stops_the_run_before_transform(tmp_path):

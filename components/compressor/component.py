@@ -19,6 +19,7 @@ from tfx.types.component_spec import ChannelParameter
 from tfx.types.component_spec import ExecutionParameter
 
 from hubpipe.components.compressor import executor
+from hubpipe.pipeline import code_version
 
 
 class CompressionReport(types.Artifact):
@@ -57,7 +58,9 @@ class Compressor(base_component.BaseComponent):
     super().__init__(spec=CompressorSpec(
         model=model, examples=examples, transform_graph=transform_graph,
         blessing=blessing,
-        config=json.dumps({'config': config, 'input_size': input_size},
+        # 'code': this step's source digest, so an edit reruns it.
+        config=json.dumps({'config': config, 'input_size': input_size,
+                           'code': code_version.digest('Compressor')},
                           sort_keys=True),
         compressed_model=types.Channel(type=standard_artifacts.Model),
         push_blessing=types.Channel(type=standard_artifacts.ModelBlessing),

@@ -22,6 +22,7 @@ from tfx.types.component_spec import ChannelParameter
 from tfx.types.component_spec import ExecutionParameter
 
 from hubpipe.components.module_selector import executor
+from hubpipe.pipeline import code_version
 
 
 class ModuleSelection(types.Artifact):
@@ -58,7 +59,9 @@ class ModuleSelector(base_component.BaseComponent):
     the Transform resized the images to (None for text)."""
     super().__init__(spec=ModuleSelectorSpec(
         examples=examples, schema=schema, transform_graph=transform_graph,
-        config=json.dumps({'config': config, 'input_size': input_size},
+        # 'code': this step's source digest, so an edit reruns it.
+        config=json.dumps({'config': config, 'input_size': input_size,
+                           'code': code_version.digest('ModuleSelector')},
                           sort_keys=True),
         selection=types.Channel(type=ModuleSelection),
         best_hyperparameters=types.Channel(

@@ -1,0 +1,48 @@
+"""A digest of the code each step runs: an edit changes it, nothing else does."""
+
+import shutil
+
+from hubpipe.pipeline import code_version
+
+
+def _copy(tmp_path):
+  root = tmp_path / 'hubpipe'
+  for path in code_version.files_of(
+      {p for paths in code_version.STEPS.values() for p in paths}):
+    target = root / path.relative_to(code_version.ROOT)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(path, target)
+  return root
+
+
+def test_an_edit_changes_the_digest_of_the_steps_that_run_it(tmp_path):
+  root = _copy(tmp_path)
+  before = {step: code_version.digest_of(paths, root)
+            for step, paths in code_version.STEPS.items()}
+  # The same files give the same digest (and the installed package's).
+  assert before == {step: code_version.digest_of(paths, root)
+                    for step, paths in code_version.STEPS.items()}
+  assert before['Trainer'] == code_version.digest('Trainer')
+  run = root / 'components' / 'trainer' / 'run.py'
+  run.write_text(run.read_text() + '\n# an edit\n')
+  after = {step: code_version.digest_of(paths, root)
+           for step, paths in code_version.STEPS.items()}
+  changed = {step for step in before if before[step] != after[step]}
+  # The Trainer's code is also what the selector and the Compressor import.
+  assert changed == {'Trainer', 'ModuleSelector', 'Compressor'}
+  # An edit to the image preprocessing_fn reruns the Transform (and the
+  # Trainer, whose input pipeline runs the Transform graph's code).
+  image = root / 'components' / 'transform' / 'image.py'
+  image.write_text(image.read_text() + '\n# an edit\n')
+  again = {step: code_version.digest_of(paths, root)
+           for step, paths in code_version.STEPS.items()}
+  assert again['Transform'] != after['Transform']
+  assert again['Trainer'] != after['Trainer']
+  # A new file counts too; a cache folder does not.
+  (root / 'components' / 'transform' / '__pycache__').mkdir(exist_ok=True)
+  (root / 'components' / 'transform' / '__pycache__' / 'x.py').write_text('1')
+  assert code_version.digest_of(code_version.STEPS['Transform'], root) == (
+      again['Transform'])
+  (root / 'components' / 'transform' / 'video.py').write_text('1')
+  assert code_version.digest_of(code_version.STEPS['Transform'], root) != (
+      again['Transform'])
