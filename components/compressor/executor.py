@@ -234,6 +234,13 @@ class Executor(base_executor.BaseExecutor):
     samples = {split: trainer_run.transformed_sample(
         examples, split, transform_output, config, settings[f'{split}_examples'])
                for split in ('validation', 'eval')}
+    resolution = 1 / len(samples['validation'][1])
+    if resolution > settings['max_accuracy_drop']:
+      logging.warning(
+          'Compressor: one validation example is %.4f of accuracy, more than '
+          'compression.max_accuracy_drop (%.4f): a single flipped answer '
+          'fails a variant. More validation data (data.validation_fraction) '
+          'makes the choice steadier.', resolution, settings['max_accuracy_drop'])
     model = core_model(config, serving_dir, params['input_size'], num_classes)
     reference, rows, variants = compress(model, train_x, train_y, samples,
                                          settings, log=logging.info)

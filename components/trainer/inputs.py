@@ -3,7 +3,8 @@
 Every reader goes through TFX's TFXIO (the Trainer's `fn_args.data_accessor`,
 or the same factory built from the Examples artifacts in the ModuleSelector
 and the Compressor), so the payload and file format come from the artifact,
-not from a hard-coded GZIP TFRecord reader.
+not from a hard-coded GZIP TFRecord reader; one file at a time (`read`), so
+the order does not depend on the machine's core count.
 
 Training input is shuffled (files and examples, with the config's seed) and
 repeated, and the Trainer sets the steps per epoch: a class-sorted or
@@ -51,12 +52,35 @@ def split_patterns(examples_artifacts, split: str) -> list:
   return patterns
 
 
-def _options(batch_size, shuffle=False, seed=None, repeat=False,
-             shuffle_buffer=SHUFFLE_BUFFER):
+def _options(batch_size):
   return dataset_options.TensorFlowDatasetOptions(
-      batch_size=batch_size, shuffle=shuffle, shuffle_seed=seed,
-      shuffle_buffer_size=shuffle_buffer, num_epochs=None if repeat else 1,
+      batch_size=batch_size, shuffle=False, num_epochs=1,
       sloppy_ordering=False)
+
+
+def files_of(patterns) -> List[str]:
+  files = sorted({f for p in patterns for f in tf.io.gfile.glob(p)})
+  if not files:
+    raise ValueError(f'no example files match {list(patterns)}.')
+  return files
+
+
+def read(factory: DatasetFactory, patterns, schema, batch_size,
+         file_seed: Optional[int] = None) -> tf.data.Dataset:
+  """Parsed batches through TFXIO, file after file: sorted, or in a seeded
+  order. Not one TFXIO dataset over all files: it interleaves as many files
+  as the machine has cores, so the order (and anything chosen by position,
+  and what each worker's DATA shard holds) would differ between a laptop
+  and a pod. A batch does not span two files."""
+  files = files_of(patterns)
+  if file_seed is not None:
+    files = [files[i] for i in
+             np.random.default_rng(file_seed).permutation(len(files))]
+  dataset = None
+  for path in files:
+    one = factory([path], _options(batch_size), schema)
+    dataset = one if dataset is None else dataset.concatenate(one)
+  return dataset
 
 
 def data_sharded(dataset: tf.data.Dataset, workers: int) -> tf.data.Dataset:
@@ -82,9 +106,16 @@ def transformed_dataset(factory: DatasetFactory, patterns, tf_transform_output,
   Transform graph. shuffle/seed/repeat: for training (files and examples
   shuffled with the seed, the same order on every worker); without them one
   pass in file order."""
-  raw = factory(list(patterns), _options(batch_size, shuffle, seed, repeat,
-                                         shuffle_buffer),
-                tf_transform_output.raw_metadata.schema)
+  schema = tf_transform_output.raw_metadata.schema
+  if shuffle:
+    # Files in a seeded order, then examples through a seeded buffer
+    # (reshuffled each epoch); the same stream on every worker.
+    raw = (read(factory, patterns, schema, 256, file_seed=seed).unbatch()
+           .shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True))
+    raw = (raw.repeat() if repeat else raw).batch(batch_size)
+  else:
+    raw = read(factory, patterns, schema, batch_size)
+    raw = raw.repeat() if repeat else raw
   tft_layer = tf_transform_output.transform_features_layer()
 
   def transform(features):
@@ -108,7 +139,7 @@ def _only(schema: schema_pb2.Schema, key: str) -> schema_pb2.Schema:
 def raw_column(factory: DatasetFactory, patterns, schema, key) -> np.ndarray:
   """One raw feature of every example, in file order (e.g. the labels,
   without decoding images). Only that feature is parsed."""
-  dataset = factory(list(patterns), _options(1024), _only(schema, key))
+  dataset = read(factory, patterns, _only(schema, key), 1024)
   values = [np.reshape(batch[key].numpy(), [-1]) for batch in dataset]
   return np.concatenate(values) if values else np.zeros([0])
 
@@ -154,8 +185,8 @@ def transformed_sample(factory: DatasetFactory, patterns, tf_transform_output,
   chosen[stratified_indices(labels, limit, seed)] = True
   mask = tf.constant(chosen)
   tft_layer = tf_transform_output.transform_features_layer()
-  raw = factory(list(patterns), _options(1), schema)
-  picked = (raw.enumerate()
+  # The same read as the labels' (file order), so positions agree.
+  picked = (read(factory, patterns, schema, 1).enumerate()
             .filter(lambda i, _: mask[i])
             .map(lambda _, features: features)
             .unbatch().batch(64)

@@ -16,10 +16,11 @@ The served model takes the raw feature either way (image bytes or text).
 
 Splits: the Trainer reads `train` (fn_args.train_files), shuffled with the
 config's seed and repeated, steps_per_epoch steps an epoch (TFX's
-TrainArgs.num_steps, when set: that many steps in all), and `validation`
-(fn_args.eval_files: the pipeline's EvalArgs name it) for early stopping
-and every accuracy it reports (EvalArgs.num_steps, when set, caps the
-validation steps). It never reads `eval`, which only the Evaluator uses.
+TrainArgs.num_steps, when set: that many steps in all for each training
+stage; hybrid has two), and `validation` (fn_args.eval_files: the
+pipeline's EvalArgs name it) for early stopping and every accuracy it
+reports (EvalArgs.num_steps, when set: that many validation batches). It
+never reads `eval`, which only the Evaluator uses.
 
 The config reaches the Trainer through `custom_config['config']`.
 """
@@ -162,10 +163,10 @@ def _warm_start(model, base_model_dir, name, module) -> str:
 
 def _fit_head_on(strategy, train, validation, steps_per_epoch, feature_shape,
                 train_labels, num_classes, config, callbacks=(), name='head',
-                base_model_dir=None, module=None):
+                base_model_dir=None, module=None, validation_steps=None):
   """Fits a head on batched datasets of (features, label): `train` repeated
-  (steps_per_epoch steps an epoch), `validation` one pass. Returns (head,
-  validation accuracy, history)."""
+  (steps_per_epoch steps an epoch), `validation` one pass (or
+  validation_steps batches). Returns (head, validation accuracy, history)."""
   with strategy.scope():
     head = model_lib.head(feature_shape, num_classes,
                           config.model.hidden_units, config.model.dropout,
@@ -175,10 +176,11 @@ def _fit_head_on(strategy, train, validation, steps_per_epoch, feature_shape,
   history = head.fit(train, epochs=config.training.epochs,
                      steps_per_epoch=steps_per_epoch,
                      validation_data=validation,
+                     validation_steps=validation_steps,
                      class_weight=class_weights(train_labels, num_classes,
                                                 config.training.class_weight),
                      callbacks=list(callbacks), verbose=2)
-  _, accuracy = head.evaluate(validation, verbose=0)
+  _, accuracy = head.evaluate(validation, steps=validation_steps, verbose=0)
   return head, float(accuracy), history.history
 
 
@@ -308,7 +310,8 @@ class _Training:
     """The frozen module's features of train and validation, computed once
     and streamed to sharded files (embeddings.py): {split: (folder, done)}.
     Every worker of a cluster embeds the whole split itself (no collective
-    ops), in file order."""
+    ops). Train is read shuffled (seeded; labels travel with the features),
+    so that the shards are mixed whatever the order of the delivery."""
     call = tf.function(lambda x: extractor(x, training=False))
     out = {}
     for split in ('train', 'validation'):
@@ -317,7 +320,9 @@ class _Training:
           self.factory, (self.fn_args.train_files if split == 'train'
                          else self.fn_args.eval_files),
           self.transform_output, self.input_key, self.label_key,
-          self.config.training.batch_size)
+          self.config.training.batch_size, shuffle=split == 'train',
+          seed=self.config.training.seed,
+          shuffle_buffer=self.config.training.shuffle_buffer)
       batches = ((call(x).numpy(), y.numpy()) for x, y in one_pass)
       out[split] = (folder, embeddings.write(folder, batches))
     return out
@@ -337,7 +342,8 @@ class _Training:
         self.steps_per_epoch(self.config.training.epochs),
         cached['train'][1]['shape'], self.train_labels, self.num_classes,
         self.config, _callbacks(self.config, self.checkpoint_dir, name, extra),
-        name, base_model_dir, self.module_record)
+        name, base_model_dir, self.module_record,
+        validation_steps=self.fn_args.eval_steps or None)
 
   def fit_end_to_end(self, model, learning_rate, epochs, name):
     """Trains the module (what of it is trainable) and the head on examples."""
@@ -354,7 +360,8 @@ class _Training:
         callbacks=_callbacks(self.config, self.checkpoint_dir, name,
                              [self.tensorboard, self.steps]),
         verbose=2)
-    return fitted.history, float(model.evaluate(validation, verbose=0)[1])
+    return fitted.history, float(model.evaluate(
+        validation, steps=self.fn_args.eval_steps or None, verbose=0)[1])
 
 
 def _train_head_on_frozen_module(t: _Training, report: dict):
