@@ -252,3 +252,34 @@ def test_mobilenet_converts_to_int8():
   assert 0.2 < measure.sizes(int8)['bytes'] / float_bytes < 0.3
   assert np.abs(measure.tflite_predict(int8, x) - reference).max() < (
       0.5 * np.abs(reference).max() + 1e-3)
+
+
+def test_the_compressor_chooses_on_validation_never_on_eval(trained, toy):
+  """compress() with the eval sample's labels poisoned: the same variants,
+  the same validation figures, the same policy verdicts and int8_selective
+  ops; only the reported eval figures change."""
+  from hubpipe.components.compressor import executor
+  from hubpipe.components.compressor import policy
+  (x, y), (ex, ey) = toy
+  settings = {'techniques': ['int8', 'int8_selective'],
+              'calibration_examples': 64, 'max_accuracy_drop': 0.02,
+              'max_float_layers': 2, 'selective_max_size_ratio': None,
+              'max_size_ratio': None}
+  validation = (ex[:96], ey[:96])
+  clean = executor.compress(trained, x, y, {'validation': validation,
+                                            'eval': (ex[96:], ey[96:])},
+                            settings, log=lambda _: None)
+  poisoned = executor.compress(
+      trained, x, y, {'validation': validation,
+                      'eval': (ex[96:], (ey[96:] + 1) % CLASSES)},
+      settings, log=lambda _: None)
+  (ref_a, rows_a, _), (ref_b, rows_b, _) = clean, poisoned
+  assert ref_a['validation'] == ref_b['validation']
+  assert ref_b['eval'] < ref_a['eval']
+  assert [r['name'] for r in rows_a] == [r['name'] for r in rows_b]
+  for a, b in zip(rows_a, rows_b):
+    assert a['validation_accuracy'] == b['validation_accuracy'], a['name']
+    assert a['note'] == b['note'], a['name']  # int8_selective's ops
+    assert a['eval_accuracy'] != b['eval_accuracy'], a['name']
+  verdicts = lambda rows: policy.choose(rows, 0.02)['failures']
+  assert verdicts(rows_a) == verdicts(rows_b)

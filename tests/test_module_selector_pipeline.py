@@ -102,3 +102,61 @@ def test_compressor_rebuilds_the_selected_module(run):
   interpreter.set_tensor(inp['index'], np.zeros(inp['shape'], np.float32))
   interpreter.invoke()
   assert interpreter.get_tensor(out['index']).shape[-1] == 10
+
+
+# --------------------------------------------------------------------------
+# No choice is made on eval: the same run on the same data with the eval
+# labels poisoned trains the same model and makes the same choices; only the
+# Evaluator's figures, and so the blessing, change.
+
+
+def _poisoned_copy(input_base, out):
+  """The run's data with every eval label moved to the next class."""
+  for split in ('train', 'eval'):
+    (out / split).mkdir(parents=True)
+    source = os.path.join(input_base, split, 'data.tfrecord')
+    with tf.io.TFRecordWriter(str(out / split / 'data.tfrecord')) as writer:
+      for record in tf.data.TFRecordDataset(source):
+        example = tf.train.Example.FromString(record.numpy())
+        if split == 'eval':
+          label = example.features.feature['label'].int64_list
+          label.value[0] = (label.value[0] + 1) % 10
+        writer.write(example.SerializeToString())
+
+
+@pytest.fixture(scope='module')
+def poisoned(run, tmp_path_factory):
+  root = tmp_path_factory.mktemp('poisoned')
+  _poisoned_copy(run['input_base'], root / 'data')
+  # The same files as a TFRecord folder: the data section says so, which
+  # changes nothing the Trainer computes.
+  config = load_config(None, {**TINY, 'data.source': 'tfrecord',
+                              'data.path': str(root / 'data')})
+  return local_runner.run(config, str(root / 'work'), echo=lambda _: None)
+
+
+def test_poisoned_eval_labels_change_the_blessing_and_nothing_chosen(
+    run, poisoned):
+  assert run['blessed'] is True and run['pushed'] is True
+  # The Evaluator saw the poison: nothing blessed, nothing pushed.
+  assert poisoned['status'] == 'succeeded', poisoned.get('error')
+  clean_accuracy = run['evaluation']['metrics']['sparse_categorical_accuracy']
+  assert poisoned['evaluation']['metrics'][
+      'sparse_categorical_accuracy'] < clean_accuracy - 0.2
+  assert poisoned['blessed'] is False and poisoned['pushed'] is False
+  # The selector ranked the same candidates with the same probe accuracies.
+  probes = lambda s: {r['name']: r.get('accuracy')
+                      for r in s['module_selection']['rows']}
+  assert probes(poisoned) == probes(run)
+  assert (poisoned['module_selection']['decision']['chosen'] ==
+          run['module_selection']['decision']['chosen'])
+  # The Trainer made the same model: the same history, epoch by epoch
+  # (early stopping and the reported figures watch validation).
+  for key in ('module', 'module_input_size', 'validation_accuracy',
+              'validation_examples', 'train_examples'):
+    assert poisoned['training'][key] == run['training'][key], key
+  assert poisoned['training']['history'].keys() == run['training'][
+      'history'].keys()
+  for key, values in run['training']['history'].items():
+    np.testing.assert_allclose(poisoned['training']['history'][key], values,
+                               rtol=1e-5, err_msg=key)

@@ -1,92 +1,85 @@
 """A killed Trainer resumes: a real SIGKILL mid-training, then a rerun.
 
-The training script uses the Trainer's own checkpoint pieces (BackupAndRestore
-in a folder keyed on the inputs, cached embeddings); the test kills it with
-SIGKILL after its second epoch and runs it again.
+The Trainer is hubpipe's run_fn under TFX's GenericExecutor in a process of
+its own (tests/trainer_inputs.py); the test kills it with SIGKILL once an
+epoch is saved (BackupAndRestore, in a folder keyed on the inputs) and runs
+the same command again.
 """
 
+import glob
 import json
 import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 import types
 
 import numpy as np
 
+import trainer_inputs
 from hubpipe.components.trainer import checkpoints
+from hubpipe.components.trainer import embeddings
+from hubpipe.pipeline.config import load_config
+from hubpipe.pipeline.pipeline import TRAINER_SECTIONS
 
-SCRIPT = textwrap.dedent('''
-    import json, os, sys, time
-    os.environ['TF_USE_LEGACY_KERAS'] = '1'
-    import numpy as np
-    import tf_keras
-    from hubpipe.components.trainer import checkpoints, embeddings
-
-    directory, progress = sys.argv[1], sys.argv[2]
-    calls = []
-    def embed():
-      calls.append(1)
-      x = np.random.RandomState(0).rand(64, 8).astype('float32')
-      yield x, (x[:, 0] > 0.5).astype('int64')
-    folder = os.path.join(directory, 'embeddings')
-    done = embeddings.write(folder, embed())
-    pairs = list(embeddings.dataset(folder, done).as_numpy_iterator())
-    features = np.stack([p[0] for p in pairs])
-    labels = np.array([p[1] for p in pairs])
-    tf_keras.utils.set_random_seed(0)
-    model = tf_keras.Sequential([tf_keras.Input((8,)), tf_keras.layers.Dense(2)])
-    model.compile('adam', tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-
-    class Progress(tf_keras.callbacks.Callback):
-      def on_epoch_begin(self, epoch, logs=None):
-        with open(progress, 'a') as f:
-          f.write(json.dumps({'begin': epoch, 'embedded': len(calls)}) + '\\n')
-      def on_epoch_end(self, epoch, logs=None):
-        time.sleep(0.5)
-
-    history = model.fit(features, labels, epochs=6, verbose=0,
-                        callbacks=[checkpoints.backup_callback(directory, 'head'),
-                                   Progress()])
-    with open(progress, 'a') as f:
-      f.write(json.dumps({'done': len(history.history['loss'])}) + '\\n')
-''')
+EPOCHS = 150
 
 
-def _lines(path):
-  if not os.path.exists(path):
-    return []
-  return [json.loads(line) for line in open(path).read().splitlines()]
+def _trainer(root, made, config_json):
+  """One Trainer process: TFX's GenericExecutor with hubpipe's run_fn."""
+  return subprocess.Popen(
+      [sys.executable, trainer_inputs.__file__, str(root / 'inputs.json'),
+       str(root / 'out'), str(config_json)],
+      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+      start_new_session=True)
 
 
-def test_killed_training_resumes_from_last_checkpoint(tmp_path):
-  script = tmp_path / 'train.py'
-  script.write_text(SCRIPT)
-  directory, progress = str(tmp_path / 'ckpt'), str(tmp_path / 'progress.jsonl')
-  process = subprocess.Popen([sys.executable, str(script), directory, progress])
-  deadline = time.time() + 120
-  while time.time() < deadline and not any(
-      line.get('begin', -1) >= 3 for line in _lines(progress)):
-    time.sleep(0.1)
-  process.send_signal(signal.SIGKILL)
+def test_killed_run_fn_resumes_from_its_last_epoch(tmp_path):
+  """SIGKILL the real Trainer (run_fn) once its head has finished an epoch,
+  run it again: it reuses the streamed embeddings and resumes at the saved
+  epoch instead of starting over."""
+  made = trainer_inputs.make_trainer_inputs(str(tmp_path / 'inputs'),
+                                            train=96, eval_=48)
+  (tmp_path / 'inputs.json').write_text(json.dumps(made))
+  config = load_config(None, {
+      'module.input_size': [32, 32], 'module.control_handle': None,
+      'training.batch_size': 8, 'training.epochs': EPOCHS, 'training.learning_rate': 0.01})
+  config_json = tmp_path / 'config.json'
+  config_json.write_text(json.dumps(
+      {k: v for k, v in config.to_dict().items() if k in TRAINER_SECTIONS}))
+  checkpoints_root = tmp_path / 'out' / 'Trainer' / 'checkpoints'
+
+  process = _trainer(tmp_path, made, config_json)
+  deadline = time.time() + 300
+  saved = []
+  while time.time() < deadline and process.poll() is None and not saved:
+    # BackupAndRestore's files appear once the head's first epoch ends.
+    saved = glob.glob(str(checkpoints_root / '*' / 'head' / '**' / '*.index'),
+                      recursive=True)
+    time.sleep(0.05)
+  os.killpg(process.pid, signal.SIGKILL)
   process.wait()
-  first = _lines(progress)
-  assert not any('done' in line for line in first), 'killed before the end'
-  killed_at = max(line['begin'] for line in first)
+  assert saved, 'the Trainer never saved an epoch: ' + (
+      process.stderr.read()[-2000:])
+  assert not (tmp_path / 'out' / 'Trainer' / 'model_run' / '1' /
+              'training_report.json').exists(), 'killed before the end'
+  done = glob.glob(str(checkpoints_root / '*' / 'embeddings' / '*' /
+                       embeddings.DONE))
+  assert len(done) == 2  # train and validation, complete
 
-  open(progress, 'w').close()
-  subprocess.run([sys.executable, str(script), directory, progress], check=True,
-                 timeout=120)
-  second = _lines(progress)
-  begins = [line['begin'] for line in second if 'begin' in line]
-  # Resumed at the epoch after the last one saved, not from epoch 0 (the
-  # kill can land between an epoch's end, which saves, and the next begin)
-  assert 0 < begins[0] <= killed_at + 1
-  assert begins[-1] == 5
-  # ... and the embeddings were not computed again.
-  assert all(line['embedded'] == 0 for line in second if 'begin' in line)
+  second = _trainer(tmp_path, made, config_json)
+  _, err = second.communicate(timeout=600)
+  assert second.returncode == 0, err[-3000:]
+  report = json.loads((tmp_path / 'out' / 'Trainer' / 'model_run' / '1' /
+                       'training_report.json').read_text())
+  # Resumed: fewer epochs ran than configured (Keras' history holds only
+  # those), and the embeddings were read, not written again.
+  assert 0 < report['epochs_run'] < EPOCHS
+  assert report['embeddings_reused'] == {'module-train': True,
+                                         'module-validation': True}
+  # Exported, and the checkpoint folder is gone.
+  assert not os.listdir(checkpoints_root)
 
 
 def test_checkpoint_dir_is_stable_for_the_same_inputs(tmp_path):
@@ -104,7 +97,6 @@ def test_checkpoint_dir_is_stable_for_the_same_inputs(tmp_path):
 
 
 def test_embeddings_are_streamed_to_shards_once(tmp_path, monkeypatch):
-  from hubpipe.components.trainer import embeddings
   monkeypatch.setattr(embeddings, 'SHARD_EXAMPLES', 4)
   calls = []
 

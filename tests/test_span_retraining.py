@@ -53,7 +53,8 @@ def test_three_runs_over_growing_spans(tmp_path):
 
   _add_span(spans, 2, seed=2)
   second = local_runner.run(config, workdir, echo=lambda _: None)
-  assert second['status'] in ('succeeded', 'not_blessed'), second.get('error')
+  assert second['status'] == 'succeeded', second.get('error')
+  assert second['blessed'] is True
   states = {c['name']: c['state'] for c in second['components']}
   assert states['SnapshotExampleGen'] == 'complete'  # the new span ingested
   assert second['trained_on_spans'] == [1, 2]

@@ -41,8 +41,12 @@ def test_explicit_choice_wins():
 
 
 def test_build_on_cpu():
-  assert strategy.make('default').num_replicas_in_sync == 1
-  assert strategy.make('mirrored').num_replicas_in_sync == 1
+  # What each name builds; training with two replicas is executed in
+  # test_mirrored_cpu.py (two logical CPUs) and test_multi_worker.py.
+  assert strategy.describe(strategy.make('default')) == 'DefaultStrategy'
+  mirrored = strategy.make('mirrored')
+  assert strategy.describe(mirrored) == 'MirroredStrategy'
+  assert isinstance(mirrored, tf.distribute.MirroredStrategy)
 
 
 def test_precision_policy_by_hardware():

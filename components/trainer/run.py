@@ -276,6 +276,7 @@ class _Training:
     # them); another worker's to a folder of its own.
     self.embedding_dir = (os.path.join(self.checkpoint_dir, 'embeddings')
                           if self.is_chief else tempfile.mkdtemp())
+    self.embeddings_reused = {}
 
   def steps_per_epoch(self, epochs: int) -> int:
     """Steps that cover train once (TrainArgs.num_steps: that many in all)."""
@@ -324,6 +325,9 @@ class _Training:
           seed=self.config.training.seed,
           shuffle_buffer=self.config.training.shuffle_buffer)
       batches = ((call(x).numpy(), y.numpy()) for x, y in one_pass)
+      # A retry of a killed Trainer finds them complete and reads them.
+      self.embeddings_reused[f'{name}-{split}'] = bool(
+          embeddings.read_done(folder))
       out[split] = (folder, embeddings.write(folder, batches))
     return out
 
@@ -473,6 +477,8 @@ def _train_and_export(fn_args):
   report['mixed_precision'] = tf_keras.mixed_precision.global_policy().name
   report['compute_dtypes'] = model_lib.compute_dtypes(served)
   report['epochs_run'] = len(next(iter(history.values()), []))
+  if t.embeddings_reused:
+    report['embeddings_reused'] = t.embeddings_reused
   report['history'] = {k: [float(v) for v in vals]
                        for k, vals in history.items()}
 
