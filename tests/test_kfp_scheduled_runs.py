@@ -127,7 +127,9 @@ def test_three_scheduled_runs_over_spans(tmp_path):
   model_run = second['tasks']['Trainer']['artifacts']['model_run']['uri']
   with open(os.path.join(model_run, 'training_report.json')) as f:
     report = yaml.safe_load(f)
-  assert report['train_examples'] == 300  # 150 per span, two spans
+  # 150 per span, two spans; 10% of each class carved out as validation.
+  assert report['train_examples'] + report['validation_examples'] == 300
+  assert report['validation_examples'] == 30
   assert report['warm_start'].startswith('from ')
   blessing = second['tasks']['Evaluator']['artifacts']['blessing']['metadata']
   assert blessing['blessed'] == 1
@@ -168,4 +170,5 @@ def test_a_plain_data_root_whose_files_change_retrains(tmp_path):
   assert fingerprints[0] != fingerprints[1]
   model_run = second['tasks']['Trainer']['artifacts']['model_run']['uri']
   with open(os.path.join(model_run, 'training_report.json')) as f:
-    assert yaml.safe_load(f)['train_examples'] == 300
+    report = yaml.safe_load(f)
+  assert report['train_examples'] + report['validation_examples'] == 300

@@ -58,7 +58,9 @@ def test_three_runs_over_growing_spans(tmp_path):
   states = {c['name']: c['state'] for c in second['components']}
   assert states['SnapshotExampleGen'] == 'complete'  # the new span ingested
   assert second['trained_on_spans'] == [1, 2]
-  assert second['training']['train_examples'] == 300
+  # 150 per span, two spans; 10% of each class carved out as validation.
+  assert (second['training']['train_examples'] +
+          second['training']['validation_examples']) == 300
   assert second['training']['warm_start'].startswith('from ')
   # Evaluated on the newest span, against the model the first run pushed.
   assert second['baseline_model'] == first['pushed_model']
