@@ -56,11 +56,11 @@ def _write_examples(source, root, fraction, seed):
   for record in records['train']:
     classes.setdefault(validation_split.label_of(record, 'label'), []).append(
         (validation_split.hash_of(record, seed), record))
-  for pairs in classes.values():
-    pairs.sort(key=lambda p: p[0])
-    count = validation_split.count_for(len(pairs), fraction)
-    by_split['validation'] += [r for _, r in pairs[:count]]
-    by_split['train'] += [r for _, r in pairs[count:]]
+  for label, pairs in classes.items():
+    # ExampleGen's own rule (validation_split.CarveValidation).
+    _, last = validation_split.cut((label, [h for h, _ in pairs]), fraction)
+    by_split['validation'] += [r for h, r in pairs if h <= last]
+    by_split['train'] += [r for h, r in pairs if h > last]
   examples = standard_artifacts.Examples()
   examples.uri = os.path.join(root, 'examples')
   examples.split_names = artifact_utils.encode_split_names(sorted(by_split))

@@ -22,16 +22,34 @@ from typing import Iterable
 ROOT = Path(__file__).resolve().parents[1]
 
 # Source each step runs: folders (every .py file under them) or files,
-# relative to the package root. The config module is in every one: it
-# parses what the step is given.
-_COMMON = ('pipeline/config.py', 'components/hub_modules')
+# relative to the package root: what its entry module imports
+# (tests/test_code_version.py checks), and the modules it imports when it
+# runs (building an offline module, the hybrid's partial unfreezing).
+_PACKAGES = ('components/__init__.py', 'pipeline/__init__.py')
+_MODEL = ('components/trainer', 'components/transform',
+          'components/hub_modules', 'components/assets.py',
+          'pipeline/config.py') + _PACKAGES
 STEPS = {
-    'Transform': ('components/transform',) + _COMMON,
-    'Trainer': ('components/trainer', 'components/transform') + _COMMON,
-    'ModuleSelector': ('components/module_selector', 'components/trainer',
-                       'components/compressor/measure.py') + _COMMON,
-    'Compressor': ('components/compressor', 'components/trainer',
-                   'components/report_svg.py') + _COMMON,
+    'ExampleGen': ('components/snapshot_example_gen',
+                   'components/image_folder_example_gen',
+                   'components/data_snapshot') + _PACKAGES,
+    'Transform': ('components/transform',) + _PACKAGES,
+    'Trainer': _MODEL,
+    'ModuleSelector': ('components/module_selector',
+                       'components/compressor/__init__.py',
+                       'components/compressor/measure.py',
+                       'components/report_svg.py') + _MODEL,
+    'Compressor': ('components/compressor', 'components/report_svg.py')
+                  + _MODEL,
+}
+# The module each step starts from (its executor, run_fn or preprocessing_fn).
+ENTRY_MODULES = {
+    'ExampleGen': ('hubpipe.components.snapshot_example_gen.executor',),
+    'Transform': ('hubpipe.components.transform.image',
+                  'hubpipe.components.transform.text'),
+    'Trainer': ('hubpipe.components.trainer.run',),
+    'ModuleSelector': ('hubpipe.components.module_selector.executor',),
+    'Compressor': ('hubpipe.components.compressor.executor',),
 }
 
 

@@ -278,8 +278,11 @@ def test_the_compressor_chooses_on_validation_never_on_eval(trained, toy):
   assert ref_b['eval'] < ref_a['eval']
   assert [r['name'] for r in rows_a] == [r['name'] for r in rows_b]
   for a, b in zip(rows_a, rows_b):
+    assert 'error' not in a and 'error' not in b, (a, b)
     assert a['validation_accuracy'] == b['validation_accuracy'], a['name']
     assert a['note'] == b['note'], a['name']  # int8_selective's ops
-    assert a['eval_accuracy'] != b['eval_accuracy'], a['name']
+  # Only what is reported saw the poison.
+  assert sum(b['eval_accuracy'] for b in rows_b) < sum(
+      a['eval_accuracy'] for a in rows_a)
   verdicts = lambda rows: policy.choose(rows, 0.02)['failures']
   assert verdicts(rows_a) == verdicts(rows_b)

@@ -117,10 +117,12 @@ def _poisoned_copy(input_base, out):
     source = os.path.join(input_base, split, 'data.tfrecord')
     with tf.io.TFRecordWriter(str(out / split / 'data.tfrecord')) as writer:
       for record in tf.data.TFRecordDataset(source):
+        if split == 'train':  # byte for byte: the carve hashes the bytes
+          writer.write(record.numpy())
+          continue
         example = tf.train.Example.FromString(record.numpy())
-        if split == 'eval':
-          label = example.features.feature['label'].int64_list
-          label.value[0] = (label.value[0] + 1) % 10
+        label = example.features.feature['label'].int64_list
+        label.value[0] = (label.value[0] + 1) % 10
         writer.write(example.SerializeToString())
 
 

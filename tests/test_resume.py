@@ -16,6 +16,7 @@ import time
 import types
 
 import numpy as np
+import tensorflow as tf
 
 import trainer_inputs
 from hubpipe.components.trainer import checkpoints
@@ -54,9 +55,11 @@ def test_killed_run_fn_resumes_from_its_last_epoch(tmp_path):
   deadline = time.time() + 300
   saved = []
   while time.time() < deadline and process.poll() is None and not saved:
-    # BackupAndRestore's files appear once the head's first epoch ends.
-    saved = glob.glob(str(checkpoints_root / '*' / 'head' / '**' / '*.index'),
-                      recursive=True)
+    # BackupAndRestore's checkpoint, complete (its state file names it),
+    # once the head's first epoch ends.
+    saved = [d for d in glob.glob(str(checkpoints_root / '*' / 'head' / '**'),
+                                  recursive=True)
+             if os.path.isdir(d) and tf.train.latest_checkpoint(d)]
     time.sleep(0.05)
   os.killpg(process.pid, signal.SIGKILL)
   process.wait()

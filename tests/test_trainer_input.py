@@ -80,10 +80,12 @@ def test_training_batches_from_class_sorted_files_are_mixed(sorted_inputs):
   other = [labels.numpy() for _, labels in _training(
       root, made, **{'training.seed': 7}).dataset('train', training=True).take(3)]
   assert not np.array_equal(np.concatenate(other), np.concatenate(batches[:3]))
-  # Validation: one pass, file order, every example once.
+  # Validation: one pass, every example once, in the order the label pass
+  # read them (positions agree whatever the batch size).
   validation = np.concatenate(
       [labels.numpy() for _, labels in t.dataset('validation')])
-  np.testing.assert_array_equal(validation, made['validation_labels'])
+  assert sorted(validation) == sorted(made['validation_labels'])
+  np.testing.assert_array_equal(validation, t.validation_labels)
 
 
 def test_train_steps_from_tfx_are_honoured(sorted_inputs):

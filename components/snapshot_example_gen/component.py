@@ -30,6 +30,7 @@ from tfx.types.component_spec import ChannelParameter
 from tfx.types.component_spec import ExecutionParameter
 
 from hubpipe.components.snapshot_example_gen import executor
+from hubpipe.pipeline import code_version
 
 
 class SnapshotExampleGenSpec(types.ComponentSpec):
@@ -47,6 +48,9 @@ class SnapshotExampleGenSpec(types.ComponentSpec):
       'validation_fraction': ExecutionParameter(type=float),
       'label_feature': ExecutionParameter(type=str),
       'split_seed': ExecutionParameter(type=int),
+      # The digest of the code it runs (pipeline/code_version.py): an edit
+      # ingests again.
+      'code': ExecutionParameter(type=str, optional=True),
       'output_data_format': ExecutionParameter(type=int),
       'output_file_format': ExecutionParameter(type=int),
   }
@@ -78,6 +82,7 @@ class SnapshotExampleGen(base_beam_component.BaseBeamComponent):
             custom_config=custom_config,
             validation_fraction=validation_fraction,
             label_feature=label_feature, split_seed=split_seed,
+            code=code_version.digest('ExampleGen'),
             output_data_format=example_gen_pb2.FORMAT_TF_EXAMPLE,
             output_file_format=example_gen_pb2.FORMAT_TFRECORDS_GZIP,
             examples=types.Channel(type=standard_artifacts.Examples)),

@@ -58,8 +58,8 @@ def count_for(total: int, fraction: float) -> int:
   return min(total - 1, max(1, round(fraction * total)))
 
 
-def _cut(item: Tuple[str, Iterable[float]], fraction: float
-         ) -> Tuple[str, float]:
+def cut(item: Tuple[str, Iterable[float]], fraction: float
+        ) -> Tuple[str, float]:
   """(label, the largest hash that goes to validation; -1: none)."""
   label, hashes = item
   # Identical records share a hash and go the same way: count distinct ones,
@@ -78,7 +78,7 @@ def CarveValidation(records, label_feature: str, fraction: float,  # pylint: dis
   cuts = (keyed
           | 'LabelAndHash' >> beam.Map(lambda k: (k[0], k[1]))
           | 'GroupByLabel' >> beam.GroupByKey()
-          | 'Cut' >> beam.Map(_cut, fraction))
+          | 'Cut' >> beam.Map(cut, fraction))
 
   def which(k, num_partitions, cuts: Dict[str, float]):
     del num_partitions
