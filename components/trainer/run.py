@@ -269,6 +269,13 @@ class _Training:
                                           schema, self.label_key).astype(int)
     self.validation_labels = inputs.raw_column(
         self.factory, fn_args.eval_files, schema, self.label_key).astype(int)
+    for split, labels, files in (
+        ('train', self.train_labels, fn_args.train_files),
+        ('validation', self.validation_labels, fn_args.eval_files)):
+      if not len(labels):
+        raise ValueError(f'the {split} split holds no examples ({files}): '
+                         'give the data more examples, or raise '
+                         'data.validation_fraction.')
     self.tensorboard = tf_keras.callbacks.TensorBoard(
         os.path.join(fn_args.model_run_dir, 'logs'))
     self.checkpoint_dir = checkpoints.checkpoint_dir(fn_args)
