@@ -193,6 +193,8 @@ def collect(metadata_path: str, pipeline_name: str, label_key: str,
         store, execution.id, metadata_store_pb2.Event.OUTPUT, types):
       if type_name == 'ExampleStatistics':
         out['examples'] = _example_counts(artifact.uri)
+      elif type_name == 'Examples' and _prop(artifact, 'validation_source'):
+        out['validation_source'] = _prop(artifact, 'validation_source')
       elif type_name == 'ModelRun':
         report = os.path.join(artifact.uri, 'training_report.json')
         if fileio.exists(report):
@@ -245,6 +247,8 @@ def render(summary: dict) -> str:
   if summary.get('examples'):
     lines.append('  examples: ' + ', '.join(
         f'{k} {v}' for k, v in summary['examples'].items()))
+    if summary.get('validation_source'):
+      lines.append(f'  validation: {summary["validation_source"]}')
   snapshot = summary.get('data_snapshot') or {}
   if snapshot.get('fingerprint'):
     fp = snapshot['fingerprint']
@@ -294,6 +298,10 @@ def render(summary: dict) -> str:
                  f'{training.get("strategy")} '
                  f'x{training.get("replicas")}, validation accuracy '
                  f'{training.get("validation_accuracy", 0):.4f}')
+    if training.get('classes_without_validation_examples'):
+      lines.append('  warning: no validation examples of class(es) '
+                   f'{training["classes_without_validation_examples"]}: add '
+                   'examples or a validation/ folder')
     mine = training.get('validation_accuracy', 0)
     for key, what in (('bag_of_words_baseline', 'reference'),
                       ('control', 'control')):
@@ -308,7 +316,7 @@ def render(summary: dict) -> str:
     metrics = evaluation['metrics']
     lines.append('  evaluator (eval split): ' + ', '.join(
         f'{k} {v}' for k, v in sorted(metrics.items())))
-    if evaluation.get('baseline_metrics'):
+    if evaluation.get('baseline_metrics') and summary.get('baseline_model'):
       lines.append('  baseline:  ' + ', '.join(
           f'{k} {v}' for k, v in sorted(evaluation['baseline_metrics'].items())))
     for failure in evaluation.get('validation_failures', []):

@@ -35,6 +35,8 @@ def test_choose_the_smallest_that_passes_and_is_not_slower():
       'validation accuracy drop 0.0400 > 0.0100']
   assert decision['failures']['pruned'][0].startswith('failed')
   assert decision['failures']['dynamic_range'] == []  # passes, but slower
+  assert decision['set_aside_as_slower'] == ['dynamic_range']
+  assert 'set aside: dynamic_range' in decision['reason']
 
 
 def test_size_and_latency_limits():

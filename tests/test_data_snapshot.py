@@ -231,3 +231,26 @@ def test_example_gen_ingests_the_window(tmp_path):
   assert json.loads(examples.get_string_custom_property('spans')) == [2, 3]
   assert examples.get_string_custom_property(
       'input_fingerprint').startswith('files:3,')
+
+
+def test_a_validation_folder_is_ingested_as_the_validation_split(tmp_path):
+  plain = tmp_path / 'plain'
+  for split in ('train', 'validation', 'eval'):
+    _records(plain / split / 'a.tfrecord', [0, 1])
+  snap, _ = snapshot.examples_snapshot(str(plain))
+  assert snap['splits'] == {'train': ['train/*'], 'eval': ['eval/*'],
+                            'validation': ['validation/*']}
+  assert snap['fingerprint']['files'] == 3
+  # Spans: the newest span's validation/ folder, when it has one.
+  _span(tmp_path / 'spans', 1)
+  _span(tmp_path / 'spans', 2)
+  _records(tmp_path / 'spans' / 'span-2' / 'validation' / 'v.tfrecord', [1])
+  snap, _ = snapshot.examples_snapshot(str(tmp_path / 'spans'), 'tfrecord',
+                                       'span-{SPAN}', 2)
+  assert snap['splits']['validation'] == ['span-2/validation/*']
+  _records(tmp_path / 'spans3' / 'span-1' / 'validation' / 'v.tfrecord', [1])
+  _span(tmp_path / 'spans3', 1)
+  _span(tmp_path / 'spans3', 2)  # the newest brings none: ExampleGen carves
+  snap, _ = snapshot.examples_snapshot(str(tmp_path / 'spans3'), 'tfrecord',
+                                       'span-{SPAN}', 2)
+  assert 'validation' not in snap['splits']

@@ -233,6 +233,14 @@ def test_split_configs_pool_and_presplit(tmp_path):
   (tmp_path / 'half' / 'train' / 'cat').mkdir(parents=True)
   with pytest.raises(ValueError, match='no eval/ folder'):
     ifeg_component.split_configs(str(tmp_path / 'half'))
+  # A validation/ folder beside them is a split of its own.
+  (tmp_path / 'pre' / 'validation' / 'cat').mkdir(parents=True)
+  input_config, _ = ifeg_component.split_configs(str(tmp_path / 'pre'))
+  assert [(s.name, s.pattern) for s in input_config.splits] == [
+      ('train', 'train/*'), ('eval', 'eval/*'), ('validation', 'validation/*')]
+  (tmp_path / 'onlyval' / 'validation' / 'cat').mkdir(parents=True)
+  with pytest.raises(ValueError, match='no train/ or eval/ folder'):
+    ifeg_component.split_configs(str(tmp_path / 'onlyval'))
 
 
 def test_component_from_config(tmp_path):

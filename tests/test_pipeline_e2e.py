@@ -76,6 +76,8 @@ def test_summary_has_its_fields(first_run):
   assert written == json.loads(json.dumps(summary))
   # ExampleGen carved 10% of each class of train out as validation.
   assert written['examples'] == {'train': 180, 'validation': 20, 'eval': 100}
+  assert written['validation_source'] == (
+      'carved out of train: 0.1 of each class, seed 0')
   module = written['module']
   assert module['handle'] == config.module.handle
   assert module['integration'] == 'feature_extraction'

@@ -61,13 +61,19 @@ def choose(rows: Sequence[Dict], max_accuracy_drop: float,
   if passing:
     best = min(not_slower or passing,
                key=lambda r: (r['size_bytes'], r['latency_ms_b1']))
+    # Smaller passing variants set aside for their latency, said by name.
+    slower = sorted(r['name'] for r in passing if r not in not_slower
+                    and r['size_bytes'] < best['size_bytes'])
     return {'chosen': best['name'], 'failures': failures,
+            'set_aside_as_slower': slower,
             'reason': (f'{best["name"]}: the smallest variant within the '
                        f'policy{"" if not_slower else " (all passing ones are slower than float32)"} '
                        f'({best["size_ratio"]:.2f}x the float32 size, '
                        f'{best["speedup_b1"]:.2f}x its speed at batch 1, '
                        f'validation accuracy drop '
-                       f'{best["validation_drop"]:+.4f})')}
+                       f'{best["validation_drop"]:+.4f})'
+                       + (f'; smaller but slower than float32 at batch 1, '
+                          f'set aside: {", ".join(slower)}' if slower else ''))}
   if on_no_pass == UNCOMPRESSED:
     return {'chosen': UNCOMPRESSED, 'failures': failures,
             'reason': 'no variant passed the policy; pushing the uncompressed '

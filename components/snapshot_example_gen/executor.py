@@ -75,7 +75,10 @@ class _FromSnapshot:
     brings none (validation_split.py)."""
     splits = super().GenerateExamplesByBeam(pipeline, exec_properties)
     fraction = exec_properties.get('validation_fraction') or 0.0
+    source = f'the data\'s own {VALIDATION} split'
     if VALIDATION not in splits and fraction > 0:
+      source = (f'carved out of train: {fraction:g} of each class, seed '
+                f'{int(exec_properties.get("split_seed") or 0)}')
       if 'train' not in splits:
         raise ValueError(f'no train split to carve validation from: the '
                          f'splits are {sorted(splits)}.')
@@ -86,6 +89,7 @@ class _FromSnapshot:
     if self._examples is not None:
       self._examples.split_names = artifact_utils.encode_split_names(
           list(splits))
+      self._examples.set_string_custom_property('validation_source', source)
     return splits
 
 

@@ -276,6 +276,14 @@ class _Training:
         raise ValueError(f'the {split} split holds no examples ({files}): '
                          'give the data more examples, or raise '
                          'data.validation_fraction.')
+    self.unvalidated_classes = sorted(
+        set(self.train_labels.tolist()) - set(self.validation_labels.tolist()))
+    if self.unvalidated_classes:
+      logging.warning(
+          'Trainer: class(es) %s have no validation examples (a class needs '
+          'two or more train examples to give one up): validation accuracy '
+          'says nothing about them. Add examples, or a validation/ folder.',
+          self.unvalidated_classes)
     self.tensorboard = tf_keras.callbacks.TensorBoard(
         os.path.join(fn_args.model_run_dir, 'logs'))
     self.checkpoint_dir = checkpoints.checkpoint_dir(fn_args)
@@ -484,6 +492,8 @@ def _train_and_export(fn_args):
   report['mixed_precision'] = tf_keras.mixed_precision.global_policy().name
   report['compute_dtypes'] = model_lib.compute_dtypes(served)
   report['epochs_run'] = len(next(iter(history.values()), []))
+  if t.unvalidated_classes:
+    report['classes_without_validation_examples'] = t.unvalidated_classes
   if t.embeddings_reused:
     report['embeddings_reused'] = t.embeddings_reused
   report['history'] = {k: [float(v) for v in vals]
