@@ -118,7 +118,7 @@ def transformed_dataset(factory: DatasetFactory, patterns, tf_transform_output,
   """(inputs, labels) batches: raw examples through TFXIO, then the
   Transform graph. shuffle/seed/repeat: for training (files and examples
   shuffled with the seed, the same order on every worker); without them one
-  pass in file order."""
+  pass in `read` order (the same on every machine)."""
   schema = tf_transform_output.raw_metadata.schema
   if shuffle:
     # Files in a seeded order, then examples through a seeded buffer
