@@ -20,6 +20,7 @@ from hubpipe.components.module_selector import executor
 from hubpipe.components.module_selector import ranking
 from hubpipe.components.module_selector import report as report_lib
 from hubpipe.components.module_selector.component import ModuleSelection
+from hubpipe.pipeline import code_version
 from hubpipe.components.module_selector.component import ModuleSelector
 from hubpipe.pipeline.config import Config, SelectionConfig, TrainingConfig
 
@@ -374,4 +375,6 @@ def test_component_wires_inputs_outputs_and_config():
   assert component.outputs['selection'].type_name == 'hubpipe.ModuleSelection'
   assert component.outputs['best_hyperparameters'].type_name == 'HyperParameters'
   params = json.loads(component.exec_properties['config'])
-  assert params == {'config': {'selection': config}, 'input_size': [224, 224]}
+  # 'code': the digest of the selector's source (pipeline/code_version.py).
+  assert params == {'config': {'selection': config}, 'input_size': [224, 224],
+                    'code': code_version.digest('ModuleSelector')}
