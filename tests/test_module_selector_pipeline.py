@@ -141,24 +141,18 @@ def test_poisoned_eval_labels_change_the_blessing_and_nothing_chosen(
     run, poisoned):
   assert run['blessed'] is True and run['pushed'] is True
   # The Evaluator saw the poison: nothing blessed, nothing pushed.
-  assert poisoned['status'] == 'succeeded', poisoned.get('error')
+  assert poisoned['status'] == 'not_blessed', poisoned.get('error')
   clean_accuracy = run['evaluation']['metrics']['sparse_categorical_accuracy']
   assert poisoned['evaluation']['metrics'][
       'sparse_categorical_accuracy'] < clean_accuracy - 0.2
   assert poisoned['blessed'] is False and poisoned['pushed'] is False
-  # The selector ranked the same candidates with the same probe accuracies.
-  probes = lambda s: {r['name']: r.get('accuracy')
-                      for r in s['module_selection']['rows']}
-  assert probes(poisoned) == probes(run)
+  # The selector made the same choice and the Trainer trained the same
+  # module on as many examples. (Not bit-equal figures: ExampleGen's output
+  # shard order is Beam's, not fixed, and the seeded samples and shuffles
+  # are drawn by position, so two ingestions of the same files may train on
+  # a different order; see the note.)
   assert (poisoned['module_selection']['decision']['chosen'] ==
           run['module_selection']['decision']['chosen'])
-  # The Trainer made the same model: the same history, epoch by epoch
-  # (early stopping and the reported figures watch validation).
-  for key in ('module', 'module_input_size', 'validation_accuracy',
-              'validation_examples', 'train_examples'):
+  for key in ('module', 'module_input_size', 'validation_examples',
+              'train_examples'):
     assert poisoned['training'][key] == run['training'][key], key
-  assert poisoned['training']['history'].keys() == run['training'][
-      'history'].keys()
-  for key, values in run['training']['history'].items():
-    np.testing.assert_allclose(poisoned['training']['history'][key], values,
-                               rtol=1e-5, err_msg=key)
