@@ -171,9 +171,14 @@ def test_beam_arguments_reach_the_data_components(tmp_path, runner_name,
 def test_direct_runner_on_every_cpu_by_default():
   from hubpipe.pipeline.pipeline import beam_pipeline_args
   # 0: the pod's entry point makes it the pod's CPUs (tests/test_cpus.py).
-  assert beam_pipeline_args(load_config()) == [
+  args = beam_pipeline_args(load_config())
+  assert args[:3] == [
       '--runner=DirectRunner', '--direct_running_mode=multi_processing',
       '--direct_num_workers=0']
+  # A dependency flag, so that TFX does not build and leave behind an sdist
+  # of itself at every Beam step (DirectRunner stages nothing).
+  from tfx.utils import dependency_utils
+  assert dependency_utils.make_beam_dependency_flags(args) == args
 
 
 def test_resource_quantities_convert_for_the_deprecated_fields():
