@@ -6,6 +6,11 @@ they match, and takes the fingerprint before and after reading: if the files
 changed since the snapshot or while they were read (a delivery still being
 written), it stops rather than publish examples under a fingerprint they do
 not match; the next run ingests the finished delivery.
+
+The examples are read as TFX's executors read them (GenerateExamplesByBeam),
+validation is carved out of train when the data brings none
+(validation_split.py), and each split is written in content order
+(content_order.py) instead of by TFX's WriteSplit.
 """
 
 import hashlib
@@ -14,13 +19,16 @@ from typing import Any, Dict
 
 import apache_beam as beam
 import tensorflow as tf
+from tfx.components.example_gen import write_split
 from tfx.components.example_gen.import_example_gen import executor as import_executor
+from tfx.components.util import examples_utils
 from tfx.proto import example_gen_pb2
 from tfx.types import artifact_utils
 from tfx.utils import proto_utils
 
 from hubpipe.components.data_snapshot import snapshot as snapshot_lib
 from hubpipe.components.image_folder_example_gen import executor as image_executor
+from hubpipe.components.snapshot_example_gen import content_order
 from hubpipe.components.snapshot_example_gen import validation_split
 
 VALIDATION = 'validation'
@@ -54,10 +62,9 @@ class _FromSnapshot:
                                               pattern=json.dumps(files))
                   for name, files in snapshot_lib.files_of(snap).items()]))
     examples = artifact_utils.get_single_instance(output_dict['examples'])
-    # TFX names the splits after the configs; GenerateExamplesByBeam adds
-    # the carved one before the splits are written.
+    # GenerateExamplesByBeam names the splits, with the carved one.
     self._examples = examples
-    super().Do(input_dict, output_dict, props)
+    self._generate_and_write(examples, props)
     # A file that changed while Beam read it: what was read is not what the
     # fingerprint says; fail rather than publish it.
     _check_unchanged(snap, 'while this run read them')
@@ -69,6 +76,32 @@ class _FromSnapshot:
     examples.set_string_custom_property('snapshot_sha256', hashlib.sha256(
         exec_properties['snapshot'].encode()).hexdigest())
 
+  def _generate_and_write(self, examples, exec_properties) -> None:
+    """What TFX's BaseExampleGenExecutor.Do does, but each split is written
+    in content order (content_order.py), not by WriteSplit: the same data
+    gives the same files, so whatever reads them in file order (the
+    Trainer's seeded shuffle, seeded samples) is repeatable."""
+    file_format = exec_properties.get('output_file_format')
+    if file_format not in (None, example_gen_pb2.FILE_FORMAT_UNSPECIFIED,
+                           example_gen_pb2.FORMAT_TFRECORDS_GZIP):
+      raise ValueError(
+          f'SnapshotExampleGen writes gzipped TFRecords only, not '
+          f'{example_gen_pb2.FileFormat.Name(file_format)}.')
+    seed = int(exec_properties.get('split_seed') or 0)
+    with self._make_beam_pipeline() as pipeline:
+      for split, records in self.GenerateExamplesByBeam(
+          pipeline, exec_properties).items():
+        _ = records | f'WriteSplit[{split}]' >> content_order.WriteInContentOrder(
+            artifact_utils.get_split_uri([examples], split), seed)
+    if exec_properties.get('output_data_format'):
+      examples_utils.set_payload_format(
+          examples, exec_properties['output_data_format'])
+    examples_utils.set_file_format(examples, write_split.to_file_format_str(
+        example_gen_pb2.FORMAT_TFRECORDS_GZIP))
+    examples.set_string_custom_property(
+        'record_order', f'sorted by a hash of each example (seed {seed}), '
+        'in shards of about '
+        f'{content_order.SHARD_BYTES >> 20} MB')
 
   def GenerateExamplesByBeam(self, pipeline, exec_properties):
     """TFX's splits, plus `validation` carved out of train when the data

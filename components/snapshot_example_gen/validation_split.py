@@ -28,7 +28,8 @@ def _example(record: Record) -> tf.train.Example:
           else record)
 
 
-def _bytes(record: Record) -> bytes:
+def to_bytes(record: Record) -> bytes:
+  """The record's bytes (a tf.Example serialized deterministically)."""
   return (record if isinstance(record, bytes)
           else record.SerializeToString(deterministic=True))
 
@@ -45,9 +46,11 @@ def label_of(record: Record, label_feature: str) -> str:
   return repr(values[0]) if values else ''
 
 
-def hash_of(record: Record, seed: int) -> float:
-  """A seeded, uniform number in [0, 1) from the example's bytes."""
-  digest = hashlib.sha256(f'{seed}:'.encode() + _bytes(record)).digest()
+def hash_of(record: Record, seed: int, salt: str = '') -> float:
+  """A seeded, uniform number in [0, 1) from the example's bytes (`salt`
+  keeps hashes drawn for different purposes independent)."""
+  prefix = f'{salt}:{seed}:' if salt else f'{seed}:'
+  digest = hashlib.sha256(prefix.encode() + to_bytes(record)).digest()
   return int.from_bytes(digest[:8], 'big') / 2.0**64
 
 
