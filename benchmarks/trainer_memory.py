@@ -57,7 +57,7 @@ def _write_examples(source, root, fraction, seed):
     classes.setdefault(validation_split.label_of(record, 'label'), []).append(
         (validation_split.hash_of(record, seed), record))
   for label, pairs in classes.items():
-    # ExampleGen's own rule (validation_split.CarveValidation).
+    # ExampleGen's own rule (validation_split.cut, as content_order applies it).
     _, last = validation_split.cut((label, [h for h, _ in pairs]), fraction)
     by_split['validation'] += [r for h, r in pairs if h <= last]
     by_split['train'] += [r for h, r in pairs if h > last]

@@ -1,14 +1,22 @@
 """ExampleGen's writer: the same examples give the same files, whatever the
 order Beam delivers them in."""
 
+import json
 import os
 import random
 
 import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions
 import pytest
 import tensorflow as tf
+from tfx.types import artifact_utils
+from tfx.types import standard_artifacts
+from tfx.utils import proto_utils
 
+from hubpipe.components.data_snapshot import snapshot
+from hubpipe.components.image_folder_example_gen import component as image_component
 from hubpipe.components.snapshot_example_gen import content_order
+from hubpipe.components.snapshot_example_gen import executor as gen_executor
 from hubpipe.components.snapshot_example_gen import validation_split
 
 
@@ -24,10 +32,14 @@ EXAMPLES = [_example(label, i) for label in range(3) for i in range(40)]
 EXAMPLES.append(EXAMPLES[5])
 
 
-def _write(examples, folder, seed=0, shard_bytes=1000):
-  with beam.Pipeline() as p:
+def _write(examples, folder, seed=0, shard_bytes=1000, ranges=16,
+           mode='in_memory'):
+  options = PipelineOptions(direct_running_mode=mode, direct_num_workers=2)
+  with beam.Pipeline(options=options) as p:
     _ = (p | beam.Create(examples)
-         | content_order.WriteInContentOrder(str(folder), seed, shard_bytes))
+         | content_order.WriteInContentOrder(
+             str(folder), seed, str(folder) + '.spill', ranges, shard_bytes))
+  assert not os.path.exists(str(folder) + '.spill')  # removed
   return sorted(os.listdir(folder))
 
 
@@ -44,9 +56,9 @@ def test_same_examples_in_any_order_give_byte_identical_files(tmp_path):
   shuffled = list(EXAMPLES)
   random.Random(1).shuffle(shuffled)
   names = _write(EXAMPLES, tmp_path / 'a')
-  _write(shuffled, tmp_path / 'b')
-  serialized = sum(len(e.SerializeToString()) for e in EXAMPLES)
-  shards = content_order.shard_count(serialized, 1000)
+  # Another order, another runner mode (bundles in two worker processes).
+  assert _write(shuffled, tmp_path / 'b', mode='multi_processing') == names
+  shards = len(names)
   assert shards > 3
   assert names == [f'data_tfrecord-{i:05d}-of-{shards:05d}.gz'
                    for i in range(shards)]
@@ -66,7 +78,7 @@ def test_same_examples_in_any_order_give_byte_identical_files(tmp_path):
 
 def test_another_seed_another_order(tmp_path):
   _write(EXAMPLES, tmp_path / 'a', seed=0, shard_bytes=10 ** 6)
-  _write(EXAMPLES, tmp_path / 'b', seed=1, shard_bytes=10 ** 6)
+  _write(EXAMPLES, tmp_path / 'b', seed=1, shard_bytes=10 ** 6, ranges=1)
   (a,), (b,) = os.listdir(tmp_path / 'a'), os.listdir(tmp_path / 'b')
   one, two = _records(tmp_path / 'a' / a), _records(tmp_path / 'b' / b)
   assert sorted(one) == sorted(two) and one != two
@@ -82,3 +94,96 @@ def test_framing_is_what_tensorflow_reads(tmp_path, data):
   path = tmp_path / 'r.tfrecord'
   path.write_bytes(content_order.tfrecord(data) * 2)
   assert [r.numpy() for r in tf.data.TFRecordDataset(str(path))] == [data] * 2
+
+
+def test_shards_pack_consecutive_ranges_to_the_size():
+  spilled = [(0, 'a0', 400), (1, 'b1', 300), (1, 'a1', 300), (3, 'a3', 900),
+             (2, 'a2', 100)]
+  # 400 + 600 fills the first shard; 100 more would overflow it.
+  assert content_order.plan(spilled, 1000) == [
+      (0, 2, ['a0', 'a1', 'b1']), (1, 2, ['a2', 'a3'])]
+  assert content_order.plan([], 1000) == [(0, 1, [])]
+  assert content_order.ranges_for(0) == 1
+  assert content_order.ranges_for(10 * content_order.SHARD_BYTES) == 40
+  assert content_order.ranges_for(10 ** 15) == content_order.MAX_RANGES
+
+
+def test_a_corrupt_spill_file_is_an_error(tmp_path):
+  path = tmp_path / 'spill.tfrecord'
+  path.write_bytes(content_order.tfrecord(b'abc')[:-2])
+  with pytest.raises(IOError, match='truncated or corrupt'):
+    list(content_order.read_tfrecords(str(path)))
+
+
+# --------------------------------------------------------------------------
+# SnapshotExampleGen's executors, as TFX runs them: the same data delivered
+# in other files gives the same Examples, with validation carved.
+
+
+def _tfrecords(path, examples):
+  path.parent.mkdir(parents=True, exist_ok=True)
+  with tf.io.TFRecordWriter(str(path)) as writer:
+    for example in examples:
+      writer.write(example.SerializeToString())
+
+
+def _ingest(executor, data, out, source='tfrecord'):
+  taken = json.dumps(snapshot.examples_snapshot(str(data), source)[0])
+  examples = standard_artifacts.Examples()
+  examples.uri = str(out)
+  props = {'snapshot': taken, 'output_config': '{}', 'output_data_format': 6,
+           'output_file_format': 5, 'validation_fraction': 0.25,
+           'label_feature': 'label', 'split_seed': 3}
+  if source == 'image_folder':
+    input_config, output_config = image_component.split_configs(str(data), 0)
+    props['input_config'] = proto_utils.proto_to_json(input_config)
+    props['output_config'] = proto_utils.proto_to_json(output_config)
+  executor().Do({}, {'examples': [examples]}, props)
+  return examples
+
+
+def test_example_gen_writes_the_same_files_for_the_same_data(tmp_path):
+  _tfrecords(tmp_path / 'one' / 'train' / 'all.tfrecord', EXAMPLES)
+  _tfrecords(tmp_path / 'one' / 'eval' / 'e.tfrecord', EXAMPLES[:9])
+  shuffled = list(EXAMPLES)
+  random.Random(2).shuffle(shuffled)
+  for i in range(3):  # the same examples, delivered in three files
+    _tfrecords(tmp_path / 'two' / 'train' / f'{i}.tfrecord', shuffled[i::3])
+  _tfrecords(tmp_path / 'two' / 'eval' / 'e.tfrecord', EXAMPLES[:9][::-1])
+  one = _ingest(gen_executor.TFRecordExecutor, tmp_path / 'one',
+                tmp_path / 'out1')
+  two = _ingest(gen_executor.TFRecordExecutor, tmp_path / 'two',
+                tmp_path / 'out2')
+  for split in ('train', 'validation', 'eval'):
+    folder = lambda out: tmp_path / out / f'Split-{split}'
+    assert _contents(folder('out1')) == _contents(folder('out2')), split
+  assert artifact_utils.decode_split_names(one.split_names) == [
+      'train', 'eval', 'validation']
+  assert one.get_string_custom_property('validation_source') == (
+      'carved out of train: 0.25 of each class, seed 3')
+  assert 'seed 3' in two.get_string_custom_property('record_order')
+  validation = [r for f in tf.io.gfile.glob(
+      str(tmp_path / 'out1' / 'Split-validation' / '*'))
+                for r in _records(f)]
+  # A quarter of each class's 40 distinct examples (a copy goes with its
+  # original).
+  assert len(set(validation)) == 30
+
+
+def test_image_folder_executor_writes_in_content_order(tmp_path):
+  from PIL import Image
+  for label in ('cat', 'dog'):
+    for split, count in (('train', 8), ('eval', 2)):
+      folder = tmp_path / 'images' / split / label
+      folder.mkdir(parents=True)
+      for i in range(count):
+        Image.new('RGB', (4, 4), (i * 20, len(label) * 30, 0)).save(
+            folder / f'{i}.png')
+  examples = _ingest(gen_executor.ImageFolderExecutor, tmp_path / 'images',
+                     tmp_path / 'out', source='image_folder')
+  counts = {split: sum(len(_records(f)) for f in tf.io.gfile.glob(
+      str(tmp_path / 'out' / f'Split-{split}' / '*')))
+            for split in ('train', 'validation', 'eval')}
+  assert counts == {'train': 12, 'validation': 4, 'eval': 4}
+  assert examples.has_custom_property('record_order')
+  assert examples.get_string_custom_property('class_names')

@@ -1,10 +1,15 @@
-"""The validation split: carved out of train per class, seeded, in Beam."""
+"""The validation split: carved out of train per class, seeded, as ExampleGen
+writes train."""
 
 import collections
+import os
+import shutil
+import tempfile
 
 import apache_beam as beam
 import tensorflow as tf
 
+from hubpipe.components.snapshot_example_gen import content_order
 from hubpipe.components.snapshot_example_gen import validation_split
 
 
@@ -21,22 +26,26 @@ EXAMPLES = [_example(label, i) for label, n in SIZES.items()
 
 
 def _carve(examples, seed, fraction=0.25):
-  with beam.Pipeline() as p:
-    train, validation = (p | beam.Create(examples)
-                         | validation_split.CarveValidation('label', fraction,
-                                                            seed))
-    # DirectRunner's default (in-memory) runs in this process.
-    for name, pcoll in (('train', train), ('validation', validation)):
-      pcoll | f'Collect{name}' >> beam.Map(
-          lambda e, n=name: _SEEN[n].append(e.SerializeToString()))
-  return {n: list(v) for n, v in _SEEN.items()}
-
-
-_SEEN = collections.defaultdict(list)
+  """ExampleGen's writer with the carve: (train, validation) records."""
+  folder = tempfile.mkdtemp()
+  try:
+    with beam.Pipeline() as p:
+      _ = (p | beam.Create(examples)
+           | content_order.WriteInContentOrder(
+               os.path.join(folder, 'train'), seed,
+               os.path.join(folder, 'spill'), carve={
+                   'uri': os.path.join(folder, 'validation'),
+                   'fraction': fraction, 'seed': seed,
+                   'label_feature': 'label'}))
+    assert not os.path.exists(os.path.join(folder, 'spill'))
+    return {split: [r.numpy() for r in tf.data.TFRecordDataset(
+        tf.io.gfile.glob(os.path.join(folder, split, '*')), 'GZIP')]
+            for split in ('train', 'validation')}
+  finally:
+    shutil.rmtree(folder)
 
 
 def _run(seed, fraction=0.25):
-  _SEEN.clear()
   return _carve(EXAMPLES, seed, fraction)
 
 
@@ -72,7 +81,6 @@ def test_serialized_records_are_carved_like_examples():
 
 def test_identical_records_go_together_and_a_class_keeps_one_in_train():
   copies = [_example(5, 0)] * 6 + [_example(5, 1)]
-  _SEEN.clear()
   out = _carve(copies, seed=0, fraction=0.5)
   # Two distinct records: one each way, copies with their original.
   train, validation = _labels(out['train']), _labels(out['validation'])

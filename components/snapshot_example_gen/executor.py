@@ -15,10 +15,13 @@ validation is carved out of train when the data brings none
 
 import hashlib
 import json
+import os
 from typing import Any, Dict
 
+from absl import logging
 import apache_beam as beam
 import tensorflow as tf
+from tfx.components.example_gen import base_example_gen_executor
 from tfx.components.example_gen import write_split
 from tfx.components.example_gen.import_example_gen import executor as import_executor
 from tfx.components.util import examples_utils
@@ -29,7 +32,6 @@ from tfx.utils import proto_utils
 from hubpipe.components.data_snapshot import snapshot as snapshot_lib
 from hubpipe.components.image_folder_example_gen import executor as image_executor
 from hubpipe.components.snapshot_example_gen import content_order
-from hubpipe.components.snapshot_example_gen import validation_split
 
 VALIDATION = 'validation'
 
@@ -45,10 +47,7 @@ def _fingerprint_text(fingerprint: Dict) -> str:
 
 class _FromSnapshot:
   """Turns the `snapshot` parameter into what TFX's ExampleGen executor reads,
-  runs it (adding the validation split), and records span, spans and
-  fingerprint on the Examples."""
-
-  _examples = None
+  runs it, and records span, spans and fingerprint on the Examples."""
 
   def Do(self, input_dict, output_dict, exec_properties):
     snap = json.loads(exec_properties['snapshot'])
@@ -61,13 +60,12 @@ class _FromSnapshot:
           splits=[example_gen_pb2.Input.Split(name=name,
                                               pattern=json.dumps(files))
                   for name, files in snapshot_lib.files_of(snap).items()]))
-    examples = artifact_utils.get_single_instance(output_dict['examples'])
-    # GenerateExamplesByBeam names the splits, with the carved one.
-    self._examples = examples
-    self._generate_and_write(examples, props)
+    self.input_bytes = int(snap['fingerprint']['bytes'])
+    super().Do(input_dict, output_dict, props)
     # A file that changed while Beam read it: what was read is not what the
     # fingerprint says; fail rather than publish it.
     _check_unchanged(snap, 'while this run read them')
+    examples = artifact_utils.get_single_instance(output_dict['examples'])
     examples.span = int(snap['span'])
     examples.version = 0
     examples.set_string_custom_property(
@@ -76,54 +74,69 @@ class _FromSnapshot:
     examples.set_string_custom_property('snapshot_sha256', hashlib.sha256(
         exec_properties['snapshot'].encode()).hexdigest())
 
-  def _generate_and_write(self, examples, exec_properties) -> None:
-    """What TFX's BaseExampleGenExecutor.Do does, but each split is written
-    in content order (content_order.py), not by WriteSplit: the same data
-    gives the same files, so whatever reads them in file order (the
-    Trainer's seeded shuffle, seeded samples) is repeatable."""
+
+class _WriteInContentOrder(base_example_gen_executor.BaseExampleGenExecutor):
+  """TFX's ExampleGen Do, but the splits are written in content order
+  (content_order.py) instead of by TFX's WriteSplit, and `validation` is
+  carved out of train when the data brings none (validation_split.py).
+
+  The same data gives the same files, so whatever reads them in file order
+  (the Trainer's seeded shuffle, seeded samples) is repeatable. Last in the
+  executors' bases, so that a reader's own Do (the image folder's) runs
+  first and reaches this one through super()."""
+
+  # The input files' bytes: sizes the spill (content_order.ranges_for).
+  input_bytes = 0
+
+  def Do(self, input_dict, output_dict, exec_properties):
+    self._log_startup(input_dict, output_dict, exec_properties)
     file_format = exec_properties.get('output_file_format')
     if file_format not in (None, example_gen_pb2.FILE_FORMAT_UNSPECIFIED,
                            example_gen_pb2.FORMAT_TFRECORDS_GZIP):
       raise ValueError(
           f'SnapshotExampleGen writes gzipped TFRecords only, not '
           f'{example_gen_pb2.FileFormat.Name(file_format)}.')
+    examples = artifact_utils.get_single_instance(output_dict['examples'])
     seed = int(exec_properties.get('split_seed') or 0)
+    fraction = exec_properties.get('validation_fraction') or 0.0
+    uri = lambda split: artifact_utils.get_split_uri([examples], split)
+    # Scratch space every Beam worker reaches: TFX's temp folder for this
+    # execution, or (an executor run by hand) beside the output.
+    scratch = os.path.join(
+        self._get_tmp_dir() if self._context else examples.uri,
+        '.content_order')
+    logging.info('Generating examples.')
     with self._make_beam_pipeline() as pipeline:
-      for split, records in self.GenerateExamplesByBeam(
-          pipeline, exec_properties).items():
+      splits = self.GenerateExamplesByBeam(pipeline, exec_properties)
+      source = f'the data\'s own {VALIDATION} split'
+      carving = VALIDATION not in splits and fraction > 0
+      examples.split_names = artifact_utils.encode_split_names(
+          list(splits) + ([VALIDATION] if carving else []))
+      carve = None
+      if carving:
+        if 'train' not in splits:
+          raise ValueError(f'no train split to carve validation from: the '
+                           f'splits are {sorted(splits)}.')
+        carve = {'uri': uri(VALIDATION), 'fraction': fraction, 'seed': seed,
+                 'label_feature': exec_properties['label_feature']}
+        source = (f'carved out of train: {fraction:g} of each class, seed '
+                  f'{seed}')
+      for split, records in splits.items():
         _ = records | f'WriteSplit[{split}]' >> content_order.WriteInContentOrder(
-            artifact_utils.get_split_uri([examples], split), seed)
+            uri(split), seed, os.path.join(scratch, split),
+            ranges=content_order.ranges_for(self.input_bytes),
+            carve=carve if split == 'train' else None)
     if exec_properties.get('output_data_format'):
       examples_utils.set_payload_format(
           examples, exec_properties['output_data_format'])
     examples_utils.set_file_format(examples, write_split.to_file_format_str(
         example_gen_pb2.FORMAT_TFRECORDS_GZIP))
+    examples.set_string_custom_property('validation_source', source)
     examples.set_string_custom_property(
         'record_order', f'sorted by a hash of each example (seed {seed}), '
-        'in shards of about '
-        f'{content_order.SHARD_BYTES >> 20} MB')
-
-  def GenerateExamplesByBeam(self, pipeline, exec_properties):
-    """TFX's splits, plus `validation` carved out of train when the data
-    brings none (validation_split.py)."""
-    splits = super().GenerateExamplesByBeam(pipeline, exec_properties)
-    fraction = exec_properties.get('validation_fraction') or 0.0
-    source = f'the data\'s own {VALIDATION} split'
-    if VALIDATION not in splits and fraction > 0:
-      source = (f'carved out of train: {fraction:g} of each class, seed '
-                f'{int(exec_properties.get("split_seed") or 0)}')
-      if 'train' not in splits:
-        raise ValueError(f'no train split to carve validation from: the '
-                         f'splits are {sorted(splits)}.')
-      splits['train'], splits[VALIDATION] = (
-          splits['train'] | 'CarveValidation' >> validation_split.CarveValidation(
-              exec_properties['label_feature'], fraction,
-              int(exec_properties.get('split_seed') or 0)))
-    if self._examples is not None:
-      self._examples.split_names = artifact_utils.encode_split_names(
-          list(splits))
-      self._examples.set_string_custom_property('validation_source', source)
-    return splits
+        f'in shards of about {content_order.SHARD_BYTES >> 20} MB before '
+        'compression')
+    logging.info('Examples generated.')
 
 
 def _check_unchanged(snap, when: str) -> None:
@@ -152,12 +165,14 @@ def _ReadFiles(pipeline: beam.Pipeline, exec_properties: Dict[str, Any],  # pyli
           | 'ToTFExample' >> beam.Map(tf.train.Example.FromString))
 
 
-class TFRecordExecutor(_FromSnapshot, import_executor.Executor):
+class TFRecordExecutor(_FromSnapshot, import_executor.Executor,
+                       _WriteInContentOrder):
   """ImportExampleGen's executor over the snapshot's file patterns."""
 
   def GetInputSourceToExamplePTransform(self) -> beam.PTransform:
     return _ReadFiles
 
 
-class ImageFolderExecutor(_FromSnapshot, image_executor.Executor):
+class ImageFolderExecutor(_FromSnapshot, image_executor.Executor,
+                          _WriteInContentOrder):
   """The image folder ExampleGen's executor, on the snapshot's data root."""

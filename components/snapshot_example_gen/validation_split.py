@@ -1,4 +1,4 @@
-"""Carves the validation split out of train: seeded, stratified by label, in Beam.
+"""Carves the validation split out of train: seeded, stratified by label.
 
 TFX's ExampleGen divides one input split by hash buckets, but it cannot
 divide train further once the data comes as train/ and eval/ folders, and a
@@ -7,17 +7,17 @@ examples may end up with none in validation. Here every example gets a
 seeded hash of its bytes; per class, the `fraction` of its examples with the
 smallest hashes go to validation (at least one when the class has two or
 more, never the last one; identical records count once and go together).
-Only (label, hash) pairs are grouped, not the examples: a few dozen bytes
-per example, on one worker per class.
+ExampleGen applies it while it writes train (content_order.py): only
+(label, hash) pairs are grouped, not the examples, a few dozen bytes per
+example, on one worker per class.
 
 The same data and seed give the same split on every run and every runner;
 another seed gives another split.
 """
 
 import hashlib
-from typing import Dict, Iterable, Tuple, Union
+from typing import Iterable, Tuple, Union
 
-import apache_beam as beam
 import tensorflow as tf
 
 Record = Union[bytes, tf.train.Example]
@@ -70,25 +70,3 @@ def cut(item: Tuple[str, Iterable[float]], fraction: float
   hashes = sorted(set(hashes))
   count = count_for(len(hashes), fraction)
   return label, (hashes[count - 1] if count else -1.0)
-
-
-@beam.ptransform_fn
-def CarveValidation(records, label_feature: str, fraction: float,  # pylint: disable=invalid-name
-                    seed: int):
-  """records -> (train, validation) PCollections (see the module docstring)."""
-  keyed = records | 'Key' >> beam.Map(
-      lambda r: (label_of(r, label_feature), hash_of(r, seed), r))
-  cuts = (keyed
-          | 'LabelAndHash' >> beam.Map(lambda k: (k[0], k[1]))
-          | 'GroupByLabel' >> beam.GroupByKey()
-          | 'Cut' >> beam.Map(cut, fraction))
-
-  def which(k, num_partitions, cuts: Dict[str, float]):
-    del num_partitions
-    return 1 if k[1] <= cuts[k[0]] else 0
-
-  train, validation = keyed | 'Partition' >> beam.Partition(
-      which, 2, cuts=beam.pvalue.AsDict(cuts))
-  strip = lambda k: k[2]
-  return (train | 'TrainRecords' >> beam.Map(strip),
-          validation | 'ValidationRecords' >> beam.Map(strip))
