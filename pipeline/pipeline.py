@@ -23,10 +23,8 @@ compiles the very same object.
 import hashlib
 import json
 import posixpath
-import sys
 from typing import Dict, List, Optional, Union
 
-import apache_beam
 import tensorflow_model_analysis as tfma
 from tfx import v1 as tfx
 from tfx.dsl.placeholder import placeholder as ph
@@ -87,10 +85,9 @@ def beam_pipeline_args(config: Config, local: bool = False) -> list:
 # for the workers at every step (about 2 s, and 52 MB left in the temp dir
 # each time). DirectRunner's workers are local processes that import the
 # installed packages and stage nothing; this flag, which only a portable
-# runner would read, tells TFX so.
-_SDK_IMAGE = ('--sdk_container_image=apache/beam_python'
-              f'{sys.version_info.major}.{sys.version_info.minor}_sdk:'
-              f'{apache_beam.__version__}')
+# runner would read, tells TFX so. A constant: the Beam arguments are in
+# TFX's cache key, so no version or machine detail belongs in it.
+_SDK_IMAGE = '--sdk_container_image=unused-by-DirectRunner'
 
 
 def pipeline_identity(config: Config, image: str = 'local') -> str:

@@ -168,7 +168,7 @@ def test_beam_arguments_reach_the_data_components(tmp_path, runner_name,
   assert custom['config']['training']['strategy'] == 'multi_worker_mirrored'
 
 
-def test_direct_runner_on_every_cpu_by_default():
+def test_direct_runner_on_every_cpu_by_default(monkeypatch):
   from hubpipe.pipeline.pipeline import beam_pipeline_args
   # 0: the pod's entry point makes it the pod's CPUs (tests/test_cpus.py).
   args = beam_pipeline_args(load_config())
@@ -178,6 +178,12 @@ def test_direct_runner_on_every_cpu_by_default():
   # A dependency flag, so that TFX does not build and leave behind an sdist
   # of itself at every Beam step (DirectRunner stages nothing).
   from tfx.utils import dependency_utils
+
+  def build_ephemeral_package():
+    raise AssertionError('TFX would build an sdist of itself')
+
+  monkeypatch.setattr(dependency_utils, 'build_ephemeral_package',
+                      build_ephemeral_package)
   assert dependency_utils.make_beam_dependency_flags(args) == args
 
 
