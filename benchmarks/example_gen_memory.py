@@ -1,12 +1,14 @@
 """Peak memory of ExampleGen's writer against TFX's, side by side.
 
 Writes N random 200 KB records (incompressible, like JPEGs) with TFX's
-WriteSplit (beam.io.WriteToTFRecord) and with hubpipe's content-order writer
+WriteSplit (what TFX's ExampleGen executors write with: a Reshuffle, then
+beam.io.WriteToTFRecord) and with hubpipe's content-order writer
 (components/snapshot_example_gen/content_order.py), each in its own process
-on DirectRunner (in_memory), at two data sizes, and prints the peak RSS of
-each and the ratios. The content-order writer sorts externally (spill files
-per hash range, one shard in memory at a time), so its peak should not grow
-with the data.
+on DirectRunner (in_memory: everything in the one process, so its peak RSS
+counts it all), at two data sizes, and prints the peak RSS of each, its
+growth over the RSS after imports, and the ratios. The content-order writer
+sorts externally (spill buffers per hash range, one shard in memory at a
+time), so its peak should not grow with the data.
 
   python benchmarks/example_gen_memory.py [--sizes-mb 150 600]
 """
@@ -23,11 +25,22 @@ import time
 RECORD_BYTES = 200 * 1024
 
 
+def _rss_mb() -> float:
+  with open('/proc/self/status') as status:
+    for line in status:
+      if line.startswith('VmRSS:'):
+        return int(line.split()[1]) / 1024
+  return 0.0
+
+
 def _child(writer: str, megabytes: int, folder: str) -> None:
   import apache_beam as beam  # pylint: disable=g-import-not-at-top
   from apache_beam.options.pipeline_options import PipelineOptions
+  from tfx.components.example_gen import write_split
+  from tfx.proto import example_gen_pb2
   from hubpipe.components.snapshot_example_gen import content_order
 
+  base = _rss_mb()
   count = megabytes * (1 << 20) // RECORD_BYTES
 
   def record(i):
@@ -39,14 +52,15 @@ def _child(writer: str, megabytes: int, folder: str) -> None:
     records = (p | beam.Create(range(count)) | beam.Reshuffle()
                | beam.Map(record))
     if writer == 'tfx':
-      _ = records | beam.io.WriteToTFRecord(
-          os.path.join(folder, 'data_tfrecord'), file_name_suffix='.gz')
+      _ = records | write_split.WriteSplit(
+          folder, example_gen_pb2.FORMAT_TFRECORDS_GZIP, {})
     else:
       _ = records | content_order.WriteInContentOrder(
           folder, 0, folder + '.spill',
           ranges=content_order.ranges_for(megabytes << 20))
   peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-  print(json.dumps({'peak_mb': peak, 'seconds': time.time() - start,
+  print(json.dumps({'peak_mb': peak, 'growth_mb': peak - base,
+                    'seconds': time.time() - start,
                     'files': len(os.listdir(folder))}))
 
 
@@ -72,7 +86,8 @@ def main():
   for writer in ('tfx', 'content_order'):
     for size in (small, large):
       rows[writer, size] = result = _measure(writer, size)
-      print(f'{writer:14s} {size:5d} MB: peak RSS {result["peak_mb"]:6.0f} MB,'
+      print(f'{writer:14s} {size:5d} MB: peak RSS {result["peak_mb"]:6.0f} MB'
+            f' (+{result["growth_mb"]:.0f} MB after imports),'
             f' {result["seconds"]:5.1f} s, {result["files"]} files')
   for writer in ('tfx', 'content_order'):
     ratio = rows[writer, large]['peak_mb'] / rows[writer, small]['peak_mb']

@@ -33,12 +33,13 @@ EXAMPLES.append(EXAMPLES[5])
 
 
 def _write(examples, folder, seed=0, shard_bytes=1000, ranges=16,
-           mode='in_memory'):
+           mode='in_memory', carve=None):
   options = PipelineOptions(direct_running_mode=mode, direct_num_workers=2)
   with beam.Pipeline(options=options) as p:
     _ = (p | beam.Create(examples)
          | content_order.WriteInContentOrder(
-             str(folder), seed, str(folder) + '.spill', ranges, shard_bytes))
+             str(folder), seed, str(folder) + '.spill', ranges, shard_bytes,
+             carve))
   assert not os.path.exists(str(folder) + '.spill')  # removed
   return sorted(os.listdir(folder))
 
@@ -56,8 +57,10 @@ def test_same_examples_in_any_order_give_byte_identical_files(tmp_path):
   shuffled = list(EXAMPLES)
   random.Random(1).shuffle(shuffled)
   names = _write(EXAMPLES, tmp_path / 'a')
-  # Another order, another runner mode (bundles in two worker processes).
-  assert _write(shuffled, tmp_path / 'b', mode='multi_processing') == names
+  # Another order, another runner mode (bundles in two worker processes),
+  # another number of spill ranges (it follows an estimate of the size).
+  assert _write(shuffled, tmp_path / 'b', mode='multi_processing',
+                ranges=5) == names
   shards = len(names)
   assert shards > 3
   assert names == [f'data_tfrecord-{i:05d}-of-{shards:05d}.gz'
@@ -96,16 +99,52 @@ def test_framing_is_what_tensorflow_reads(tmp_path, data):
   assert [r.numpy() for r in tf.data.TFRecordDataset(str(path))] == [data] * 2
 
 
-def test_shards_pack_consecutive_ranges_to_the_size():
+def test_each_shard_reads_exactly_the_ranges_that_overlap_it():
   spilled = [(0, 'a0', 400), (1, 'b1', 300), (1, 'a1', 300), (3, 'a3', 900),
              (2, 'a2', 100)]
-  # 400 + 600 fills the first shard; 100 more would overflow it.
-  assert content_order.plan(spilled, 1000) == [
+  # 2000 bytes: two shards, each half of the hashes: ranges 0-1 and 2-3.
+  assert content_order.plan(spilled, 4, 1000) == [
       (0, 2, ['a0', 'a1', 'b1']), (1, 2, ['a2', 'a3'])]
-  assert content_order.plan([], 1000) == [(0, 1, [])]
+  # Three shards over four ranges: the middle one straddles two.
+  assert [files for _, _, files in content_order.plan(spilled, 4, 700)] == [
+      ['a0', 'a1', 'b1'], ['a1', 'a2', 'b1'], ['a2', 'a3']]
+  assert content_order.plan([], 4, 1000) == [(0, 1, [])]
+  for shards, ranges in ((3, 4), (7, 256), (1, 1), (256, 3)):
+    covered = sorted({r for j in range(shards)
+                      for r in content_order.ranges_of(j, shards, ranges)})
+    assert covered == list(range(ranges))
+  # Exact at the edges: the first and last hash of each shard.
+  for j in range(7):
+    low, high = content_order._bounds(j, 7)  # pylint: disable=protected-access
+    for hashed in (low, high):
+      assert content_order.part_of(hashed, 7) == j
+      assert content_order.part_of(hashed, 256) in content_order.ranges_of(
+          j, 7, 256)
   assert content_order.ranges_for(0) == 1
   assert content_order.ranges_for(10 * content_order.SHARD_BYTES) == 40
   assert content_order.ranges_for(10 ** 15) == content_order.MAX_RANGES
+
+
+def test_the_carve_over_several_shards_is_the_carve_in_one(tmp_path):
+  carve = lambda name: {'uri': str(tmp_path / name), 'fraction': 0.25,
+                        'seed': 0, 'label_feature': 'label'}
+  shuffled = list(EXAMPLES)
+  random.Random(3).shuffle(shuffled)
+  many = _write(EXAMPLES, tmp_path / 'train_many', carve=carve('val_many'))
+  assert len(many) > 3
+  assert sorted(os.listdir(tmp_path / 'val_many')) == many
+  _write(shuffled, tmp_path / 'train_again', ranges=3,
+         carve=carve('val_again'))
+  _write(EXAMPLES, tmp_path / 'train_one', shard_bytes=10 ** 6,
+         carve=carve('val_one'))
+  every = lambda name: sorted(r for f in sorted(os.listdir(tmp_path / name))
+                              for r in _records(tmp_path / name / f))
+  assert every('val_many') == every('val_one')
+  assert every('train_many') == every('train_one')
+  assert _contents(tmp_path / 'val_many') == _contents(tmp_path / 'val_again')
+  assert _contents(tmp_path / 'train_many') == _contents(
+      tmp_path / 'train_again')
+  assert len(set(every('val_one'))) == 30
 
 
 def test_a_corrupt_spill_file_is_an_error(tmp_path):

@@ -85,7 +85,8 @@ class _WriteInContentOrder(base_example_gen_executor.BaseExampleGenExecutor):
   executors' bases, so that a reader's own Do (the image folder's) runs
   first and reaches this one through super()."""
 
-  # The input files' bytes: sizes the spill (content_order.ranges_for).
+  # The input files' bytes: an estimate that sizes the spill
+  # (content_order.ranges_for), never the output's layout.
   input_bytes = 0
 
   def Do(self, input_dict, output_dict, exec_properties):
@@ -102,9 +103,11 @@ class _WriteInContentOrder(base_example_gen_executor.BaseExampleGenExecutor):
     uri = lambda split: artifact_utils.get_split_uri([examples], split)
     # Scratch space every Beam worker reaches: TFX's temp folder for this
     # execution, or (an executor run by hand) beside the output.
-    scratch = os.path.join(
-        self._get_tmp_dir() if self._context else examples.uri,
-        '.content_order')
+    try:
+      scratch_root = self._get_tmp_dir()
+    except RuntimeError:  # no context, or one without a temp path
+      scratch_root = examples.uri
+    scratch = os.path.join(scratch_root, '.content_order')
     logging.info('Generating examples.')
     with self._make_beam_pipeline() as pipeline:
       splits = self.GenerateExamplesByBeam(pipeline, exec_properties)
@@ -126,6 +129,7 @@ class _WriteInContentOrder(base_example_gen_executor.BaseExampleGenExecutor):
             uri(split), seed, os.path.join(scratch, split),
             ranges=content_order.ranges_for(self.input_bytes),
             carve=carve if split == 'train' else None)
+    content_order.remove_folder(scratch)
     if exec_properties.get('output_data_format'):
       examples_utils.set_payload_format(
           examples, exec_properties['output_data_format'])

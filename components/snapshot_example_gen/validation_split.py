@@ -46,12 +46,17 @@ def label_of(record: Record, label_feature: str) -> str:
   return repr(values[0]) if values else ''
 
 
-def hash_of(record: Record, seed: int, salt: str = '') -> float:
-  """A seeded, uniform number in [0, 1) from the example's bytes (`salt`
+def hash_int(record: Record, seed: int, salt: str = '') -> int:
+  """A seeded, uniform 64-bit integer from the example's bytes (`salt`
   keeps hashes drawn for different purposes independent)."""
   prefix = f'{salt}:{seed}:' if salt else f'{seed}:'
   digest = hashlib.sha256(prefix.encode() + to_bytes(record)).digest()
-  return int.from_bytes(digest[:8], 'big') / 2.0**64
+  return int.from_bytes(digest[:8], 'big')
+
+
+def hash_of(record: Record, seed: int, salt: str = '') -> float:
+  """hash_int as a number in [0, 1)."""
+  return hash_int(record, seed, salt) / 2.0**64
 
 
 def count_for(total: int, fraction: float) -> int:
