@@ -38,7 +38,7 @@ import trainer_inputs  # pylint: disable=g-import-not-at-top,wrong-import-positi
 from hubpipe.components.datasets import fashion_mnist  # pylint: disable=g-import-not-at-top,wrong-import-position
 from hubpipe.components.snapshot_example_gen import validation_split  # pylint: disable=wrong-import-position
 from hubpipe.pipeline.config import load_config  # pylint: disable=wrong-import-position
-from hubpipe.pipeline.pipeline import TRAINER_SECTIONS  # pylint: disable=wrong-import-position
+from hubpipe.pipeline.pipeline import NO_STAGING_ARG, TRAINER_SECTIONS  # pylint: disable=wrong-import-position
 
 CONFIG = os.path.join(os.path.dirname(HERE), 'pipeline', 'configs',
                       'fashion_mnist.yaml')
@@ -85,7 +85,7 @@ def _transform(examples, root, input_size):
   cache.uri = os.path.join(root, 'transform_cache')
   executor = transform_executor.Executor(transform_executor.Executor.Context(
       beam_pipeline_args=['--direct_running_mode=in_memory',
-                          '--direct_num_workers=1'],
+                          '--direct_num_workers=1', NO_STAGING_ARG],
       tmp_dir=os.path.join(root, 'tmp'), unique_id='transform'))
   executor.Do({'examples': [examples], 'schema': [schema]},
               {'transform_graph': [graph], 'updated_analyzer_cache': [cache]},

@@ -77,7 +77,7 @@ def beam_pipeline_args(config: Config, local: bool = False) -> list:
     if local and not beam.direct_num_workers:
       workers = ph.environment_variable(BEAM_WORKERS_ENV)
     args += [f'--direct_running_mode={beam.direct_running_mode}',
-             '--direct_num_workers=' + workers, _SDK_IMAGE]
+             '--direct_num_workers=' + workers, NO_STAGING_ARG]
   return args + list(beam.extra_args)
 
 
@@ -87,7 +87,7 @@ def beam_pipeline_args(config: Config, local: bool = False) -> list:
 # installed packages and stage nothing; this flag, which only a portable
 # runner would read, tells TFX so. A constant: the Beam arguments are in
 # TFX's cache key, so no version or machine detail belongs in it.
-_SDK_IMAGE = '--sdk_container_image=unused-by-DirectRunner'
+NO_STAGING_ARG = '--sdk_container_image=unused-by-DirectRunner'
 
 
 def pipeline_identity(config: Config, image: str = 'local') -> str:

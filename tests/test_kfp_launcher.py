@@ -11,6 +11,7 @@ import yaml
 from tfx import v1 as tfx
 
 from hubpipe.components import assets
+from hubpipe.pipeline.pipeline import NO_STAGING_ARG
 
 from kfp_launcher import Backend, LauncherError, dag_order
 
@@ -46,7 +47,7 @@ def _compile(tmp_path, name, with_resolver=False):
       pipeline_name=name, pipeline_root=str(tmp_path / 'root'),
       components=components,
       enable_cache=True,
-      beam_pipeline_args=['--direct_running_mode=in_memory'])
+      beam_pipeline_args=['--direct_running_mode=in_memory', NO_STAGING_ARG])
   runner = tfx.orchestration.experimental.KubeflowV2DagRunner(
       config=tfx.orchestration.experimental.KubeflowV2DagRunnerConfig(
           default_image='hubpipe:test', use_pipeline_spec_2_1=True),

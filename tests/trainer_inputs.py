@@ -24,6 +24,7 @@ from tfx.types import artifact_utils
 from tfx.types import standard_artifacts
 from google.protobuf import json_format
 
+from hubpipe.pipeline.pipeline import NO_STAGING_ARG
 from toy_images import toy_images
 
 # How dominant the class colour is (tests.toy_images): easy, so a few steps learn.
@@ -111,7 +112,7 @@ def make_trainer_inputs(root: str, train: int = 96, eval_: int = 48,
   executor = transform_executor.Executor(
       transform_executor.Executor.Context(
           beam_pipeline_args=['--direct_running_mode=in_memory',
-                              '--direct_num_workers=1'],
+                              '--direct_num_workers=1', NO_STAGING_ARG],
           tmp_dir=os.path.join(root, 'tmp'), unique_id='transform'))
   executor.Do(
       {'examples': [examples], 'schema': [schema]},
