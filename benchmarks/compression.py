@@ -54,12 +54,12 @@ import numpy as np  # pylint: disable=g-import-not-at-top
 import tensorflow as tf
 import tf_keras
 
-from hubpipe.components.compressor import measure
+from hubpipe.components.modeling import measure
 from hubpipe.components.compressor import techniques
 from hubpipe.components.datasets import fashion_mnist
 from hubpipe.components.hub_modules import resolve
 from common import load_fashion_mnist  # benchmarks/common.py
-from hubpipe.components.trainer import model as model_lib
+from hubpipe.components.modeling import model as model_lib
 
 MODULE = 'mobilenet_v1_100_224'
 DEFAULT_OUT = Path(__file__).resolve().parent / 'results' / 'compression.json'

@@ -52,8 +52,8 @@ import tf_keras
 from hubpipe.components.datasets import fashion_mnist
 from hubpipe.components.hub_modules import resolve
 from common import load_fashion_mnist  # benchmarks/common.py
-from hubpipe.components.trainer import model as model_lib
-from hubpipe.components.trainer import partial
+from hubpipe.components.modeling import model as model_lib
+from hubpipe.components.modeling import partial
 
 MODULE = 'mobilenet_v1_100_224'
 MODES = ('naive', 'cached', 'fine_tune', 'hybrid')

@@ -25,7 +25,7 @@ WORKER = textwrap.dedent('''
     import numpy as np
     import tensorflow as tf
     from hubpipe.components.hub_modules import resolve
-    from hubpipe.components.trainer import model as model_lib
+    from hubpipe.components.modeling import model as model_lib
     from hubpipe.components.trainer import strategy as strategy_lib
 
     batch, steps, size = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])

@@ -37,7 +37,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(HERE), 'tests'))
 import trainer_inputs  # pylint: disable=g-import-not-at-top,wrong-import-position
 from hubpipe.components.datasets import fashion_mnist  # pylint: disable=g-import-not-at-top,wrong-import-position
 from hubpipe.components.snapshot_example_gen import validation_split  # pylint: disable=wrong-import-position
-from hubpipe.pipeline.config import load_config  # pylint: disable=wrong-import-position
+from hubpipe.pipeline.config import handoff, load_config  # pylint: disable=wrong-import-position
 from hubpipe.pipeline.pipeline import NO_STAGING_ARG, TRAINER_SECTIONS  # pylint: disable=wrong-import-position
 
 CONFIG = os.path.join(os.path.dirname(HERE), 'pipeline', 'configs',
@@ -76,7 +76,7 @@ def _write_examples(source, root, fraction, seed):
   return examples, {k: len(v) for k, v in by_split.items()}
 
 
-def _transform(examples, root, input_size):
+def _transform(examples, root, config):
   schema = standard_artifacts.Schema()
   schema.uri = trainer_inputs.SCHEMA_DIR
   graph = standard_artifacts.TransformGraph()
@@ -91,9 +91,7 @@ def _transform(examples, root, input_size):
               {'transform_graph': [graph], 'updated_analyzer_cache': [cache]},
               {'preprocessing_fn': trainer_inputs.TRANSFORM_FN,
                'disable_statistics': 1, 'force_tf_compat_v1': 0,
-               'custom_config': json.dumps({'input_feature': 'image',
-                                            'label_feature': 'label',
-                                            'input_size': input_size})})
+               'custom_config': json.dumps(handoff(config, 'Transform'))})
   return graph.uri
 
 
@@ -104,8 +102,7 @@ def measure(train, eval_, root, config):
                                      config.data.seed)
   inputs = {'examples': examples.uri, 'schema': trainer_inputs.SCHEMA_DIR,
             'input_size': config.module.input_size,
-            'transform_graph': _transform(examples, root,
-                                          config.module.input_size)}
+            'transform_graph': _transform(examples, root, config)}
   with open(os.path.join(root, 'inputs.json'), 'w') as f:
     json.dump(inputs, f)
   with open(os.path.join(root, 'config.json'), 'w') as f:

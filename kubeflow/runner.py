@@ -269,7 +269,9 @@ def compile_pipeline(config: Config, output: str, image: Optional[str] = None,
     raise ConfigError('no pipeline root: pass --pipeline-root or set '
                       'kubeflow.pipeline_root (e.g. gs://BUCKET/hubpipe).')
   check_cluster_modules(config)
-  input_size, preprocessor, _ = local_runner.check_module(config)
+  # A mismatched module stops the compile here; the facts themselves (image
+  # size, preprocessor) are worked out again in the pods that need them.
+  local_runner.check_module(config)
   config = dataclasses.replace(config, data=dataclasses.replace(
       config.data, schema=cluster_schema_path(config, src_dir)))
   serving_dir = (config.kubeflow.serving_dir or
@@ -279,7 +281,7 @@ def compile_pipeline(config: Config, output: str, image: Optional[str] = None,
                          'data root': input_base})
   pipeline = create_pipeline(
       config, pipeline_root=root, input_base=input_base,
-      serving_dir=serving_dir, input_size=input_size, preprocessor=preprocessor,
+      serving_dir=serving_dir,
       identity=pipeline_identity(config, image), snapshot=STEP)
   applied = apply_resources(pipeline, config.kubeflow.resources)
   runner = tfx.orchestration.experimental.KubeflowV2DagRunner(

@@ -26,28 +26,28 @@ ROOT = Path(__file__).resolve().parents[1]
 # (tests/test_code_version.py checks), and the modules it imports when it
 # runs (building an offline module, the hybrid's partial unfreezing).
 _PACKAGES = ('components/__init__.py', 'pipeline/__init__.py')
-_MODEL = ('components/trainer', 'components/transform',
-          'components/hub_modules', 'components/assets.py',
-          'pipeline/config.py') + _PACKAGES
+_MODULES = ('components/hub_modules', 'components/assets.py',
+            'pipeline/config.py') + _PACKAGES
+_MODELING = ('components/modeling',) + _MODULES
 STEPS = {
     'ExampleGen': ('components/snapshot_example_gen',
                    'components/image_folder_example_gen',
                    'components/data_snapshot') + _PACKAGES,
-    'Transform': ('components/transform',) + _PACKAGES,
-    'Trainer': _MODEL,
+    'Transform': ('components/transform', 'components/modeling/__init__.py',
+                  'components/modeling/modules.py') + _MODULES,
+    'Trainer': ('components/trainer',) + _MODELING,
     'ModuleSelector': ('components/module_selector',
-                       'components/compressor/__init__.py',
-                       'components/compressor/measure.py',
-                       'components/report_svg.py') + _MODEL,
+                       'components/report_svg.py') + _MODELING,
     'Compressor': ('components/compressor', 'components/report_svg.py')
-                  + _MODEL,
+                  + _MODELING,
 }
 # The module each step starts from (its executor, run_fn or preprocessing_fn).
 ENTRY_MODULES = {
     'ExampleGen': ('hubpipe.components.snapshot_example_gen.executor',),
     'Transform': ('hubpipe.components.transform.image',
                   'hubpipe.components.transform.text'),
-    'Trainer': ('hubpipe.components.trainer.run',),
+    'Trainer': ('hubpipe.components.trainer.run',
+                'hubpipe.components.trainer.executor'),
     'ModuleSelector': ('hubpipe.components.module_selector.executor',),
     'Compressor': ('hubpipe.components.compressor.executor',),
 }

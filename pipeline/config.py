@@ -8,6 +8,7 @@ names) is hard-coded elsewhere: it comes from here or from the data.
 
 import dataclasses
 import difflib
+import json
 import os
 import re
 from pathlib import Path
@@ -271,9 +272,12 @@ class Config:
   source_path: Optional[str] = dataclasses.field(default=None, repr=False)
 
   def to_dict(self) -> dict:
-    out = dataclasses.asdict(self)
-    out.pop('source_path')
-    return out
+    """The sections as plain values (a step's config: the sections it was
+    handed)."""
+    return {f.name: _plain(getattr(self, f.name))
+            for f in dataclasses.fields(self)
+            if f.name != 'source_path'
+            and not isinstance(getattr(self, f.name), _NotHandedOver)}
 
   def resolve_path(self, path: Optional[str]) -> Optional[str]:
     """A path from the config, relative to the config file's folder."""
@@ -370,8 +374,9 @@ def _positive(where: str, value, allow_zero=False):
                       f'got {value}.')
 
 
-def validate(config: Config) -> Config:
-  """Checks values that types alone cannot; raises ConfigError."""
+def validate(config: Config, check_files: bool = True) -> Config:
+  """Checks values that types alone cannot; raises ConfigError.
+  check_files: also check the schema file (on the machine that reads it)."""
   d, m, t, e = config.data, config.module, config.training, config.evaluation
   _choice('modality', config.modality, MODALITIES)
   _choice('data.source', d.source, DATA_SOURCES)
@@ -479,7 +484,8 @@ def validate(config: Config) -> Config:
           DIRECT_RUNNING_MODES)
   _positive('beam.direct_num_workers', config.beam.direct_num_workers,
             allow_zero=True)
-  _check_schema(config)
+  if check_files:
+    _check_schema(config)
   return config
 
 
@@ -594,7 +600,102 @@ def load_config(path: Optional[str] = None, overrides: Optional[dict] = None
 
 
 def config_from_dict(raw: dict, source_path: Optional[str] = None) -> Config:
-  """Rebuilds a Config from `Config.to_dict()` (how components receive it)."""
+  """Builds a Config from `Config.to_dict()` (types checked; not validated:
+  see `from_handoff` for what a step receives)."""
   config = _build(Config, raw, '')
   config.source_path = source_path
+  return config
+
+
+def _plain(value):
+  return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+
+
+# ---------------------------------------------------------------------------
+# The hand-off: how a step of the DAG receives the config.
+#
+# Each step is handed the sections it reads, and only those, as one plain
+# mapping under its parameters (TFX's custom_config for the Transform and
+# the Trainer, the `config` execution parameter of hubpipe's components),
+# so that its cache key changes with those sections alone (a new compression
+# policy does not retrain) and ML Metadata and the KFP UI show what it ran
+# with. `from_handoff` parses and validates it the same way in every step;
+# a section the step was not handed cannot be read by mistake (it raises).
+
+STEP_SECTIONS = {
+    'Transform': ('name', 'modality', 'data', 'module'),
+    'Trainer': ('name', 'modality', 'data', 'module', 'model', 'training'),
+    'ModuleSelector': ('name', 'modality', 'data', 'module', 'model',
+                       'training', 'selection'),
+    'Compressor': ('name', 'modality', 'data', 'training', 'compression'),
+}
+
+
+def step_sections(config: Config, step: str) -> tuple:
+  """The sections `step` reads; the text Transform reads no module facts."""
+  sections = STEP_SECTIONS[step]
+  if step == 'Transform' and config.modality == 'text':
+    sections = tuple(k for k in sections if k != 'module')
+  return sections
+
+
+def handoff(config: Config, step: str, **extra) -> dict:
+  """What `step` is handed: {'config': its sections, **extra} (extra: e.g.
+  the step's code digest). The image Transform reads one module fact, the
+  size to write images at, so it is handed module.input_size, or (unset)
+  the module.handle it inspects for it: nothing else of the section."""
+  sections = config.to_dict()
+  out = {k: sections[k] for k in step_sections(config, step)}
+  if step == 'Transform' and 'module' in out:
+    module = out['module']
+    out['module'] = ({'input_size': module['input_size']}
+                     if module['input_size'] else {'handle': module['handle']})
+  return {'config': out, **extra}
+
+
+class _NotHandedOver:
+  """A section a step was not handed: reading it is a bug in the step (or
+  STEP_SECTIONS lacks it), and says so."""
+
+  def __init__(self, step: str, section: str):
+    self._step, self._section = step, section
+
+  def __getattr__(self, name):
+    if name.startswith('__'):
+      raise AttributeError(name)
+    raise ConfigError(
+        f'the {self._step} step read config section "{self._section}" '
+        f'({self._section}.{name}), which it is not handed: add it to '
+        f'STEP_SECTIONS["{self._step}"] in pipeline/config.py.')
+
+
+def from_handoff(params, step: str) -> Config:
+  """The config `step` was handed (`handoff`'s mapping, or its JSON),
+  parsed and validated as `load_config` does (file checks aside: the
+  step's machine may not see the files of the one that launched the run)."""
+  if isinstance(params, str):
+    params = json.loads(params)
+  if not isinstance((params or {}).get('config'), dict):
+    raise ConfigError(
+        f'the {step} step was handed no config (its parameters hold '
+        f'{sorted(params or {})}): the pipeline was compiled by another '
+        'hubpipe version than the one running it. Compile it again.')
+  raw = dict(params['config'])
+  allowed = set(STEP_SECTIONS[step])
+  extra = sorted(set(raw) - allowed)
+  if extra:
+    raise ConfigError(f'the {step} step was handed config sections it does '
+                      f'not read: {", ".join(extra)}.')
+  required = [k for k in STEP_SECTIONS[step] if not (
+      step == 'Transform' and k == 'module' and raw.get('modality') == 'text')]
+  missing = [k for k in required if k not in raw]
+  if missing:
+    raise ConfigError(
+        f'the {step} step was handed no config section(s) '
+        f'{", ".join(missing)}: the pipeline was compiled by another hubpipe '
+        'version than the one running it. Compile it again.')
+  config = validate(_build(Config, raw, ''), check_files=False)
+  for field in dataclasses.fields(Config):
+    if field.name != 'source_path' and field.name not in raw:
+      object.__setattr__(config, field.name, _NotHandedOver(step, field.name))
   return config

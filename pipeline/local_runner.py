@@ -35,7 +35,9 @@ ModuleError = (IncompatibleModule, ModuleNotFound, ModuleUnavailable)
 
 @dataclasses.dataclass
 class Inputs:
-  """What the DAG needs that is checked before it starts."""
+  """What is checked before the DAG starts: the data's root, and the
+  module's facts for the summary (the steps work them out themselves,
+  modeling/modules.py)."""
   input_base: str
   input_size: Optional[list]
   preprocessor: Optional[str]
@@ -71,21 +73,24 @@ def prepare_data(config: Config) -> str:
 def check_module(config: Config):
   """Resolves (offline modules are built on first use), inspects and checks
   the config's modules, so a mismatch stops the run before any component, not
-  in the Trainer. Returns (input_size, preprocessor, module facts)."""
+  in the Trainer. Returns (input_size, preprocessor, module facts) for the
+  summary; the steps work them out themselves, by the same rules
+  (modeling/modules.py)."""
   from hubpipe.components.hub_modules import inspect as inspect_lib
   from hubpipe.components.hub_modules import resolve as hub_resolve
+  from hubpipe.components.modeling import modules
   info = inspect_lib.describe(config.module.handle)
   inspect_lib.check_compatible(info, config)
   if config.module.control_handle:
     inspect_lib.check_compatible(
         inspect_lib.describe(config.module.control_handle), config)
-  preprocessor = None
-  if info.output_kind == inspect_lib.BERT_ENCODER:
-    preprocessor = config.module.preprocessor or info.preprocessor
+  preprocessor = modules.preprocessor_for(
+      config.module.handle, config.module.preprocessor, info)
+  if preprocessor:
     hub_resolve.resolve(preprocessor)
   input_size = None
   if config.modality == 'image':
-    input_size = list(config.module.input_size or info.input_size)
+    input_size = modules.transform_size(config, info)
   facts = {k: v for k, v in info.to_dict().items()
            if k in ('kind', 'modality', 'output_kind', 'output_dim',
                     'parameters', 'trainable_parameters', 'size_bytes')}
@@ -232,7 +237,6 @@ def _run_holding(config: Config, workdir: str, echo, pipeline_root) -> dict:
     pipeline = create_pipeline(
         config, pipeline_root=pipeline_root,
         input_base=inputs.input_base, serving_dir=serving_dir,
-        input_size=inputs.input_size, preprocessor=inputs.preprocessor,
         metadata_connection_config=(
             tfx.orchestration.metadata.sqlite_metadata_connection_config(
                 metadata_path)),

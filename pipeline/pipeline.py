@@ -23,7 +23,7 @@ compiles the very same object.
 import hashlib
 import json
 import posixpath
-from typing import Dict, List, Optional, Union
+from typing import Dict, Optional, Union
 
 import tensorflow_model_analysis as tfma
 from tfx import v1 as tfx
@@ -35,8 +35,11 @@ from hubpipe.components.data_snapshot.component import DataSnapshot
 from hubpipe.components.module_selector.component import ModuleSelector
 from hubpipe.components.pushed_baseline.component import LatestPushedModel
 from hubpipe.components.snapshot_example_gen.component import SnapshotExampleGen
+from hubpipe.components.trainer.component import Trainer
 from hubpipe.pipeline import code_version
 from hubpipe.pipeline.config import Config
+from hubpipe.pipeline.config import handoff
+from hubpipe.pipeline.config import STEP_SECTIONS
 
 TRANSFORM_FN = 'hubpipe.components.transform.{modality}.preprocessing_fn'
 TRAINER_FN = 'hubpipe.components.trainer.run.run_fn'
@@ -49,13 +52,18 @@ TRAIN_SPLIT, VALIDATION_SPLIT, EVAL_SPLIT = 'train', 'validation', 'eval'
 STEP = 'step'
 
 
-# The config sections the Trainer depends on: only a change to these should
+# The config sections the model depends on: only a change to these should
 # retrain (a new evaluation or compression policy reuses the cached model).
-TRAINER_SECTIONS = ('name', 'modality', 'data', 'module', 'model', 'training')
+TRAINER_SECTIONS = STEP_SECTIONS['Trainer']
 
 
 def _sections(config: Config, keys) -> dict:
   return {k: v for k, v in config.to_dict().items() if k in keys}
+
+
+def _handoff(config: Config, step: str) -> dict:
+  """`step`'s config sections and its code digest (pipeline/code_version.py)."""
+  return handoff(config, step, code=code_version.digest(step))
 
 
 def beam_pipeline_args(config: Config, local: bool = False) -> list:
@@ -96,7 +104,7 @@ def pipeline_identity(config: Config, image: str = 'local') -> str:
   either retrains, warm-started from and gated against the model in service
   (data_snapshot.snapshot.baseline_for); a new evaluation or compression
   policy reuses the trained model and keeps its baseline."""
-  sections = _sections(config, TRAINER_SECTIONS + ('selection',))
+  sections = _sections(config, STEP_SECTIONS['ModuleSelector'])
   return hashlib.sha256(json.dumps([sections, image], sort_keys=True,
                                    default=str).encode()).hexdigest()[:16]
 
@@ -166,9 +174,7 @@ def eval_config(config: Config) -> tfma.EvalConfig:
 
 
 def create_pipeline(config: Config, pipeline_root: str, input_base: str,
-                    serving_dir: str, input_size: Optional[List[int]] = None,
-                    preprocessor: Optional[str] = None,
-                    metadata_connection_config=None,
+                    serving_dir: str, metadata_connection_config=None,
                     enable_cache: bool = True,
                     snapshot: Union[Dict[str, str], str, None] = None,
                     identity: Optional[str] = None,
@@ -181,8 +187,6 @@ def create_pipeline(config: Config, pipeline_root: str, input_base: str,
     input_base: the examples' root (train/ and eval/ TFRecord folders, span
       folders that hold them, or an image folder).
     serving_dir: base folder of the pushed, versioned serving models.
-    input_size: [height, width] the images are resized to (image modality).
-    preprocessor: the text encoder's preprocessing companion, if it has one.
     metadata_connection_config: ML Metadata connection (local runs: SQLite).
     enable_cache: reuse the results of unchanged components.
     snapshot: the data snapshot already taken ({'examples', 'baseline'}, from
@@ -195,7 +199,6 @@ def create_pipeline(config: Config, pipeline_root: str, input_base: str,
     identity: `pipeline_identity(config, image)` (default: image 'local').
     local: for the local runner (`beam_pipeline_args`).
   """
-  data = config.data
   identity = identity or pipeline_identity(config)
   snapshot_step = None
   if snapshot is None or (isinstance(snapshot, str) and snapshot != STEP):
@@ -234,10 +237,7 @@ def create_pipeline(config: Config, pipeline_root: str, input_base: str,
       # would write ~100 KB per example to disk.
       materialize=False,
       disable_statistics=True,
-      custom_config={'code': code_version.digest('Transform'),
-                     'input_feature': config.input_feature,
-                     'label_feature': data.label_feature,
-                     'input_size': input_size})
+      custom_config=_handoff(config, 'Transform'))
   transform.add_upstream_node(gate)
 
   # The model a candidate warm-starts from and is measured against: the push
@@ -256,10 +256,9 @@ def create_pipeline(config: Config, pipeline_root: str, input_base: str,
     selector = ModuleSelector(
         examples=training_examples, schema=schema.outputs['schema'],
         transform_graph=transform.outputs['transform_graph'],
-        config=_sections(config, TRAINER_SECTIONS + ('selection',)),
-        input_size=input_size)
+        config=handoff(config, 'ModuleSelector'))
 
-  trainer = tfx.components.Trainer(
+  trainer = Trainer(
       run_fn=TRAINER_FN,
       examples=training_examples,
       hyperparameters=(selector.outputs['best_hyperparameters'] if selector
@@ -270,10 +269,7 @@ def create_pipeline(config: Config, pipeline_root: str, input_base: str,
       train_args=tfx.proto.TrainArgs(splits=[TRAIN_SPLIT]),
       # The Trainer's "eval" files are the validation split: it never sees eval.
       eval_args=tfx.proto.EvalArgs(splits=[VALIDATION_SPLIT]),
-      custom_config={'code': code_version.digest('Trainer'),
-                     'config': _sections(config, TRAINER_SECTIONS),
-                     'input_size': input_size,
-                     'preprocessor': preprocessor})
+      custom_config=_handoff(config, 'Trainer'))
 
   # Nothing pushed yet: the candidate stands in, so only the floor gates.
   pushed_baseline = LatestPushedModel(
@@ -298,8 +294,7 @@ def create_pipeline(config: Config, pipeline_root: str, input_base: str,
         model=trainer.outputs['model'], examples=examples.outputs['examples'],
         transform_graph=transform.outputs['transform_graph'],
         blessing=evaluator.outputs['blessing'],
-        config=_sections(config, TRAINER_SECTIONS + ('compression',)),
-        input_size=input_size)
+        config=handoff(config, 'Compressor'))
     push_model = compressor.outputs['compressed_model']
     push_blessing = compressor.outputs['push_blessing']
 

@@ -6,7 +6,7 @@ import os
 import pytest
 
 from hubpipe.components.compressor import policy
-from hubpipe.components.compressor.executor import CompressorError, core_model
+from hubpipe.components.modeling import export
 from hubpipe.pipeline.config import load_config
 
 
@@ -73,10 +73,9 @@ def test_report_page_has_the_table_the_decision_and_plots(tmp_path):
   assert '<th>validation accuracy</th>' in page and '<th>eval accuracy</th>' in page
 
 
-def test_model_without_hubpipe_weights_is_refused(tmp_path):
-  config = load_config(None, {'module.input_size': [32, 32]})
-  with pytest.raises(CompressorError, match='holds no head weights'):
-    core_model(config, str(tmp_path), [32, 32], 10)
+def test_a_folder_without_a_saved_model_is_refused(tmp_path):
+  with pytest.raises(ValueError, match='no SavedModel in'):
+    export.load_core(str(tmp_path))
 
 
 def test_compression_config_is_validated():

@@ -10,11 +10,11 @@ import pytest
 import tensorflow as tf
 import tf_keras
 
-from hubpipe.components.compressor import measure
+from hubpipe.components.modeling import measure
 from hubpipe.components.compressor import techniques
 from hubpipe.components.hub_modules import mobilenet_v1
 from hubpipe.components.hub_modules import resolve
-from hubpipe.components.trainer import model as model_lib
+from hubpipe.components.modeling import model as model_lib
 
 from toy_images import toy_images
 

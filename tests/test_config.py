@@ -1,5 +1,7 @@
 """Config loading: defaults, and errors that name the key and what is allowed."""
 
+import json
+
 import pytest
 
 from hubpipe.pipeline.config import ConfigError, REPO_ROOT, load_config
@@ -128,3 +130,35 @@ def test_selection_configs_load():
   for name in ('fashion_mnist_select', 'rotten_tomatoes_select'):
     config = load_config(str(REPO_ROOT / 'pipeline' / 'configs' / f'{name}.yaml'))
     assert len(config.selection.candidates) >= 2
+
+
+def test_each_step_is_handed_its_sections_validated():
+  from hubpipe.pipeline.config import from_handoff, handoff
+  config = load_config(None, {'compression.max_accuracy_drop': 0.02})
+  trainer = handoff(config, 'Trainer', code='abc')
+  assert set(trainer['config']) == {'name', 'modality', 'data', 'module',
+                                    'model', 'training'}
+  assert trainer['code'] == 'abc'
+  compressor = from_handoff(json.dumps(handoff(config, 'Compressor')),
+                            'Compressor')
+  assert compressor.compression.max_accuracy_drop == 0.02
+  assert compressor.to_dict().keys() == {'name', 'modality', 'data',
+                                         'training', 'compression'}
+  # A section the step is not handed cannot be read by mistake.
+  with pytest.raises(ConfigError, match='not handed'):
+    compressor.model.integration
+  # Validated as load_config validates.
+  bad = handoff(config, 'Trainer')
+  bad['config']['training']['epochs'] = 0
+  with pytest.raises(ConfigError, match='training.epochs'):
+    from_handoff(bad, 'Trainer')
+  with pytest.raises(ConfigError, match='does not read: beam, compression'):
+    from_handoff({'config': config.to_dict()}, 'Trainer')
+
+
+def test_the_text_transform_is_not_handed_the_module():
+  from hubpipe.pipeline.config import handoff
+  config = load_config(str(REPO_ROOT / 'pipeline' / 'configs' /
+                           'rotten_tomatoes_glove.yaml'))
+  assert 'module' not in handoff(config, 'Transform')['config']
+  assert 'module' in handoff(load_config(), 'Transform')['config']

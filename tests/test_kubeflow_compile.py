@@ -87,8 +87,10 @@ def test_every_component_runs_in_the_image_with_hubpipes_entrypoint(
     assert container['command'] == ['python', '-m', runner.ENTRYPOINT], name
     assert '--direct_num_workers=0' in container['args'], name
   trainer = _container(spec, 'Trainer')
+  # TFX's Trainer with hubpipe's executor (GenericExecutor, then the model
+  # record onto the Model artifact).
   assert trainer['args'][:2] == ['--executor_class_path',
-                                 'tfx.components.trainer.executor.GenericExecutor']
+                                 'hubpipe.components.trainer.executor.Executor']
   assert _container(spec, 'Compressor')['args'][1] == (
       'hubpipe.components.compressor.executor.Executor')
 

@@ -152,7 +152,8 @@ def test_transform_container_writes_a_working_transform_graph(compiled):
   params = transform_in['inputs']['parameterValues']
   assert params['preprocessing_fn'] == (
       'hubpipe.components.transform.image.preprocessing_fn')
-  assert json.loads(params['custom_config'])['input_size'] == SIZE
+  assert json.loads(params['custom_config'])['config']['module'][
+      'input_size'] == SIZE
   types = {k: v['artifacts'][0]['type']['instanceSchema'].split('\n')[0]
            for k, v in transform_in['inputs']['artifacts'].items()}
   assert types == {'examples': 'title: tfx.Examples',

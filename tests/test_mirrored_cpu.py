@@ -21,7 +21,7 @@ SCRIPT = textwrap.dedent('''
     tf.config.set_logical_device_configuration(
         cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     import tf_keras
-    from hubpipe.components.trainer import run
+    from hubpipe.components.modeling import training
     from hubpipe.pipeline.config import load_config
 
     strategy = tf.distribute.MirroredStrategy(['/cpu:0', '/cpu:1'])
@@ -34,8 +34,8 @@ SCRIPT = textwrap.dedent('''
     class Count(tf_keras.callbacks.Callback):
       def on_train_batch_end(self, batch, logs=None):
         steps.append(batch)
-    head, accuracy, history = run._fit_head(
-        strategy, features, labels, features, labels, 2, config,
+    head, accuracy, history = training.fit_head_in_memory(
+        features, labels, features, labels, 2, config, strategy=strategy,
         callbacks=[Count()])
     print(json.dumps({'replicas': strategy.num_replicas_in_sync,
                       'steps_per_epoch': len(steps) // 8,

@@ -11,6 +11,7 @@ import pytest
 import tensorflow as tf
 
 import trainer_inputs
+from hubpipe.components.modeling import export
 from hubpipe.pipeline.config import ConfigError, load_config
 from hubpipe.pipeline.pipeline import TRAINER_SECTIONS
 
@@ -77,6 +78,15 @@ def test_trains_and_serves_under_a_mixed_policy(inputs, policy, mode,
   # Served in float16/bfloat16 the head may round an example differently
   # than the Keras evaluation did; within one example of it.
   assert abs(accuracy - report['validation_accuracy']) <= 1 / len(records) + 1e-6
+  # What the Compressor reads: the same model, computing in float32 (what
+  # TFLite converts), answering as the served model does.
+  core = export.load_core(str(trainer / 'model' / '1' / 'Format-Serving'))
+  assert {layer.compute_dtype for layer in export._all_layers(core)  # pylint: disable=protected-access
+          if layer.weights} == {'float32'}
+  probabilities = tf.nn.softmax(core.predict(
+      trainer_inputs.transformed_images(made, 'validation'), verbose=0))
+  np.testing.assert_allclose(probabilities.numpy(),
+                             out['probabilities'].numpy(), atol=0.02)
 
 
 def test_mixed_precision_values_are_checked():

@@ -22,7 +22,7 @@ from hubpipe.components.module_selector import report as report_lib
 from hubpipe.components.module_selector.component import ModuleSelection
 from hubpipe.pipeline import code_version
 from hubpipe.components.module_selector.component import ModuleSelector
-from hubpipe.pipeline.config import Config, SelectionConfig, TrainingConfig
+from hubpipe.pipeline.config import Config, SelectionConfig, TrainingConfig, handoff
 
 from toy_images import toy_images
 
@@ -327,11 +327,12 @@ def test_executor_outputs_what_the_trainer_reads(tiny_handle, toy, tmp_path,
   train_x, train_y, eval_x, eval_y = toy
   # The probes rank on validation; eval is not read at all.
   samples = {'train': (train_x, train_y), 'validation': (eval_x, eval_y)}
-  monkeypatch.setattr(executor.trainer_run, 'transformed_sample',
+  monkeypatch.setattr(executor.inputs, 'sample',
                       lambda examples, split, *args: samples[split])
   monkeypatch.setattr(executor.tft, 'TFTransformOutput', lambda uri: uri)
-  monkeypatch.setattr(executor.trainer_run, 'num_classes_from',
-                      lambda output: CLASSES)
+  monkeypatch.setattr(executor.inputs, 'num_classes', lambda output: CLASSES)
+  monkeypatch.setattr(executor.inputs, 'images_at',
+                      lambda output, key: [SIZE, SIZE])
   config = _config([{'handle': tiny_handle, 'input_size': [24, 24]},
                     '/no/such/module'])
   selection = ModuleSelection()
@@ -343,8 +344,7 @@ def test_executor_outputs_what_the_trainer_reads(tiny_handle, toy, tmp_path,
   executor.Executor().Do(
       {'examples': [], 'transform_graph': [graph]},
       {'selection': [selection], 'best_hyperparameters': [hyperparameters]},
-      {'config': json.dumps({'config': config.to_dict(),
-                             'input_size': [SIZE, SIZE]})})
+      {'config': json.dumps(handoff(config, 'ModuleSelector'))})
   name = f'{tiny_handle}@24x24'
   assert selection.get_string_custom_property('chosen_name') == name
   assert selection.get_string_custom_property('chosen_handle') == tiny_handle
@@ -370,11 +370,11 @@ def test_component_wires_inputs_outputs_and_config():
       examples=channel(standard_artifacts.Examples),
       schema=channel(standard_artifacts.Schema),
       transform_graph=channel(standard_artifacts.TransformGraph),
-      config={'selection': config}, input_size=[224, 224])
+      config={'config': {'selection': config}})
   assert set(component.outputs) == {'selection', 'best_hyperparameters'}
   assert component.outputs['selection'].type_name == 'hubpipe.ModuleSelection'
   assert component.outputs['best_hyperparameters'].type_name == 'HyperParameters'
   params = json.loads(component.exec_properties['config'])
   # 'code': the digest of the selector's source (pipeline/code_version.py).
-  assert params == {'config': {'selection': config}, 'input_size': [224, 224],
+  assert params == {'config': {'selection': config},
                     'code': code_version.digest('ModuleSelector')}

@@ -1,6 +1,6 @@
 """Multi-worker training, executed: two Trainer processes on loopback.
 
-Each process runs TFX's GenericExecutor with hubpipe's run_fn (what a Trainer
+Each process runs the Trainer's executor (TFX's GenericExecutor) with hubpipe's run_fn (what a Trainer
 pod, or each replica of a TFJob / Vertex AI worker pool, runs) with a
 two-worker TF_CONFIG on free localhost ports, on one shared tiny Transform
 output. `training.strategy: auto` must pick MultiWorkerMirroredStrategy; the

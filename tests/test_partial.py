@@ -5,7 +5,7 @@ import pytest
 import tf_keras
 
 from hubpipe.components.hub_modules import resolve
-from hubpipe.components.trainer import partial
+from hubpipe.components.modeling import partial
 
 # Keras MobileNet naming (a slice of it), in the module's input -> output order.
 MOBILENET = [

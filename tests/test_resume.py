@@ -1,6 +1,6 @@
 """A killed Trainer resumes: a real SIGKILL mid-training, then a rerun.
 
-The Trainer is hubpipe's run_fn under TFX's GenericExecutor in a process of
+The Trainer is hubpipe's run_fn under the Trainer's executor in a process of
 its own (tests/trainer_inputs.py); the test kills it with SIGKILL once an
 epoch is saved (BackupAndRestore, in a folder keyed on the inputs) and runs
 the same command again.

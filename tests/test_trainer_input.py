@@ -13,9 +13,9 @@ from tfx.types import standard_artifacts
 from google.protobuf import json_format
 
 import trainer_inputs
-from hubpipe.components.trainer import inputs
+from hubpipe.components.modeling import inputs
 from hubpipe.components.trainer import run
-from hubpipe.pipeline.config import load_config
+from hubpipe.pipeline.config import handoff, load_config
 
 CLASSES = 3
 TRAIN = 90
@@ -53,7 +53,7 @@ def _training(root, made, train_steps=None, **overrides):
           splits=['train'], num_steps=train_steps)),
        'eval_args': json_format.MessageToJson(trainer_pb2.EvalArgs(
            splits=['validation']))})
-  fn_args.custom_config = {'config': config.to_dict(), 'input_size': [32, 32]}
+  fn_args.custom_config = handoff(config, 'Trainer')
   fn_args.model_run_dir = str(root / 'Trainer' / 'model_run' / '1')
   fn_args.serving_model_dir = str(root / 'Trainer' / 'model' / '1')
   fn_args.hyperparameters = None
@@ -100,7 +100,7 @@ def test_samples_are_seeded_stratified_and_cover_every_class(sorted_inputs):
   config = load_config(None, {'module.input_size': [32, 32]})
   import tensorflow_transform as tft
   output = tft.TFTransformOutput(made['transform_graph'])
-  x, y = run.transformed_sample([_examples(made)], 'train', output, config, 12)
+  x, y = inputs.sample([_examples(made)], 'train', output, config, 12)
   assert x.shape == (12, 32, 32, 3)
   # From class-sorted files the first 12 would all be class 0; the sample
   # takes each class in its share of the split.
@@ -108,11 +108,11 @@ def test_samples_are_seeded_stratified_and_cover_every_class(sorted_inputs):
   share = np.bincount(labels, minlength=CLASSES) * 12 / len(labels)
   counts = np.bincount(y, minlength=CLASSES)
   assert counts.sum() == 12 and np.all(np.abs(counts - share) < 1), counts
-  x2, y2 = run.transformed_sample([_examples(made)], 'train', output, config, 12)
+  x2, y2 = inputs.sample([_examples(made)], 'train', output, config, 12)
   np.testing.assert_array_equal(y, y2)
   np.testing.assert_array_equal(x, x2)
   config.training.seed = 5
-  x3, _ = run.transformed_sample([_examples(made)], 'train', output, config, 12)
+  x3, _ = inputs.sample([_examples(made)], 'train', output, config, 12)
   assert not np.array_equal(x, x3)
 
 

@@ -6,7 +6,8 @@ writes them), then runs TFX's own Transform executor on
 them with hubpipe's image preprocessing_fn. The result is what the Trainer
 reads in a pipeline run: raw examples plus a Transform graph.
 
-`trainer_do(...)` then runs TFX's GenericExecutor on them, as a Trainer pod
+`trainer_do(...)` then runs the Trainer's executor (TFX's GenericExecutor,
+then the model record onto the Model artifact) on them, as a Trainer pod
 (or one worker of a TFJob / Vertex worker pool) does.
 """
 
@@ -17,13 +18,14 @@ import os
 import numpy as np
 import tensorflow as tf
 from PIL import Image
-from tfx.components.trainer import executor as trainer_executor
+from hubpipe.components.trainer import executor as trainer_executor
 from tfx.components.transform import executor as transform_executor
 from tfx.proto import trainer_pb2
 from tfx.types import artifact_utils
 from tfx.types import standard_artifacts
 from google.protobuf import json_format
 
+from hubpipe.pipeline.config import handoff, load_config
 from hubpipe.pipeline.pipeline import NO_STAGING_ARG
 from toy_images import toy_images
 
@@ -86,6 +88,16 @@ def records(inputs: dict, split: str = 'validation') -> list:
                                                      compression_type='GZIP')]
 
 
+def transformed_images(inputs: dict, split: str = 'validation') -> np.ndarray:
+  """`records(inputs, split)` through the Transform graph: the images the
+  model's core takes."""
+  import tensorflow_transform as tft  # pylint: disable=g-import-not-at-top
+  output = tft.TFTransformOutput(inputs['transform_graph'])
+  raw = tf.io.parse_example(tf.constant(records(inputs, split)),
+                            output.raw_feature_spec())
+  return output.transform_features_layer()(raw)['image'].numpy()
+
+
 def make_trainer_inputs(root: str, train: int = 96, eval_: int = 48,
                         size: int = 32, input_size=(32, 32), classes: int = 3,
                         seed: int = 0, class_sorted: bool = False) -> dict:
@@ -119,9 +131,10 @@ def make_trainer_inputs(root: str, train: int = 96, eval_: int = 48,
       {'transform_graph': [graph], 'updated_analyzer_cache': [cache]},
       {'preprocessing_fn': TRANSFORM_FN, 'disable_statistics': 1,
        'force_tf_compat_v1': 0,
-       'custom_config': json.dumps({'input_feature': 'image',
-                                    'label_feature': 'label',
-                                    'input_size': list(input_size)})})
+       # The Transform's hand-off (pipeline/config.py).
+       'custom_config': json.dumps(handoff(
+           load_config(None, {'module.input_size': list(input_size)}),
+           'Transform'))})
   return {'examples': examples.uri, 'transform_graph': graph.uri,
           'schema': SCHEMA_DIR, 'input_size': list(input_size),
           'train_labels': [int(v) for v in y_train],
@@ -129,10 +142,11 @@ def make_trainer_inputs(root: str, train: int = 96, eval_: int = 48,
           'eval_labels': [int(v) for v in y_eval]}
 
 
-def trainer_do(inputs: dict, output_root: str, config: dict,
-               preprocessor=None) -> None:
-  """TFX's GenericExecutor().Do with hubpipe's run_fn, as a Trainer pod runs
-  it; `config` is the Trainer's config sections (Config.to_dict())."""
+def trainer_do(inputs: dict, output_root: str, config: dict):
+  """The Trainer's executor (TFX's GenericExecutor, then the model record
+  onto the Model artifact) with hubpipe's run_fn, as a Trainer pod runs it;
+  `config` is the Trainer's config sections (Config.to_dict()). Returns the
+  Model artifact."""
   examples = _artifact(standard_artifacts.Examples, inputs['examples'])
   examples.split_names = artifact_utils.encode_split_names(
       ['eval', 'train', 'validation'])
@@ -140,7 +154,7 @@ def trainer_do(inputs: dict, output_root: str, config: dict,
                     os.path.join(output_root, 'Trainer', 'model', '1'))
   model_run = _artifact(standard_artifacts.ModelRun,
                         os.path.join(output_root, 'Trainer', 'model_run', '1'))
-  trainer_executor.GenericExecutor().Do(
+  trainer_executor.Executor().Do(
       {'examples': [examples],
        'transform_graph': [_artifact(standard_artifacts.TransformGraph,
                                      inputs['transform_graph'])],
@@ -151,9 +165,8 @@ def trainer_do(inputs: dict, output_root: str, config: dict,
            trainer_pb2.TrainArgs(splits=['train'])),
        'eval_args': json_format.MessageToJson(
            trainer_pb2.EvalArgs(splits=['validation'])),
-       'custom_config': json.dumps({'config': config,
-                                    'input_size': inputs['input_size'],
-                                    'preprocessor': preprocessor})})
+       'custom_config': json.dumps({'config': config})})
+  return model
 
 
 def main(argv):

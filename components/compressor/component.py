@@ -9,7 +9,7 @@ Pusher, and a CompressionReport (JSON + HTML).
 """
 
 import json
-from typing import Any, Dict, Optional
+from typing import Any, Dict
 
 from tfx import types
 from tfx.dsl.components.base import base_component
@@ -51,15 +51,15 @@ class Compressor(base_component.BaseComponent):
 
   def __init__(self, model: types.BaseChannel, examples: types.BaseChannel,
                transform_graph: types.BaseChannel, blessing: types.BaseChannel,
-               config: Dict[str, Any], input_size: Optional[list] = None):
+               config: Dict[str, Any]):
     """Args: the trained model, examples, transform graph and the Evaluator's
-    blessing; `config` is the hubpipe config as a dict (`Config.to_dict()`),
-    `input_size` the images' [height, width]."""
+    blessing; `config`: the Compressor's hand-off (pipeline/config.py
+    `handoff(config, 'Compressor')`)."""
     super().__init__(spec=CompressorSpec(
         model=model, examples=examples, transform_graph=transform_graph,
         blessing=blessing,
         # 'code': this step's source digest, so an edit reruns it.
-        config=json.dumps({'config': config, 'input_size': input_size,
+        config=json.dumps({**config,
                            'code': code_version.digest('Compressor')},
                           sort_keys=True),
         compressed_model=types.Channel(type=standard_artifacts.Model),

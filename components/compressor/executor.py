@@ -1,7 +1,8 @@
 """The Compressor's executor: make each variant, measure it, decide, write out.
 
 Every variant serves the trained model's core (transformed images in, logits
-out) and is measured on the same transformed examples: accuracy against the
+out), which the Trainer exported: `modeling.export.load_core` loads it back
+as the Keras model that was trained. Each variant is measured on the same transformed examples: accuracy against the
 uncompressed model on a validation sample (what the policy chooses on, and
 what int8_selective's steps are scored on) and on an eval sample (what is
 reported; eval plays no part in any choice), file size (and gzip size),
@@ -14,7 +15,7 @@ ModelBlessing gates the Pusher: it is blessed only when the Evaluator blessed
 the model and the policy chose something to push.
 """
 
-import json
+import dataclasses
 import logging
 import os
 import time
@@ -28,13 +29,12 @@ from tfx.types import artifact_utils
 from tfx.utils import io_utils
 from tfx.utils import path_utils
 
-from hubpipe.components.compressor import measure
 from hubpipe.components.compressor import policy
 from hubpipe.components.compressor import techniques
-from hubpipe.components.hub_modules import resolve as hub_resolve
-from hubpipe.components.trainer import model as model_lib
-from hubpipe.components.trainer import run as trainer_run
-from hubpipe.pipeline.config import config_from_dict
+from hubpipe.components.modeling import export as export_lib
+from hubpipe.components.modeling import inputs
+from hubpipe.components.modeling import measure
+from hubpipe.pipeline.config import from_handoff
 
 TFLITE_FILE = 'model.tflite'
 # Beside the pushed folder (Format-Serving) in the compressed Model's folder.
@@ -44,33 +44,6 @@ LATENCY_BATCH = 32
 
 class CompressorError(ValueError):
   """The Compressor's inputs are missing or unusable."""
-
-
-def core_model(config, serving_dir, input_size, num_classes):
-  """The trained model's core (transformed images -> logits), rebuilt from
-  the weights the Trainer stores inside the model it exports, on the module
-  the Trainer recorded there (the ModuleSelector's choice, or the config's)."""
-  integration = config.model.integration
-  trainable = {'feature_extraction': False, 'fine_tune': True,
-               'hybrid': config.model.unfreeze}[integration]
-  module = trainer_run.recorded_module(serving_dir, config.module.handle,
-                                       input_size)
-  extractor = model_lib.feature_extractor(
-      config.modality, hub_resolve.resolve(module['handle']),
-      input_size=module['input_size'] or input_size, resize_from=input_size,
-      trainable=trainable)
-  head = model_lib.head(extractor.output_shape[1:], num_classes,
-                        config.model.hidden_units, config.model.dropout)
-  model = model_lib.classifier(extractor, head)
-  weights = os.path.join(serving_dir, trainer_run.WARM_START_DIR)
-  target, name = (head, 'head') if integration == 'feature_extraction' else (
-      model, 'model')
-  if not tf.io.gfile.exists(os.path.join(weights, name) + '.index'):
-    raise CompressorError(f'the trained model at {serving_dir} holds no '
-                          f'{name} weights ({trainer_run.WARM_START_DIR}); '
-                          'was it made by hubpipe\'s Trainer?')
-  target.load_weights(os.path.join(weights, name)).expect_partial()
-  return model
 
 
 def _row(name, tflite_bytes, samples, reference, float_row=None, note='',
@@ -177,6 +150,15 @@ def compress(model, train_x, train_y, samples, settings, log=print):
   return reference, rows, variants
 
 
+def _property(artifact, key):
+  """A custom property as the Trainer set it: KFP's metadata hands integers
+  back as floats (JSON numbers)."""
+  value = artifact.get_custom_property(key)
+  if isinstance(value, float) and value.is_integer():
+    return int(value)
+  return value if isinstance(value, (int, str)) else str(value)
+
+
 def _bless(out_blessing, out_model, blessed: bool, reason: str) -> None:
   """Records the push decision. Like TFX's Evaluator, a BLESSED or
   NOT_BLESSED file marks it in the blessing's folder, and a decision file
@@ -198,9 +180,8 @@ class Executor(base_executor.BaseExecutor):
   """Compresses the blessed model; see the module docstring."""
 
   def Do(self, input_dict, output_dict, exec_properties):
-    params = json.loads(exec_properties['config'])
-    config = config_from_dict(params['config'])
-    settings = config.to_dict()['compression']
+    config = from_handoff(exec_properties['config'], 'Compressor')
+    settings = dataclasses.asdict(config.compression)
     model_artifact = artifact_utils.get_single_instance(input_dict['model'])
     blessing = artifact_utils.get_single_instance(input_dict['blessing'])
     out_model = artifact_utils.get_single_instance(
@@ -226,12 +207,11 @@ class Executor(base_executor.BaseExecutor):
 
     transform_output = tft.TFTransformOutput(
         artifact_utils.get_single_uri(input_dict['transform_graph']))
-    num_classes = trainer_run.num_classes_from(transform_output)
     examples = input_dict['examples']
-    train_x, train_y = trainer_run.transformed_sample(
+    train_x, train_y = inputs.sample(
         examples, 'train', transform_output, config,
         settings['fine_tune_examples'])
-    samples = {split: trainer_run.transformed_sample(
+    samples = {split: inputs.sample(
         examples, split, transform_output, config, settings[f'{split}_examples'])
                for split in ('validation', 'eval')}
     resolution = 1 / len(samples['validation'][1])
@@ -241,7 +221,17 @@ class Executor(base_executor.BaseExecutor):
           'compression.max_accuracy_drop (%.4f): a single flipped answer '
           'fails a variant. More validation data (data.validation_fraction) '
           'makes the choice steadier.', resolution, settings['max_accuracy_drop'])
-    model = core_model(config, serving_dir, params['input_size'], num_classes)
+    # The Trainer's export, as trained: no rebuilding, no weights to reload.
+    model = export_lib.load_core(serving_dir)
+    trained = {key: _property(model_artifact, key)
+               for key in export_lib.PROPERTIES
+               if model_artifact.has_custom_property(key)}
+    # The pushed model carries them too.
+    for key, value in trained.items():
+      if isinstance(value, int):
+        out_model.set_int_custom_property(key, value)
+      else:
+        out_model.set_string_custom_property(key, value)
     reference, rows, variants = compress(model, train_x, train_y, samples,
                                          settings, log=logging.info)
     decision = policy.choose(rows, settings['max_accuracy_drop'],
@@ -250,6 +240,8 @@ class Executor(base_executor.BaseExecutor):
                              settings['on_no_pass'])
     report = {
         'model': model_artifact.uri,
+        # What the Trainer recorded on its Model artifact.
+        'trained_model': trained,
         # The uncompressed model's accuracy on each sample: the policy
         # chooses on validation; eval is reported only.
         'reference_accuracy': reference,

@@ -45,8 +45,9 @@ import tensorflow_hub as hub
 import tensorflow_model_optimization as tfmot
 import tf_keras
 
-from hubpipe.components.compressor import measure
-from hubpipe.components.trainer import model as model_lib
+from hubpipe.components.hub_modules import resolve as hub_resolve
+from hubpipe.components.modeling import measure
+from hubpipe.components.modeling import model as model_lib
 
 MODES = ('float32', 'dynamic_range', 'float16', 'int8')
 # Calibration examples drawn (in order) from the representative array.
@@ -375,7 +376,9 @@ def _prunable_copy(layer: hub.KerasLayer, prunable, trainable: bool
                    ) -> PrunableKerasLayer:
   config = layer.get_config()
   kwargs = {k: config[k] for k in _HUB_CONFIG_KEYS if config.get(k) is not None}
-  copy = PrunableKerasLayer(config['handle'], prunable=prunable,
+  # The config names the module as configured; load it from where it is.
+  copy = PrunableKerasLayer(hub_resolve.resolve(config['handle']),
+                            prunable=prunable,
                             trainable=trainable, name=layer.name, **kwargs)
   # By name, not by position: Keras lists trainable weights first, so a
   # partly trainable module (hybrid) lists its variables in another order

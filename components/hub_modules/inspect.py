@@ -130,7 +130,7 @@ def _modality(inputs, output_kind, metadata) -> str:
   return 'unknown'
 
 
-def _size_on_disk(path: str) -> Optional[int]:
+def size_on_disk(path: str) -> Optional[int]:
   if '://' in path or not os.path.isdir(path):
     return None
   return sum(f.stat().st_size for f in Path(path).rglob('*') if f.is_file())
@@ -179,7 +179,7 @@ def describe(handle: str) -> ModuleInfo:
       input_size=input_size, value_range=value_range,
       parameters=count(variables), trainable_parameters=count(trainable),
       has_training_argument=has_training, fine_tunable=bool(trainable),
-      size_bytes=_size_on_disk(resolved),
+      size_bytes=size_on_disk(resolved),
       preprocessor=metadata.get('preprocessor'), metadata=metadata)
 
 

@@ -12,7 +12,7 @@ HyperParameters artifact for the Trainer's `hyperparameters` input.
 """
 
 import json
-from typing import Any, Dict, Optional
+from typing import Any, Dict
 
 from tfx import types
 from tfx.dsl.components.base import base_component
@@ -52,15 +52,14 @@ class ModuleSelector(base_component.BaseComponent):
   EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(executor.Executor)
 
   def __init__(self, examples: types.BaseChannel, schema: types.BaseChannel,
-               transform_graph: types.BaseChannel, config: Dict[str, Any],
-               input_size: Optional[list] = None):
-    """Args: the examples, schema and transform graph; `config` is the hubpipe
-    config as a dict (`Config.to_dict()`), `input_size` the [height, width]
-    the Transform resized the images to (None for text)."""
+               transform_graph: types.BaseChannel, config: Dict[str, Any]):
+    """Args: the examples, schema and transform graph; `config`: the
+    selector's hand-off (pipeline/config.py `handoff(config,
+    'ModuleSelector')`)."""
     super().__init__(spec=ModuleSelectorSpec(
         examples=examples, schema=schema, transform_graph=transform_graph,
         # 'code': this step's source digest, so an edit reruns it.
-        config=json.dumps({'config': config, 'input_size': input_size,
+        config=json.dumps({**config,
                            'code': code_version.digest('ModuleSelector')},
                           sort_keys=True),
         selection=types.Channel(type=ModuleSelection),

@@ -20,10 +20,10 @@ any size) at the Transform's size: without an input_size it runs at the
 pipeline's resolution, and another resolution is another candidate. At a size
 other than the Transform's, a bilinear resize (`tf_keras.layers.Resizing`,
 i.e. `tf.image.resize`) goes in front of the module, inside the timed model:
-the Trainer's own `feature_extractor(..., resize_from=...)`.
+the Trainer's own `modeling.model.extractor_for`.
 
 Outputs: a ModuleSelection (report, and the winner as custom properties) and
-a HyperParameters artifact whose one file the stock TFX Trainer reads into
+a HyperParameters artifact whose one file TFX's Trainer reads into
 `fn_args.hyperparameters`.
 """
 
@@ -43,14 +43,16 @@ from tfx.dsl.components.base import base_executor
 from tfx.types import artifact_utils
 from tfx.utils import io_utils
 
-from hubpipe.components.compressor import measure
 from hubpipe.components.hub_modules import inspect as inspect_lib
 from hubpipe.components.hub_modules import resolve as hub_resolve
+from hubpipe.components.modeling import inputs
+from hubpipe.components.modeling import measure
+from hubpipe.components.modeling import model as model_lib
+from hubpipe.components.modeling import modules
+from hubpipe.components.modeling import training
 from hubpipe.components.module_selector import ranking
 from hubpipe.components.module_selector import report as report_lib
-from hubpipe.components.trainer import model as model_lib
-from hubpipe.components.trainer import run as trainer_run
-from hubpipe.pipeline.config import config_from_dict
+from hubpipe.pipeline.config import from_handoff
 
 # The Trainer takes the only file in the HyperParameters artifact's folder.
 HYPERPARAMETERS_FILE = 'best_hyperparameters.txt'
@@ -125,15 +127,15 @@ def _probe(spec, train_x, train_y, eval_x, eval_y, config, num_classes,
     raise inspect_lib.IncompatibleModule(
         'input_size is for image candidates; remove it from this text one.')
   inspect_lib.check_compatible(info, _candidate_config(config, spec, size))
-  if info.output_kind == inspect_lib.BERT_ENCODER:
-    preprocessor = spec['preprocessor'] or info.preprocessor
+  preprocessor = modules.preprocessor_for(spec['handle'], spec['preprocessor'],
+                                         info)
   resize_from = (list(transform_size) if size and size != list(transform_size)
                  else None)
   # The Trainer's extractor, resize included: the probe times what it serves.
-  extractor = model_lib.feature_extractor(
-      config.modality, info.resolved, input_size=size, resize_from=resize_from,
-      preprocessor=hub_resolve.resolve(preprocessor) if preprocessor else None,
-      seq_length=config.module.seq_length, trainable=False)
+  extractor = model_lib.extractor_for(
+      config, modules.ModuleChoice(handle=spec['handle'], input_size=size,
+                                   preprocessor=preprocessor),
+      images_at=transform_size)
 
   start = time.perf_counter()
   train_features = extractor.predict(train_x, batch_size=EMBED_BATCH, verbose=0)
@@ -145,9 +147,9 @@ def _probe(spec, train_x, train_y, eval_x, eval_y, config, num_classes,
   probe_config = dataclasses.replace(
       config, model=dataclasses.replace(config.model, hidden_units=[]))
   start = time.perf_counter()
-  head, accuracy, _ = trainer_run._fit_head(  # pylint: disable=protected-access
-      tf.distribute.get_strategy(), train_features, train_y, eval_features,
-      eval_y, num_classes, probe_config, name='probe')
+  head, accuracy, _ = training.fit_head_in_memory(
+      train_features, train_y, eval_features, eval_y, num_classes,
+      probe_config, name='probe')
   probe_seconds = time.perf_counter() - start
   latency = measure.keras_latency(model_lib.classifier(extractor, head),
                                   eval_x[:1], batch_size=1, runs=LATENCY_RUNS)
@@ -155,7 +157,7 @@ def _probe(spec, train_x, train_y, eval_x, eval_y, config, num_classes,
   size_bytes = info.size_bytes
   if preprocessor and size_bytes is not None:
     # The served model carries the preprocessor too.
-    extra = inspect_lib._size_on_disk(hub_resolve.resolve(preprocessor))  # pylint: disable=protected-access
+    extra = inspect_lib.size_on_disk(hub_resolve.resolve(preprocessor))
     size_bytes = None if extra is None else size_bytes + extra
   return {
       'name': spec['name'], 'handle': spec['handle'],
@@ -215,25 +217,18 @@ class Executor(base_executor.BaseExecutor):
 
   def Do(self, input_dict, output_dict, exec_properties):
     start = time.time()
-    params = json.loads(exec_properties['config'])
-    config = config_from_dict(params['config'])
+    config = from_handoff(exec_properties['config'], 'ModuleSelector')
     selection = config.selection
     transform_output = tft.TFTransformOutput(
         artifact_utils.get_single_uri(input_dict['transform_graph']))
-    num_classes = trainer_run.num_classes_from(transform_output)
-    train_x, train_y = trainer_run.transformed_sample(
+    num_classes = inputs.num_classes(transform_output)
+    train_x, train_y = inputs.sample(
         input_dict['examples'], 'train', transform_output, config,
         selection.train_examples)
-    eval_x, eval_y = trainer_run.transformed_sample(
+    eval_x, eval_y = inputs.sample(
         input_dict['examples'], 'validation', transform_output, config,
         selection.validation_examples)
-    transform_size = None
-    if config.modality == 'image':
-      transform_size = list(train_x.shape[1:3])
-      if params['input_size'] and list(params['input_size']) != transform_size:
-        raise ModuleSelectionError(
-            f'input_size {params["input_size"]} is not the size of the '
-            f'transformed images, {transform_size}; pass the Transform\'s.')
+    transform_size = inputs.images_at(transform_output, config.input_feature)
 
     rows = probe_candidates(candidate_specs(config), train_x, train_y, eval_x,
                             eval_y, config, num_classes, transform_size,
@@ -270,7 +265,7 @@ class Executor(base_executor.BaseExecutor):
     hyperparameters = {'module_handle': chosen['handle'],
                        'input_size': chosen['input_size'],
                        'preprocessor': chosen['preprocessor'],
-                       'selected_by': trainer_run.SELECTOR}
+                       'selected_by': modules.SELECTOR}
     io_utils.write_string_file(
         os.path.join(artifact_utils.get_single_uri(
             output_dict['best_hyperparameters']), HYPERPARAMETERS_FILE),

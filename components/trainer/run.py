@@ -22,7 +22,12 @@ pipeline's EvalArgs name it) for early stopping and every accuracy it
 reports (EvalArgs.num_steps, when set: that many validation batches). It
 never reads `eval`, which only the Evaluator uses.
 
-The config reaches the Trainer through `custom_config['config']`.
+The config reaches the Trainer as its hand-off (pipeline/config.py) in
+`custom_config`; the module is the ModuleSelector's choice, when
+`fn_args.hyperparameters` carry one, else module.handle (modeling/modules.py).
+The export (modeling/export.py) has a serving signature, a core signature
+and a model record that the Trainer's executor copies onto the Model
+artifact.
 """
 
 import json
@@ -33,71 +38,25 @@ import time
 
 os.environ.setdefault('TF_USE_LEGACY_KERAS', '1')
 
-import numpy as np  # pylint: disable=g-import-not-at-top
-import tensorflow as tf
+import tensorflow as tf  # pylint: disable=g-import-not-at-top
 import tensorflow_transform as tft
 import tf_keras
 
-from hubpipe.components.hub_modules import resolve as hub_resolve
+from hubpipe.components.modeling import export as export_lib
+from hubpipe.components.modeling import inputs
+from hubpipe.components.modeling import model as model_lib
+from hubpipe.components.modeling import modules
+from hubpipe.components.modeling import training
 from hubpipe.components.trainer import checkpoints
 from hubpipe.components.trainer import embeddings
-from hubpipe.components.trainer import inputs
-from hubpipe.components.trainer import model as model_lib
 from hubpipe.components.trainer import strategy as strategy_lib
-from hubpipe.components.transform import labels as label_transform
-from hubpipe.pipeline.config import config_from_dict
+from hubpipe.pipeline.config import from_handoff
 
 REPORT_FILE = 'training_report.json'
-# Written beside the warm-start weights: which module the model was built on,
-# so later steps (the Compressor) rebuild it without the selector's output.
-MODULE_FILE = os.path.join('assets.extra', 'hubpipe_module.json')
-SELECTOR = 'ModuleSelector'
-# Inside each exported model: the weights a later run can warm-start from.
-WARM_START_DIR = os.path.join('assets.extra', 'warm_start')
-
-
-def num_classes_from(tf_transform_output) -> int:
-  """The class count, from the label values the Transform saw in the data."""
-  values = tf_transform_output.vocabulary_by_name(
-      label_transform.LABEL_VOCABULARY)
-  ids = sorted(int(v) for v in values)
-  if not ids:
-    raise ValueError('the training data holds no labels.')
-  if ids[0] < 0:
-    raise ValueError(f'labels must be class ids 0..K-1; the data has {ids[0]}.')
-  missing = sorted(set(range(ids[-1] + 1)) - set(ids))
-  if missing:
-    logging.warning('class ids %s never occur in the data; the head still has '
-                    '%d outputs', missing, ids[-1] + 1)
-  return ids[-1] + 1
-
-
-def split_patterns(examples_artifacts, split: str) -> list:
-  """File patterns of `split` in Examples artifacts (see inputs.py)."""
-  return inputs.split_patterns(examples_artifacts, split)
-
-
-def transformed_sample(examples_artifacts, split: str, tf_transform_output,
-                       config, limit: int):
-  """A seeded, class-stratified random sample of `limit` transformed
-  (inputs, labels) of `split` as numpy (what the Compressor and the
-  ModuleSelector fit and measure on)."""
-  return inputs.transformed_sample(
-      inputs.factory_for(examples_artifacts),
-      split_patterns(examples_artifacts, split), tf_transform_output,
-      config.input_feature, config.data.label_feature, limit,
-      seed=config.training.seed)
-
-
-def class_weights(labels: np.ndarray, num_classes: int, mode: str):
-  """None, or {class: weight} that gives every class the same total weight."""
-  if mode == 'none':
-    return None
-  counts = np.bincount(labels, minlength=num_classes).astype('float64')
-  present = counts > 0
-  weights = np.zeros(num_classes)
-  weights[present] = len(labels) / (present.sum() * counts[present])
-  return {i: float(w) for i, w in enumerate(weights)}
+# The model record of the last export in this process (every worker of a
+# cluster has the same one): the Trainer's executor puts it on the Model
+# artifact (trainer/executor.py).
+LAST_RECORD = {}
 
 
 class StepCounter(tf_keras.callbacks.Callback):
@@ -128,30 +87,22 @@ def _callbacks(config, checkpoint_dir, name, extra=()):
   return callbacks
 
 
-def recorded_module(model_dir, default_handle, default_size) -> dict:
-  """{handle, input_size} the model in `model_dir` was built on (MODULE_FILE;
-  models from before the record: the config's module)."""
-  module = {'handle': default_handle, 'input_size': default_size}
-  path = os.path.join(model_dir, MODULE_FILE)
-  if tf.io.gfile.exists(path):
-    with tf.io.gfile.GFile(path) as f:
-      module.update(json.load(f))
-  return module
-
-
-def _warm_start(model, base_model_dir, name, module) -> str:
+def _warm_start(model, base_model_dir, name, module: modules.ModuleChoice
+                ) -> str:
   """Loads `name` weights saved inside the base model, if it was built on the
-  same module (`module`: {handle, input_size}); returns what happened."""
+  same module at the same size (its model record); returns what happened."""
   if not base_model_dir:
     return 'off'
   if not tf.io.gfile.exists(os.path.join(base_model_dir, 'saved_model.pb')):
     return 'skipped: nothing pushed yet'
-  base = recorded_module(base_model_dir, module['handle'], module['input_size'])
-  if base != module:
-    return (f'skipped: the base model was built on {base["handle"]} at '
-            f'{base["input_size"]}, this one on {module["handle"]} at '
-            f'{module["input_size"]}')
-  path = os.path.join(base_model_dir, WARM_START_DIR, name)
+  record = export_lib.read_record(base_model_dir)
+  if record is None:
+    return f'skipped: {base_model_dir} has no model record ({export_lib.MODEL_RECORD})'
+  base = (record.get('module_handle'), record.get('module_input_size'))
+  if base != (module.handle, module.input_size):
+    return (f'skipped: the base model was built on {base[0]} at {base[1]}, '
+            f'this one on {module.handle} at {module.input_size}')
+  path = os.path.join(base_model_dir, export_lib.WARM_START_DIR, name)
   if not tf.io.gfile.exists(path + '.index'):
     return f'skipped: {base_model_dir} holds no {name} weights'
   try:
@@ -161,71 +112,12 @@ def _warm_start(model, base_model_dir, name, module) -> str:
   return f'from {base_model_dir}'
 
 
-def _fit_head_on(strategy, train, validation, steps_per_epoch, feature_shape,
-                train_labels, num_classes, config, callbacks=(), name='head',
-                base_model_dir=None, module=None, validation_steps=None):
-  """Fits a head on batched datasets of (features, label): `train` repeated
-  (steps_per_epoch steps an epoch), `validation` one pass (or
-  validation_steps batches). Returns (head, validation accuracy, history)."""
-  with strategy.scope():
-    head = model_lib.head(feature_shape, num_classes,
-                          config.model.hidden_units, config.model.dropout,
-                          name=name)
-    head.warm_start = _warm_start(head, base_model_dir, 'head', module)
-    model_lib.compile_for_training(head, config.training.learning_rate)
-  history = head.fit(train, epochs=config.training.epochs,
-                     steps_per_epoch=steps_per_epoch,
-                     validation_data=validation,
-                     validation_steps=validation_steps,
-                     class_weight=class_weights(train_labels, num_classes,
-                                                config.training.class_weight),
-                     callbacks=list(callbacks), verbose=2)
-  _, accuracy = head.evaluate(validation, steps=validation_steps, verbose=0)
-  return head, float(accuracy), history.history
-
-
-def _fit_head(strategy, features, labels, validation_features,
-              validation_labels, num_classes, config, callbacks=(),
-              name='head', base_model_dir=None, module=None):
-  """`_fit_head_on` for features in memory (the ModuleSelector's probes),
-  shuffled with the config's seed."""
-  global_batch = config.training.batch_size * strategy.num_replicas_in_sync
-  train = (tf.data.Dataset.from_tensor_slices((features, labels))
-           .shuffle(len(labels), seed=config.training.seed)
-           .repeat().batch(global_batch))
-  validation = tf.data.Dataset.from_tensor_slices(
-      (validation_features, validation_labels)).batch(global_batch)
-  return _fit_head_on(
-      strategy, train, validation,
-      inputs.steps_per_epoch(len(labels), global_batch), features.shape[1:],
-      labels, num_classes, config, callbacks, name, base_model_dir, module)
-
-
-def bag_of_words_accuracy(train_texts, train_labels, eval_texts, eval_labels,
-                          seed=0) -> float:
-  """The no-reuse reference for text: a bag-of-words logistic regression.
-
-  Unigrams and bigrams, TF-IDF weighted (scikit-learn, already a TFX
-  dependency), fit on exactly the Trainer's train split.
-  """
-  from sklearn.feature_extraction.text import TfidfVectorizer
-  from sklearn.linear_model import LogisticRegression
-  decode = lambda texts: [t.decode('utf-8') if isinstance(t, bytes) else t
-                          for t in texts]
-  vectorizer = TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True)
-  train = vectorizer.fit_transform(decode(train_texts))
-  classifier = LogisticRegression(max_iter=2000, C=4.0, random_state=seed)
-  classifier.fit(train, train_labels)
-  predicted = classifier.predict(vectorizer.transform(decode(eval_texts)))
-  return float(np.mean(predicted == eval_labels))
-
-
 class _Training:
   """One Trainer execution: config, strategy, data, and what every mode uses."""
 
   def __init__(self, fn_args):
     self.fn_args = fn_args
-    self.config = config = config_from_dict(fn_args.custom_config['config'])
+    self.config = config = from_handoff(fn_args.custom_config, 'Trainer')
     # First: a multi-worker strategy must be built before the runtime starts.
     self.strategy = strategy_lib.make(config.training.strategy,
                                       config.training.mixed_precision)
@@ -242,22 +134,15 @@ class _Training:
     self.label_key = config.data.label_feature
     transform_output = tft.TFTransformOutput(fn_args.transform_output)
     self.transform_output = transform_output
-    self.num_classes = num_classes_from(transform_output)
+    self.num_classes = inputs.num_classes(transform_output)
+    # Images: the size the Transform wrote them at; a module chosen by the
+    # ModuleSelector may run at another (resized in the model).
+    self.transform_size = inputs.images_at(transform_output, self.input_key)
     # The module: the ModuleSelector's choice when it is in the pipeline (it
     # reaches the Trainer as hyperparameters, as the Tuner's would), else the
     # config's.
-    choice = fn_args.hyperparameters or {}
-    self.selected = choice.get('selected_by') == SELECTOR
-    self.module = choice['module_handle'] if self.selected else config.module.handle
-    self.handle = hub_resolve.resolve(self.module)
-    preprocessor = (choice.get('preprocessor') if self.selected else
-                    fn_args.custom_config.get('preprocessor'))
-    self.preprocessor = hub_resolve.resolve(preprocessor) if preprocessor else None
-    # Images: the Transform writes them at transform_size; a selected module
-    # may run at another size (resized in the model).
-    self.transform_size = fn_args.custom_config.get('input_size')
-    self.module_size = ((choice.get('input_size') if self.selected else None)
-                        or self.transform_size)
+    self.module = modules.choose(config, fn_args.hyperparameters,
+                                 self.transform_size)
     self.base_model_dir = (getattr(fn_args, 'base_model', None)
                            if config.training.warm_start else None)
     self.workers = strategy_lib.num_workers(self.strategy)
@@ -309,18 +194,10 @@ class _Training:
         seed=self.config.training.seed, repeat=training, workers=self.workers,
         shuffle_buffer=self.config.training.shuffle_buffer)
 
-  @property
-  def module_record(self) -> dict:
-    """What MODULE_FILE records, and what a warm start must match."""
-    return {'handle': self.module, 'input_size': self.module_size}
-
-  def extractor(self, handle, trainable=False):
+  def extractor(self, module: modules.ModuleChoice, trainable=False):
     with self.strategy.scope():
-      return model_lib.feature_extractor(
-          self.config.modality, handle,
-          input_size=self.module_size, resize_from=self.transform_size,
-          preprocessor=self.preprocessor if handle == self.handle else None,
-          seq_length=self.config.module.seq_length, trainable=trainable)
+      return model_lib.extractor_for(self.config, module, self.transform_size,
+                                     trainable)
 
   def embed(self, extractor, name) -> dict:
     """The frozen module's features of train and validation, computed once
@@ -356,13 +233,13 @@ class _Training:
     validation = embeddings.dataset(*cached['validation'], transform=transform)
     batched = lambda ds: inputs.data_sharded(ds.batch(self.global_batch),
                                              self.workers)
-    return _fit_head_on(
+    init = lambda head: _warm_start(head, base_model_dir, 'head', self.module)
+    return training.fit_head(
         self.strategy, batched(train.repeat()), batched(validation),
         self.steps_per_epoch(self.config.training.epochs),
         cached['train'][1]['shape'], self.train_labels, self.num_classes,
         self.config, _callbacks(self.config, self.checkpoint_dir, name, extra),
-        name, base_model_dir, self.module_record,
-        validation_steps=self.fn_args.eval_steps or None)
+        name, init, validation_steps=self.fn_args.eval_steps or None)
 
   def fit_end_to_end(self, model, learning_rate, epochs, name):
     """Trains the module (what of it is trainable) and the head on examples."""
@@ -374,7 +251,7 @@ class _Training:
         steps_per_epoch=self.steps_per_epoch(epochs),
         validation_data=validation,
         validation_steps=self.fn_args.eval_steps or None,
-        class_weight=class_weights(self.train_labels, self.num_classes,
+        class_weight=training.class_weights(self.train_labels, self.num_classes,
                                    self.config.training.class_weight),
         callbacks=_callbacks(self.config, self.checkpoint_dir, name,
                              [self.tensorboard, self.steps]),
@@ -385,7 +262,7 @@ class _Training:
 
 def _train_head_on_frozen_module(t: _Training, report: dict):
   """feature_extraction: embeddings once, then the head on them."""
-  extractor = t.extractor(t.handle)
+  extractor = t.extractor(t.module)
   start = time.time()
   cached = t.embed(extractor, 'module')
   report['embedding_seconds'] = round(time.time() - start, 2)
@@ -400,7 +277,7 @@ def _train_hybrid(t: _Training, report: dict):
   """hybrid: the head on the frozen module, then the module's top blocks too."""
   _, head, accuracy, history = _train_head_on_frozen_module(t, report)
   report['head_validation_accuracy'] = float(accuracy)
-  extractor = t.extractor(t.handle, trainable=t.config.model.unfreeze)
+  extractor = t.extractor(t.module, trainable=t.config.model.unfreeze)
   report['unfrozen_variables'] = sorted(
       extractor.get_layer('hub_module').selected_variable_names)
   with t.strategy.scope():
@@ -414,13 +291,13 @@ def _train_hybrid(t: _Training, report: dict):
 
 def _train_fine_tune(t: _Training, report: dict):
   """fine_tune: the whole module and the head, end to end."""
-  extractor = t.extractor(t.handle, trainable=True)
+  extractor = t.extractor(t.module, trainable=True)
   with t.strategy.scope():
-    head = model_lib.head(extractor.output_shape[1:], t.num_classes,
-                          t.config.model.hidden_units, t.config.model.dropout)
+    head = model_lib.head_for(t.config, extractor.output_shape[1:],
+                              t.num_classes)
     served = model_lib.classifier(extractor, head)
     report['warm_start'] = _warm_start(served, t.base_model_dir, 'model',
-                                       t.module_record)
+                                       t.module)
   history, accuracy = t.fit_end_to_end(
       served, t.config.training.learning_rate, t.config.training.epochs,
       'fine_tune')
@@ -438,7 +315,8 @@ def _control_accuracy(t: _Training) -> float:
   module's features can be tiny (untrained batch norm), so they are
   standardised (train's mean and deviation) first, which only helps the
   control."""
-  control = t.extractor(hub_resolve.resolve(t.config.module.control_handle))
+  control = t.extractor(modules.ModuleChoice(
+      handle=t.config.module.control_handle, input_size=t.module.input_size))
   cached = t.embed(control, 'control')
   mean, std = embeddings.moments(*cached['train'])
   mean, std = tf.constant(mean), tf.constant(std + 1e-12)
@@ -460,15 +338,15 @@ def _train_and_export(fn_args):
   t = _Training(fn_args)
   config = t.config
   logging.info('Trainer: module %s, %d classes, %s, strategy %s with %d '
-               'replica(s)', t.handle, t.num_classes, config.model.integration,
+               'replica(s)', t.module.resolved, t.num_classes, config.model.integration,
                strategy_lib.describe(t.strategy),
                t.strategy.num_replicas_in_sync)
   report = {
-      'module': t.module,
-      'resolved_module': t.handle,
-      'selected_by': SELECTOR if t.selected else 'config',
-      'module_input_size': t.module_size,
-      'preprocessor': t.preprocessor,
+      'module': t.module.handle,
+      'resolved_module': t.module.resolved,
+      'selected_by': t.module.selected_by,
+      'module_input_size': t.module.input_size,
+      'preprocessor': t.module.resolved_preprocessor,
       'integration': config.model.integration,
       'num_classes': t.num_classes,
       'train_examples': int(len(t.train_labels)),
@@ -499,11 +377,11 @@ def _train_and_export(fn_args):
   report['history'] = {k: [float(v) for v in vals]
                        for k, vals in history.items()}
 
-  if config.module.control_handle and t.module != config.module.handle:
+  if config.module.control_handle and t.module.handle != config.module.handle:
     # The control is module.handle's twin; it says nothing about another module.
     logging.info('Trainer: control %s skipped: the ModuleSelector chose %s, '
                  'not module.handle %s', config.module.control_handle,
-                 t.module, config.module.handle)
+                 t.module.handle, config.module.handle)
   elif config.module.control_handle:
     report['control'] = {'module': config.module.control_handle,
                          'validation_accuracy': _control_accuracy(t),
@@ -512,7 +390,7 @@ def _train_and_export(fn_args):
     schema = t.transform_output.raw_metadata.schema
     report['bag_of_words_baseline'] = {
         'model': 'tf-idf unigrams+bigrams, logistic regression',
-        'validation_accuracy': bag_of_words_accuracy(
+        'validation_accuracy': training.bag_of_words_accuracy(
             inputs.raw_column(t.factory, fn_args.train_files, schema,
                               t.input_key),
             t.train_labels,
@@ -525,16 +403,26 @@ def _train_and_export(fn_args):
   # Multi-worker: every worker saves (collective ops), the chief's copy stays.
   role = t.role
   serving_dir = strategy_lib.output_dir(fn_args.serving_model_dir, *role)
-  model_lib.export_serving_model(served, t.transform_output, t.input_key,
-                                 t.label_key, serving_dir)
+  LAST_RECORD.clear()
+  record = {
+      'module_handle': t.module.handle,
+      'module_input_size': t.module.input_size,
+      'transform_size': t.transform_size,
+      'preprocessor': t.module.preprocessor,
+      'selected_by': t.module.selected_by,
+      'integration': config.model.integration,
+      'num_classes': t.num_classes,
+      # Labels are class ids; their names are the ids.
+      'class_names': [str(i) for i in range(t.num_classes)],
+  }
+  LAST_RECORD.update(export_lib.export(served, t.transform_output, t.input_key,
+                                       t.label_key, serving_dir, record))
   # Frozen module: the head is all a later run needs; a module that trained
   # (fine_tune, hybrid) is saved whole as well.
-  warm_start_dir = os.path.join(serving_dir, WARM_START_DIR)
+  warm_start_dir = os.path.join(serving_dir, export_lib.WARM_START_DIR)
   head.save_weights(os.path.join(warm_start_dir, 'head'))
   if config.model.integration != 'feature_extraction':
     served.save_weights(os.path.join(warm_start_dir, 'model'))
-  with tf.io.gfile.GFile(os.path.join(serving_dir, MODULE_FILE), 'w') as f:
-    json.dump(t.module_record, f)
   if not t.is_chief:
     tf.io.gfile.rmtree(os.path.dirname(serving_dir))
     return

@@ -8,7 +8,9 @@ pipeline and baked into the served model, so serving takes the same raw bytes.
 
 import tensorflow as tf
 
+from hubpipe.components.modeling import modules
 from hubpipe.components.transform import labels
+from hubpipe.pipeline.config import from_handoff
 
 
 def decode_and_resize(encoded: tf.Tensor, height: int, width: int) -> tf.Tensor:
@@ -26,9 +28,13 @@ def decode_and_resize(encoded: tf.Tensor, height: int, width: int) -> tf.Tensor:
 
 
 def preprocessing_fn(inputs, custom_config):
-  image_key = custom_config['input_feature']
-  label_key = custom_config['label_feature']
-  height, width = custom_config['input_size']
+  """custom_config: the Transform's hand-off (pipeline/config.py): images
+  are written at module.input_size, else at the size module.handle is made
+  for (the module is inspected here, in the Transform's own process)."""
+  config = from_handoff(custom_config, 'Transform')
+  image_key = config.input_feature
+  label_key = config.data.label_feature
+  height, width = modules.transform_size(config)
   encoded = tf.reshape(inputs[image_key], [-1])
   return {
       image_key: decode_and_resize(encoded, height, width),

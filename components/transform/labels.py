@@ -8,7 +8,7 @@ from a constant.
 import tensorflow as tf
 import tensorflow_transform as tft
 
-LABEL_VOCABULARY = 'label_values'
+from hubpipe.components.modeling import LABEL_VOCABULARY
 
 
 def passthrough(label: tf.Tensor) -> tf.Tensor:

@@ -9,11 +9,14 @@ and stripped of surrounding white space.
 import tensorflow as tf
 
 from hubpipe.components.transform import labels
+from hubpipe.pipeline.config import from_handoff
 
 
 def preprocessing_fn(inputs, custom_config):
-  text_key = custom_config['input_feature']
-  label_key = custom_config['label_feature']
+  """custom_config: the Transform's hand-off (pipeline/config.py)."""
+  config = from_handoff(custom_config, 'Transform')
+  text_key = config.input_feature
+  label_key = config.data.label_feature
   return {
       text_key: tf.strings.strip(tf.reshape(inputs[text_key], [-1])),
       label_key: labels.passthrough(inputs[label_key]),

@@ -1,6 +1,11 @@
-"""Model pieces: the Hub module layer, the classification head, the served model.
+"""Model pieces: the Hub module layer, the feature extractor, the head, the
+classifier (transformed input in, logits out).
 
+`extractor_for` is the one place a feature extractor is built from a config
+and a module choice; the Trainer and the ModuleSelector both call it.
 Models are built with tf_keras (Keras 2): hub.KerasLayer, TFMA and TFMOT need it.
+The module layers are registered Keras classes, so an exported model loads
+back as the same Keras model (export.load_core).
 """
 
 import os
@@ -12,7 +17,38 @@ import tensorflow_hub as hub
 import tf_keras
 
 
-class InferenceModeKerasLayer(hub.KerasLayer):
+class ConfiguredHandle:
+  """For module layers: the layer's Keras config names the module as
+  configured (an offline name, a URL or a folder), not the path it resolved
+  to where the model was built, and `from_config` resolves it again where
+  the model is loaded (another pod has its own TF Hub cache folder)."""
+
+  configured_handle = None
+
+  def get_config(self):
+    config = super().get_config()
+    if self.configured_handle:
+      config['handle'] = self.configured_handle
+    return config
+
+  @classmethod
+  def from_config(cls, config):
+    from hubpipe.components.hub_modules import resolve as hub_resolve  # pylint: disable=g-import-not-at-top
+    config = dict(config)
+    configured = config['handle']
+    config['handle'] = hub_resolve.resolve(configured)
+    layer = cls(**config)
+    layer.configured_handle = configured
+    return layer
+
+
+@tf_keras.utils.register_keras_serializable(package='hubpipe')
+class ModuleLayer(ConfiguredHandle, hub.KerasLayer):
+  """A frozen module (hub.KerasLayer) whose config names it as configured."""
+
+
+@tf_keras.utils.register_keras_serializable(package='hubpipe')
+class InferenceModeKerasLayer(ConfiguredHandle, hub.KerasLayer):
   """A hub.KerasLayer that always runs its module in inference mode.
 
   For fine-tuning: the weights train, but batch normalisation keeps using its
@@ -24,8 +60,10 @@ class InferenceModeKerasLayer(hub.KerasLayer):
     return super().call(inputs, training=False)
 
 
-def module_layer(handle: str, trainable, name='hub_module') -> hub.KerasLayer:
-  """The module as a Keras layer.
+def module_layer(handle: str, trainable, name='hub_module',
+                 configured_handle: str = None) -> hub.KerasLayer:
+  """The module (`handle`: resolved) as a Keras layer; its config names it
+  `configured_handle` (default: `handle`), see ConfiguredHandle.
 
   trainable: False (frozen), True (all of it, batch norm in inference mode),
   or a `partial.select_trainable` spec (the top blocks only, for hybrid).
@@ -35,18 +73,22 @@ def module_layer(handle: str, trainable, name='hub_module') -> hub.KerasLayer:
   find matching concrete function").
   """
   if trainable is False:
-    return hub.KerasLayer(handle, trainable=False, name=name, dtype='float32')
-  if trainable is True:
-    return InferenceModeKerasLayer(handle, trainable=True, name=name,
-                                   dtype='float32')
-  from hubpipe.components.trainer import partial  # pylint: disable=g-import-not-at-top
-  return partial.PartiallyTrainableKerasLayer(handle, trainable_spec=trainable,
-                                              name=name, dtype='float32')
+    layer = ModuleLayer(handle, trainable=False, name=name, dtype='float32')
+  elif trainable is True:
+    layer = InferenceModeKerasLayer(handle, trainable=True, name=name,
+                                    dtype='float32')
+  else:
+    from hubpipe.components.modeling import partial  # pylint: disable=g-import-not-at-top
+    layer = partial.PartiallyTrainableKerasLayer(
+        handle, trainable_spec=trainable, name=name, dtype='float32')
+  layer.configured_handle = configured_handle or handle
+  return layer
 
 
 def feature_extractor(modality: str, handle: str, input_size=None,
                       preprocessor: str = None, seq_length: int = 128,
-                      trainable=False, resize_from=None) -> tf_keras.Model:
+                      trainable=False, resize_from=None,
+                      configured_handle: str = None) -> tf_keras.Model:
   """Transformed input -> the module's feature vector.
 
   image: [N, H, W, 3] floats in [0, 1] at `input_size`, or at `resize_from`
@@ -63,11 +105,14 @@ def feature_extractor(modality: str, handle: str, input_size=None,
     if source != list(input_size):
       images = tf_keras.layers.Resizing(*input_size, interpolation='bilinear',
                                         name='resize', dtype='float32')(inputs)
-    return tf_keras.Model(inputs, module_layer(handle, trainable)(images),
-                          name='feature_extractor')
+    return tf_keras.Model(
+        inputs, module_layer(handle, trainable,
+                             configured_handle=configured_handle)(images),
+        name='feature_extractor')
   inputs = tf_keras.Input(shape=(), dtype=tf.string, name='text')
   if preprocessor is None:
-    features = module_layer(handle, trainable)(inputs)
+    features = module_layer(handle, trainable,
+                            configured_handle=configured_handle)(inputs)
   else:
     _register_text_ops()
     loaded = hub.load(preprocessor)
@@ -75,9 +120,30 @@ def feature_extractor(modality: str, handle: str, input_size=None,
     encoder_inputs = hub.KerasLayer(
         loaded.bert_pack_inputs, arguments={'seq_length': seq_length},
         name='bert_pack_inputs')([tokens])
-    outputs = module_layer(handle, trainable)(encoder_inputs)
+    outputs = module_layer(handle, trainable,
+                           configured_handle=configured_handle)(encoder_inputs)
     features = outputs['pooled_output']
   return tf_keras.Model(inputs, features, name='feature_extractor')
+
+
+def extractor_for(config, module, images_at=None, trainable=False
+                  ) -> tf_keras.Model:
+  """The feature extractor for `module` (a modules.ModuleChoice) as the
+  config says: images at `images_at` (the Transform's size) resized to the
+  size the module runs at; text through the module's preprocessor at
+  module.seq_length."""
+  return feature_extractor(
+      config.modality, module.resolved, input_size=module.input_size,
+      resize_from=images_at, preprocessor=module.resolved_preprocessor,
+      seq_length=config.module.seq_length, trainable=trainable,
+      configured_handle=module.handle)
+
+
+def head_for(config, feature_shape, num_classes: int, name='head'
+             ) -> tf_keras.Model:
+  """The head config.model describes, on features of `feature_shape`."""
+  return head(feature_shape, num_classes, config.model.hidden_units,
+              config.model.dropout, name=name)
 
 
 def _register_text_ops():
@@ -135,29 +201,3 @@ def classifier(extractor: tf_keras.Model, head_model: tf_keras.Model
   """Module + head: transformed images in, logits out."""
   return tf_keras.Model(extractor.input, head_model(extractor.output),
                         name='classifier')
-
-
-def export_serving_model(model: tf_keras.Model, tf_transform_output,
-                         input_key: str, label_key: str, export_dir: str):
-  """Saves `model` with a serving signature on serialized raw tf.Examples.
-
-  The Transform graph (decode, resize, scale; or text clean-up) is inside the
-  signature, so the served model predicts from the raw feature as stored:
-  encoded image bytes, or text.
-  Outputs: `probabilities` [N, classes] and `class_id` [N].
-  """
-  model.tft_layer = tf_transform_output.transform_features_layer()
-  raw_spec = tf_transform_output.raw_feature_spec()
-  raw_spec.pop(label_key, None)
-
-  @tf.function(input_signature=[
-      tf.TensorSpec(shape=[None], dtype=tf.string, name='examples')])
-  def serve_tf_examples(serialized):
-    raw = tf.io.parse_example(serialized, raw_spec)
-    transformed = model.tft_layer(raw)
-    probabilities = tf.nn.softmax(model(transformed[input_key], training=False))
-    return {'probabilities': probabilities,
-            'class_id': tf.argmax(probabilities, axis=-1)}
-
-  model.save(export_dir, save_format='tf',
-             signatures={'serving_default': serve_tf_examples})

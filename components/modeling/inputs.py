@@ -1,4 +1,5 @@
-"""Reading examples: TFXIO datasets, seeded shuffling, stratified samples.
+"""Reading examples: TFXIO datasets, seeded shuffling, stratified samples,
+and what the Transform output says about them (class count, image size).
 
 Every reader goes through TFX's TFXIO (the Trainer's `fn_args.data_accessor`,
 or the same factory built from the Examples artifacts in the ModuleSelector
@@ -14,6 +15,7 @@ sets) are seeded random draws, stratified by class, not the first N in file
 order.
 """
 
+import logging
 import math
 import os
 from typing import Callable, List, Optional, Tuple
@@ -26,6 +28,8 @@ from tensorflow_metadata.proto.v0 import schema_pb2
 from tfx.components.util import tfxio_utils
 from tfx.types import artifact_utils
 from tfx_bsl.tfxio import dataset_options
+
+from hubpipe.components.modeling import LABEL_VOCABULARY
 
 # Examples (raw records) held for shuffling; training.shuffle_buffer.
 SHUFFLE_BUFFER = 10000
@@ -222,3 +226,37 @@ def steps_per_epoch(examples: int, global_batch: int,
   if train_steps:
     return max(1, math.ceil(train_steps / epochs))
   return max(1, math.ceil(examples / global_batch))
+
+
+def num_classes(tf_transform_output) -> int:
+  """The class count, from the label values the Transform saw in the data."""
+  values = tf_transform_output.vocabulary_by_name(LABEL_VOCABULARY)
+  ids = sorted(int(v) for v in values)
+  if not ids:
+    raise ValueError('the training data holds no labels.')
+  if ids[0] < 0:
+    raise ValueError(f'labels must be class ids 0..K-1; the data has {ids[0]}.')
+  missing = sorted(set(range(ids[-1] + 1)) - set(ids))
+  if missing:
+    logging.warning('class ids %s never occur in the data; the head still has '
+                    '%d outputs', missing, ids[-1] + 1)
+  return ids[-1] + 1
+
+
+def images_at(tf_transform_output, input_key: str) -> Optional[list]:
+  """The [height, width] the Transform wrote the images at (None: text)."""
+  spec = tf_transform_output.transformed_feature_spec()[input_key]
+  shape = list(getattr(spec, 'shape', None) or [])
+  return [int(shape[0]), int(shape[1])] if len(shape) == 3 else None
+
+
+def sample(examples_artifacts, split: str, tf_transform_output, config,
+           limit: int) -> Tuple[np.ndarray, np.ndarray]:
+  """`transformed_sample` of `split` of Examples artifacts, with the config's
+  input and label features and training.seed (what the ModuleSelector and
+  the Compressor fit and measure on)."""
+  return transformed_sample(
+      factory_for(examples_artifacts),
+      split_patterns(examples_artifacts, split), tf_transform_output,
+      config.input_feature, config.data.label_feature, limit,
+      seed=config.training.seed)

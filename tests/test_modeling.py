@@ -5,8 +5,8 @@ import tensorflow as tf
 import tf_keras
 
 from hubpipe.components.hub_modules import resolve
-from hubpipe.components.trainer import model as model_lib
-from hubpipe.components.trainer.run import bag_of_words_accuracy
+from hubpipe.components.modeling import model as model_lib
+from hubpipe.components.modeling.training import bag_of_words_accuracy
 
 
 def _moving_stats(layer):
@@ -49,7 +49,7 @@ def test_bag_of_words_reference_learns_words():
 
 
 def test_balanced_class_weights():
-  from hubpipe.components.trainer.run import class_weights
+  from hubpipe.components.modeling.training import class_weights
   labels = np.array([0, 0, 0, 1])
   weights = class_weights(labels, 3, 'balanced')
   assert weights[0] * 3 == weights[1] * 1  # each present class weighs the same in total

@@ -58,6 +58,9 @@ from typing import Iterable, List, Sequence, Set, Tuple, Union
 os.environ.setdefault('TF_USE_LEGACY_KERAS', '1')
 
 import tensorflow_hub as hub  # pylint: disable=g-import-not-at-top
+import tf_keras
+
+from hubpipe.components.modeling import model as model_lib
 
 Spec = Union[int, float, str]
 
@@ -170,7 +173,8 @@ def select_trainable(variable_names: Sequence[str], spec: Spec) -> Set[str]:
   return selected
 
 
-class PartiallyTrainableKerasLayer(hub.KerasLayer):
+@tf_keras.utils.register_keras_serializable(package='hubpipe')
+class PartiallyTrainableKerasLayer(model_lib.ConfiguredHandle, hub.KerasLayer):
   """A hub.KerasLayer that trains only the module variables `trainable_spec` selects.
 
   The module always runs in inference mode (batch norm keeps its moving

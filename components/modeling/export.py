@@ -1,0 +1,175 @@
+"""The Trainer's export, and how later steps read it.
+
+One SavedModel (the Model artifact's Format-Serving folder), saved by Keras:
+
+  signature `serving_default`: serialized raw tf.Examples in (the Transform
+      graph inside), `probabilities` [N, K] and `class_id` [N] out: what TF
+      Serving and the Evaluator call;
+  signature `core` (CORE_SIGNATURE): the transformed input feature in
+      (images [N, H, W, 3] in [0, 1] at the Transform's size; text [N]
+      strings), `logits` [N, K] out: what a converter (TFLite) takes;
+  the Keras classifier itself (the same core): `load_core` gives it back as
+      the Keras model the Trainer trained, module layer and all, which is
+      what the Compressor quantizes, prunes and distils;
+  `assets.extra/hubpipe_model.json` (MODEL_RECORD): what the model is built
+      on (module, sizes, integration, class names). TF Serving ignores
+      assets.extra; a later run reads it to decide whether it can warm-start
+      from the pushed model, and the Trainer's executor copies it onto the
+      Model artifact's custom properties (`artifact_properties`), where the
+      Compressor, ML Metadata and the KFP UI read it.
+"""
+
+import json
+import os
+from typing import Optional
+
+os.environ.setdefault('TF_USE_LEGACY_KERAS', '1')
+
+import tensorflow as tf  # pylint: disable=g-import-not-at-top
+import tensorflow_hub as hub
+import tf_keras
+
+# Registers the module layers' Keras classes, which load_core needs.
+from hubpipe.components.modeling import model as _model  # pylint: disable=unused-import
+from hubpipe.components.modeling import partial as _partial  # pylint: disable=unused-import
+
+CORE_SIGNATURE = 'core'
+MODEL_RECORD = os.path.join('assets.extra', 'hubpipe_model.json')
+# Inside each export: the weights a later run can warm-start from.
+WARM_START_DIR = os.path.join('assets.extra', 'warm_start')
+# The record's keys that become Model artifact custom properties.
+PROPERTIES = ('module_handle', 'module_input_size', 'transform_size',
+              'preprocessor', 'integration', 'num_classes', 'class_names',
+              'input_feature', 'core_signature', 'selected_by')
+
+
+def export(model: tf_keras.Model, tf_transform_output, input_key: str,
+           label_key: str, export_dir: str, record: dict) -> dict:
+  """Saves `model` (transformed input -> logits) with the two signatures
+  and the model record (see the module docstring); returns the record.
+
+  The Transform graph is inside `serving_default`, so the served model
+  predicts from the raw feature as stored: encoded image bytes, or text.
+  """
+  model.tft_layer = tf_transform_output.transform_features_layer()
+  raw_spec = tf_transform_output.raw_feature_spec()
+  raw_spec.pop(label_key, None)
+
+  @tf.function(input_signature=[
+      tf.TensorSpec(shape=[None], dtype=tf.string, name='examples')])
+  def serve_tf_examples(serialized):
+    raw = tf.io.parse_example(serialized, raw_spec)
+    transformed = model.tft_layer(raw)
+    probabilities = tf.nn.softmax(model(transformed[input_key], training=False))
+    return {'probabilities': probabilities,
+            'class_id': tf.argmax(probabilities, axis=-1)}
+
+  spec = model.inputs[0]
+  @tf.function(input_signature=[tf.TensorSpec(
+      shape=[None, *spec.shape[1:]], dtype=spec.dtype, name=input_key)])
+  def core(transformed):
+    return {'logits': model(transformed, training=False)}
+
+  model.save(export_dir, save_format='tf',
+             signatures={'serving_default': serve_tf_examples,
+                         CORE_SIGNATURE: core})
+  record = {**record, 'input_feature': input_key,
+            'core_signature': CORE_SIGNATURE}
+  write_record(export_dir, record)
+  return record
+
+
+def write_record(export_dir: str, record: dict) -> None:
+  path = os.path.join(export_dir, MODEL_RECORD)
+  tf.io.gfile.makedirs(os.path.dirname(path))
+  with tf.io.gfile.GFile(path, 'w') as f:
+    json.dump(record, f, indent=2, sort_keys=True)
+
+
+# What exports made before the model record held: {handle, input_size}.
+LEGACY_RECORD = os.path.join('assets.extra', 'hubpipe_module.json')
+
+
+def read_record(export_dir: str) -> Optional[dict]:
+  """The model record of an export (from an export made before the record,
+  the module and size it held); None when it has neither (not made by
+  hubpipe's Trainer)."""
+  path = os.path.join(export_dir, MODEL_RECORD)
+  if tf.io.gfile.exists(path):
+    with tf.io.gfile.GFile(path) as f:
+      return json.load(f)
+  legacy = os.path.join(export_dir, LEGACY_RECORD)
+  if tf.io.gfile.exists(legacy):
+    with tf.io.gfile.GFile(legacy) as f:
+      old = json.load(f)
+    return {'module_handle': old.get('handle'),
+            'module_input_size': old.get('input_size')}
+  return None
+
+
+def artifact_properties(record: dict) -> dict:
+  """{name: str or int} for the Model artifact's custom properties: strings
+  and integers as they are, lists as JSON, None left out."""
+  out = {}
+  for key in PROPERTIES:
+    value = record.get(key)
+    if value is None:
+      continue
+    if isinstance(value, int) and not isinstance(value, bool):
+      out[key] = value
+    elif isinstance(value, str):
+      out[key] = value
+    else:
+      out[key] = json.dumps(value)
+  return out
+
+
+def load_core(export_dir: str) -> tf_keras.Model:
+  """The exported classifier as the Keras model the Trainer trained
+  (transformed input -> logits), module layer included, computing in
+  float32 (a model trained under a mixed-precision policy is rebuilt in
+  float32: what TFLite converts and what the later steps measure)."""
+  if not tf.io.gfile.exists(os.path.join(export_dir, 'saved_model.pb')):
+    raise ValueError(f'no SavedModel in {export_dir}.')
+  loaded = tf_keras.models.load_model(
+      export_dir, compile=False, custom_objects={'KerasLayer': hub.KerasLayer})
+  try:
+    module = loaded.get_layer('hub_module')
+  except ValueError:
+    module = None
+  if not isinstance(module, hub.KerasLayer):
+    raise ValueError(
+        f'{export_dir}: the model\'s module layer (hub_module) did not load '
+        f'as a hub.KerasLayer ({type(module).__name__}): is its module '
+        'reachable from here (an offline module name, a URL, a folder this '
+        'machine sees)? The log above names the handle Keras could not load.')
+  # The graph from input to logits only: the export also tracks the
+  # Transform layer (for serving_default), which is no part of the core.
+  core = tf_keras.Model(loaded.inputs, loaded.outputs, name='classifier')
+  if any(_policy(layer) != 'float32' for layer in _all_layers(core)):
+    core = _in_float32(core)
+  return core
+
+
+def _policy(layer) -> str:
+  return getattr(getattr(layer, 'dtype_policy', None), 'name', 'float32')
+
+
+def _all_layers(model):
+  for layer in model.layers:
+    yield layer
+    if isinstance(layer, tf_keras.Model):
+      yield from _all_layers(layer)
+
+
+def _in_float32(model: tf_keras.Model) -> tf_keras.Model:
+  """A copy of `model` whose layers all compute in float32, same weights."""
+  def clone(layer):
+    if isinstance(layer, tf_keras.Model):
+      return tf_keras.models.clone_model(layer, clone_function=clone)
+    config = layer.get_config()
+    config['dtype'] = 'float32'
+    return layer.__class__.from_config(config)
+  copy = tf_keras.models.clone_model(model, clone_function=clone)
+  copy.set_weights(model.get_weights())
+  return copy
