@@ -8,7 +8,6 @@ import json
 import numpy as np
 import pytest
 import tensorflow as tf
-from tfx.types import artifact_utils
 from tfx.types import standard_artifacts
 from tfx.utils import path_utils
 
@@ -41,14 +40,6 @@ def _config(mode):
       'compression.pruning_epochs': 1, 'compression.distillation_epochs': 2,
       'compression.validation_examples': 1000,
       'compression.eval_examples': 1000})
-
-
-def _examples(made_inputs):
-  examples = standard_artifacts.Examples()
-  examples.uri = made_inputs['examples']
-  examples.split_names = artifact_utils.encode_split_names(
-      ['eval', 'train', 'validation'])
-  return examples
 
 
 @pytest.fixture(scope='module',
@@ -93,8 +84,8 @@ def test_the_core_loads_back_as_the_trained_model(trained, made):
   import tensorflow_transform as tft  # pylint: disable=g-import-not-at-top
   output = tft.TFTransformOutput(graph)
   x, y = inputs.transformed_sample(
-      inputs.factory_for([_examples(made_inputs)]),
-      inputs.split_patterns([_examples(made_inputs)], 'validation'), output,
+      inputs.factory_for([trainer_inputs.examples_of(made_inputs)]),
+      inputs.split_patterns([trainer_inputs.examples_of(made_inputs)], 'validation'), output,
       'image', 'label', 10000, seed=0)
   assert len(y) == report['validation_examples']
   assert measure.keras_accuracy(core, x, y) == pytest.approx(
@@ -130,7 +121,7 @@ def test_the_compressor_reproduces_the_trainers_accuracy(trained, made,
   report_artifact.uri = str(tmp_path / 'report')
   compressor_executor.Executor().Do(
       {'model': [model], 'blessing': [blessing], 'transform_graph': [graph],
-       'examples': [_examples(made_inputs)]},
+       'examples': [trainer_inputs.examples_of(made_inputs)]},
       {'compressed_model': [out_model], 'push_blessing': [out_blessing],
        'report': [report_artifact]},
       {'config': json.dumps(handoff(config, 'Compressor'))})
@@ -149,6 +140,17 @@ def test_the_compressor_reproduces_the_trainers_accuracy(trained, made,
   assert [r['name'] for r in compression['variants']] == [
       'float32', 'dynamic_range', 'pruned', 'distilled']
   assert not [r for r in compression['variants'] if 'error' in r]
+
+
+def test_class_names_come_from_the_examples_when_they_name_them(tmp_path):
+  split = tmp_path / 'examples' / 'Split-train'
+  split.mkdir(parents=True)
+  patterns = [str(split / '*')]
+  assert inputs.class_names(patterns, 3) == ['0', '1', '2']
+  (tmp_path / 'examples' / 'classes.txt').write_text('circle\nsquare\nstripes\n')
+  assert inputs.class_names(patterns, 3) == ['circle', 'square', 'stripes']
+  # A file that does not match the data is not believed.
+  assert inputs.class_names(patterns, 4) == ['0', '1', '2', '3']
 
 
 def test_warm_start_reads_the_record_and_exports_from_before_it(tmp_path):

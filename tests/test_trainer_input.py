@@ -1,14 +1,10 @@
 """The Trainer's input: shuffled batches from class-sorted files, stratified
 seeded samples, TFX's TrainArgs.num_steps honoured."""
 
-import json
-import os
-
 import numpy as np
 import pytest
 from tfx.components.trainer import fn_args_utils
 from tfx.proto import trainer_pb2
-from tfx.types import artifact_utils
 from tfx.types import standard_artifacts
 from google.protobuf import json_format
 
@@ -31,11 +27,7 @@ def sorted_inputs(tmp_path_factory):
 
 
 def _examples(made):
-  examples = standard_artifacts.Examples()
-  examples.uri = made['examples']
-  examples.split_names = artifact_utils.encode_split_names(
-      ['eval', 'train', 'validation'])
-  return examples
+  return trainer_inputs.examples_of(made)
 
 
 def _training(root, made, train_steps=None, **overrides):

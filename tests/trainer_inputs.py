@@ -79,6 +79,15 @@ def examples_artifact(root: str, splits: dict) -> standard_artifacts.Examples:
   return examples
 
 
+def examples_of(inputs: dict) -> standard_artifacts.Examples:
+  """The Examples artifact `make_trainer_inputs` wrote."""
+  examples = standard_artifacts.Examples()
+  examples.uri = inputs['examples']
+  examples.split_names = artifact_utils.encode_split_names(
+      ['eval', 'train', 'validation'])
+  return examples
+
+
 def records(inputs: dict, split: str = 'validation') -> list:
   """The serialized examples of `split`, in the order of
   `inputs[f'{split}_labels']`."""

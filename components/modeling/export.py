@@ -133,16 +133,22 @@ def load_core(export_dir: str) -> tf_keras.Model:
     raise ValueError(f'no SavedModel in {export_dir}.')
   loaded = tf_keras.models.load_model(
       export_dir, compile=False, custom_objects={'KerasLayer': hub.KerasLayer})
+  if not isinstance(loaded, tf_keras.Model):
+    raise ValueError(f'{export_dir} holds no Keras model: was it exported by '
+                     'hubpipe\'s Trainer?')
   try:
     module = loaded.get_layer('hub_module')
   except ValueError:
     module = None
   if not isinstance(module, hub.KerasLayer):
+    handle = (read_record(export_dir) or {}).get('module_handle', 'unknown')
     raise ValueError(
-        f'{export_dir}: the model\'s module layer (hub_module) did not load '
-        f'as a hub.KerasLayer ({type(module).__name__}): is its module '
-        'reachable from here (an offline module name, a URL, a folder this '
-        'machine sees)? The log above names the handle Keras could not load.')
+        f'{export_dir}: the model\'s module ({handle}) could not be loaded '
+        f'here, so Keras revived its layer without it '
+        f'({type(module).__name__}). Make {handle} reachable from this '
+        'machine (an offline module name is built from its package; a URL '
+        'needs the network or a TFHUB_CACHE_DIR holding it; a folder must '
+        'exist here) and run the step again.')
   # The graph from input to logits only: the export also tracks the
   # Transform layer (for serving_default), which is no part of the core.
   core = tf_keras.Model(loaded.inputs, loaded.outputs, name='classifier')

@@ -243,6 +243,27 @@ def num_classes(tf_transform_output) -> int:
   return ids[-1] + 1
 
 
+# What an ExampleGen that knows the class names (the image-folder one)
+# writes in its Examples artifact's folder: one name a line, in id order.
+CLASSES_FILE = 'classes.txt'
+
+
+def class_names(patterns, num_classes: int) -> List[str]:
+  """The class names, in id order: those the Examples artifact behind the
+  split's file `patterns` (<artifact>/Split-<name>/*) records, else the ids."""
+  for pattern in patterns:
+    path = os.path.join(os.path.dirname(os.path.dirname(pattern)),
+                        CLASSES_FILE)
+    if tf.io.gfile.exists(path):
+      with tf.io.gfile.GFile(path) as f:
+        names = [line.strip() for line in f if line.strip()]
+      if len(names) == num_classes:
+        return names
+      logging.warning('%s names %d classes, the data has %d; the class names '
+                      'are the ids', path, len(names), num_classes)
+  return [str(i) for i in range(num_classes)]
+
+
 def images_at(tf_transform_output, input_key: str) -> Optional[list]:
   """The [height, width] the Transform wrote the images at (None: text)."""
   spec = tf_transform_output.transformed_feature_spec()[input_key]

@@ -53,9 +53,11 @@ class ModuleChoice:
 def _describe(handle: str):
   """inspect.describe, once per module version and process, eagerly (the
   Transform asks while its preprocessing_fn is being traced)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
   resolved = hub_resolve.resolve(handle)
   marker = os.path.join(resolved, 'saved_model.pb')
-  stamp = os.path.getmtime(marker) if os.path.exists(marker) else None
+  stamp = (tf.io.gfile.stat(marker).mtime_nsec if tf.io.gfile.exists(marker)
+           else None)
   return _describe_once(handle, resolved, stamp)
 
 

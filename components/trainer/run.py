@@ -412,8 +412,7 @@ def _train_and_export(fn_args):
       'selected_by': t.module.selected_by,
       'integration': config.model.integration,
       'num_classes': t.num_classes,
-      # Labels are class ids; their names are the ids.
-      'class_names': [str(i) for i in range(t.num_classes)],
+      'class_names': inputs.class_names(fn_args.train_files, t.num_classes),
   }
   LAST_RECORD.update(export_lib.export(served, t.transform_output, t.input_key,
                                        t.label_key, serving_dir, record))
