@@ -48,6 +48,10 @@ setup(
         'kfp',
         'pyyaml',
         'pillow',
+        # Reading pretrained weights: Keras .h5 (MobileNetV2) and ONNX
+        # (paraphrase-MiniLM-L3-v2) files.
+        'h5py',
+        'onnx',
     ],
     extras_require={
         # s3:// pipeline roots, data and serving dirs: TensorFlow's S3

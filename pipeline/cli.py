@@ -75,8 +75,10 @@ def _megabytes(size):
 def cmd_modules(args) -> int:
   from hubpipe.components.hub_modules import registry
   if args.action == 'list':
-    for name, description in sorted(registry.offline_modules().items()):
-      print(f'{name:<30} {description}')
+    modules = sorted(registry.offline_modules().items())
+    width = max(len(name) for name, _ in modules)
+    for name, description in modules:
+      print(f'{name:<{width}}  {description}')
     return 0
   if args.action == 'build' and args.all:
     for name in sorted(registry.offline_modules()):

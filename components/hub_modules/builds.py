@@ -1,6 +1,6 @@
 """Idempotent, atomic module builds, shared by the offline module builders.
 
-Every builder (mobilenet_v1, glove, minilm) writes each of its modules into
+Every builder (mobilenet_v1, mobilenet_v2, efficientnet_lite, glove, minilm) writes each of its modules into
 `data_dir()/'modules'/<name>` the same way:
 
   * a finished build holds a `.complete` marker, written last, whose text is the

