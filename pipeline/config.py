@@ -19,7 +19,9 @@ import yaml
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 MODALITIES = ('image', 'text')
-DATA_SOURCES = ('fashion_mnist', 'rotten_tomatoes', 'tfrecord', 'image_folder')
+DATA_SOURCES = ('fashion_mnist', 'rotten_tomatoes', 'tfrecord', 'csv',
+                'image_folder')
+LABEL_TYPES = ('int', 'string')
 BUNDLED = {'fashion_mnist': 'image', 'rotten_tomatoes': 'text'}
 ON_CORRUPT = ('fail', 'skip')
 INTEGRATIONS = ('feature_extraction', 'fine_tune', 'hybrid')
@@ -39,8 +41,19 @@ class DataConfig:
   # tfrecord: `path` holds train/ and eval/ folders of tf.Example TFRecords;
   # image_folder: `path` holds one sub-folder per class (or train/ and eval/
   # folders that each hold the class sub-folders).
+  # csv (text): `path` holds train/ and eval/ folders of CSV files with a
+  # header line (read as TFX's CsvExampleGen reads them), or the CSV files
+  # themselves with a `split_feature` column; text_feature and label_feature
+  # name the columns.
   source: str = 'fashion_mnist'
   path: Optional[str] = None
+  # csv with the files at `path` itself: the column that says train,
+  # validation or eval for each row (left out of the examples).
+  split_feature: Optional[str] = None
+  # int: labels are class ids 0..K-1. string: labels are class names (CSV
+  # text, TFRecord bytes); the Transform maps them to ids with a vocabulary
+  # and the served model returns each prediction's class_name.
+  label_type: str = 'int'
   train_examples: int = 5000
   eval_examples: int = 2000
   seed: int = 0
@@ -58,7 +71,8 @@ class DataConfig:
   # Corrupt images: 'fail' stops the run listing them; 'skip' leaves them out
   # and lists them in a report beside the examples.
   on_corrupt: str = 'fail'
-  # A schema.pbtxt; default: the curated one for the modality under schemas/.
+  # A schema.pbtxt; default: the curated one for the modality (and
+  # label_type) under schemas/, with features named text/image and label.
   schema: Optional[str] = None
   # tfrecord only: new data arrives as span folders under `path`, each with
   # train/ and eval/ (e.g. span-1/, span-2/ for 'span-{SPAN}'). Each run
@@ -296,8 +310,10 @@ class Config:
   def schema_path(self) -> str:
     if self.data.schema:
       return self.resolve_path(self.data.schema)
-    return str(REPO_ROOT / 'schemas' / f'{self.modality}_classification' /
-               'schema.pbtxt')
+    folder = f'{self.modality}_classification'
+    if self.data.label_type == 'string':
+      folder += '_string_labels'
+    return str(REPO_ROOT / 'schemas' / folder / 'schema.pbtxt')
 
 
 # Settings that went away, and what replaced them.
@@ -386,13 +402,29 @@ def validate(config: Config, check_files: bool = True) -> Config:
   if d.source == 'image_folder' and config.modality != 'image':
     raise ConfigError('data.source: "image_folder" holds images; set modality: image.')
   _choice('data.on_corrupt', d.on_corrupt, ON_CORRUPT)
-  if d.source in ('tfrecord', 'image_folder') and not d.path:
+  _choice('data.label_type', d.label_type, LABEL_TYPES)
+  if d.label_type == 'string' and (d.source == 'image_folder' or d.source in BUNDLED):
+    raise ConfigError(f'data.label_type: "{d.source}" data has class ids (an '
+                      'image folder maps its folder names to ids and records the '
+                      'names); remove data.label_type.')
+  if d.source == 'csv' and config.modality != 'text':
+    raise ConfigError('data.source: "csv" holds text; set modality: text (for '
+                      'images, use an image folder or TFRecords).')
+  if d.split_feature is not None:
+    if d.source != 'csv':
+      raise ConfigError('data.split_feature: a split column is read from CSV '
+                        'files; set data.source: csv, or remove it.')
+    if d.split_feature in (d.text_feature, d.label_feature):
+      raise ConfigError(f'data.split_feature: "{d.split_feature}" is also the '
+                        'text or label column; name the column that says '
+                        'train, validation or eval.')
+  if d.source in ('tfrecord', 'csv', 'image_folder') and not d.path:
     raise ConfigError(f'data.path: required when data.source is "{d.source}" '
                       '(the folder that holds the data).')
   if d.span_pattern is not None:
-    if d.source != 'tfrecord':
-      raise ConfigError('data.span_pattern: spans are read from tfrecord data; '
-                        'set data.source: tfrecord.')
+    if d.source not in ('tfrecord', 'csv') or d.split_feature:
+      raise ConfigError('data.span_pattern: spans are read from tfrecord or '
+                        'csv folders (without data.split_feature).')
     if '{SPAN}' not in d.span_pattern:
       raise ConfigError(f'data.span_pattern: "{d.span_pattern}" must contain '
                         '{SPAN}, e.g. span-{SPAN}.')
@@ -623,7 +655,7 @@ def _plain(value):
 # a section the step was not handed cannot be read by mistake (it raises).
 
 STEP_SECTIONS = {
-    'Transform': ('name', 'modality', 'data', 'module'),
+    'Transform': ('name', 'modality', 'data', 'module', 'selection'),
     'Trainer': ('name', 'modality', 'data', 'module', 'model', 'training'),
     'ModuleSelector': ('name', 'modality', 'data', 'module', 'model',
                        'training', 'selection'),
@@ -631,11 +663,21 @@ STEP_SECTIONS = {
 }
 
 
+def _transform_reads_candidates(config: Config) -> bool:
+  """The image Transform sizes images for the selection candidates when
+  module.input_size does not fix the size (modeling/modules.transform_size)."""
+  return (config.modality == 'image' and not config.module.input_size
+          and bool(config.selection.candidates))
+
+
 def step_sections(config: Config, step: str) -> tuple:
-  """The sections `step` reads; the text Transform reads no module facts."""
+  """The sections `step` reads; the text Transform reads no module facts,
+  and the Transform reads selection only to size images for its candidates."""
   sections = STEP_SECTIONS[step]
   if step == 'Transform' and config.modality == 'text':
     sections = tuple(k for k in sections if k != 'module')
+  if step == 'Transform' and not _transform_reads_candidates(config):
+    sections = tuple(k for k in sections if k != 'selection')
   return sections
 
 
@@ -643,13 +685,16 @@ def handoff(config: Config, step: str, **extra) -> dict:
   """What `step` is handed: {'config': its sections, **extra} (extra: e.g.
   the step's code digest). The image Transform reads one module fact, the
   size to write images at, so it is handed module.input_size, or (unset)
-  the module.handle it inspects for it: nothing else of the section."""
+  the module.handle it inspects for it, and then selection.candidates when
+  there are any: nothing else of those sections."""
   sections = config.to_dict()
   out = {k: sections[k] for k in step_sections(config, step)}
   if step == 'Transform' and 'module' in out:
     module = out['module']
     out['module'] = ({'input_size': module['input_size']}
                      if module['input_size'] else {'handle': module['handle']})
+  if step == 'Transform' and 'selection' in out:
+    out['selection'] = {'candidates': out['selection']['candidates']}
   return {'config': out, **extra}
 
 
@@ -687,7 +732,8 @@ def from_handoff(params, step: str) -> Config:
     raise ConfigError(f'the {step} step was handed config sections it does '
                       f'not read: {", ".join(extra)}.')
   required = [k for k in STEP_SECTIONS[step] if not (
-      step == 'Transform' and k == 'module' and raw.get('modality') == 'text')]
+      step == 'Transform' and k == 'module' and raw.get('modality') == 'text')
+      and not (step == 'Transform' and k == 'selection')]
   missing = [k for k in required if k not in raw]
   if missing:
     raise ConfigError(

@@ -162,3 +162,28 @@ def test_the_text_transform_is_not_handed_the_module():
                            'rotten_tomatoes_glove.yaml'))
   assert 'module' not in handoff(config, 'Transform')['config']
   assert 'module' in handoff(load_config(), 'Transform')['config']
+
+
+def test_the_transform_sizes_images_for_the_largest_candidate():
+  """Without module.input_size, the image Transform is handed the selection
+  candidates and writes images at the largest size any of them runs at, so
+  that no candidate is upsampled from a smaller copy."""
+  from hubpipe.components.modeling import modules
+  from hubpipe.pipeline.config import from_handoff, handoff
+  config = load_config()
+  config.module.input_size = None
+  config.selection.candidates = [
+      {'handle': 'mobilenet_v1_100_224', 'input_size': [64, 80]},
+      'mobilenet_v2_100_160',                    # its own size: 160x160
+      {'handle': 'efficientnet_lite0_224', 'input_size': [96, 200]},
+      'no_such_module']                          # skipped by the selector
+  handed = handoff(config, 'Transform')['config']
+  assert handed['selection'] == {'candidates': config.selection.candidates}
+  assert handed['module'] == {'handle': 'mobilenet_v1_100_224'}
+  transform = from_handoff({'config': handed}, 'Transform')
+  assert modules.transform_size(transform) == [160, 200]
+  # module.input_size fixes the size: the candidates are not handed over.
+  config.module.input_size = [96, 96]
+  assert 'selection' not in handoff(config, 'Transform')['config']
+  assert modules.transform_size(
+      from_handoff(handoff(config, 'Transform'), 'Transform')) == [96, 96]

@@ -6,7 +6,8 @@ step was handed and, for the Trainer, the ModuleSelector's choice: nothing is
 computed on the machine that launches or compiles the run and threaded
 through the DAG.
 
-  Transform:  `transform_size` (images are written at this size);
+  Transform:  `transform_size` (images are written at this size: the
+              largest any selection candidate runs at, when there are any);
   Trainer:    `choose` (the selector's choice, or the config's module);
   selector:   each candidate's own facts (module_selector/executor.py);
   Compressor: nothing; it reads the Trainer's export and its Model artifact.
@@ -73,18 +74,52 @@ def _describe_once(handle: str, resolved: str, stamp):
     return inspect_lib.describe(handle)
 
 
+def candidate_size(candidate) -> Optional[list]:
+  """The [height, width] a selection candidate (a handle, or a mapping with
+  `handle` and maybe `input_size`) is probed at when that does not depend on
+  the Transform: its input_size, else the size its module is made for; None
+  for a module of any size, or one that cannot be inspected here (the
+  ModuleSelector reports that one as skipped)."""
+  if isinstance(candidate, str):
+    candidate = {'handle': candidate}
+  if candidate.get('input_size'):
+    return list(candidate['input_size'])
+  try:
+    info = _describe(candidate['handle'])
+  except Exception:  # pylint: disable=broad-except
+    return None
+  if info.modality != 'image' or not info.input_size:
+    return None
+  return list(info.input_size)
+
+
 def transform_size(config, info=None) -> list:
-  """Images: the [height, width] the Transform writes, module.input_size or
-  the size module.handle is made for (`info`: its inspect.describe, if at
-  hand)."""
+  """Images: the [height, width] the Transform writes: module.input_size;
+  else, with selection candidates, the largest size any of them runs at
+  (per dimension), so that each candidate sees the images at its own size,
+  scaled down in the model and never up from a smaller copy; else the size
+  module.handle is made for (`info`: its inspect.describe, if at hand)."""
   if config.module.input_size:
     return list(config.module.input_size)
+  candidates = _selection_candidates(config)
+  sizes = [size for size in map(candidate_size, candidates) if size]
+  if sizes:
+    return [max(h for h, _ in sizes), max(w for _, w in sizes)]
   info = info or _describe(config.module.handle)
   if not info.input_size:
     raise inspect_lib.IncompatibleModule(
         f'module.handle {config.module.handle} takes images of any size: set '
         'module.input_size: [height, width].')
   return list(info.input_size)
+
+
+def _selection_candidates(config) -> list:
+  """selection.candidates, or [] when the step was not handed them."""
+  from hubpipe.pipeline.config import ConfigError  # pylint: disable=g-import-not-at-top
+  try:
+    return list(config.selection.candidates or [])
+  except ConfigError:  # a section the step was not handed
+    return []
 
 
 def preprocessor_for(handle: str, configured: Optional[str], info=None
