@@ -28,10 +28,11 @@ setup(
                  'hubpipe.components': 'components',
                  'hubpipe.kubeflow': 'kubeflow'},
     package_data={'hubpipe.pipeline': ['configs/*.yaml']},
-    data_files=[('share/hubpipe/schemas/image_classification',
-                 ['schemas/image_classification/schema.pbtxt']),
-                ('share/hubpipe/schemas/text_classification',
-                 ['schemas/text_classification/schema.pbtxt'])],
+    data_files=[(f'share/hubpipe/schemas/{name}',
+                 [f'schemas/{name}/schema.pbtxt'])
+                for name in ('image_classification', 'text_classification',
+                             'image_classification_string_labels',
+                             'text_classification_string_labels')],
     install_requires=[
         # Exact versions come from constraints.txt; tensorflow-hub 0.16.1 is
         # installed afterwards with --no-deps (tfx 1.16 pins <0.16, which does

@@ -114,7 +114,8 @@ def snapshot_parameters(config: Config, input_base: str, pipeline_root: str,
   """The DataSnapshot's parameters (also what the local runner takes the
   snapshot with)."""
   return {'input_base': input_base,
-          'source': ('image_folder' if config.data.source == 'image_folder'
+          'source': (config.data.source
+                     if config.data.source in ('image_folder', 'csv')
                      else 'tfrecord'),
           'span_pattern': config.data.span_pattern or '',
           'latest_spans': config.data.latest_spans if config.data.span_pattern
@@ -128,7 +129,8 @@ def snapshot_parameters(config: Config, input_base: str, pipeline_root: str,
 
 def example_gen(config: Config, input_base: str, snapshot):
   """ExampleGen over the data snapshot (a JSON string or runtime parameter):
-  TFRecord folders (span folders: the latest N spans), or an image folder."""
+  TFRecord or CSV folders (span folders: the latest N spans), CSV files with
+  a split column, or an image folder."""
   validation = dict(validation_fraction=config.data.validation_fraction,
                     label_feature=config.data.label_feature,
                     split_seed=config.data.seed)
@@ -142,7 +144,11 @@ def example_gen(config: Config, input_base: str, snapshot):
         custom_config=executor.make_custom_config(
             config.data.image_feature, config.data.label_feature,
             config.data.on_corrupt),
-        images=True, **validation)
+        reader='image_folder', **validation)
+  if config.data.source == 'csv':
+    return SnapshotExampleGen(snapshot, reader='csv',
+                              split_feature=config.data.split_feature or '',
+                              **validation)
   return SnapshotExampleGen(snapshot, **validation)
 
 

@@ -10,7 +10,8 @@ TFLite CPU latency per example at batch 1 and at batch 32. Samples are
 seeded, class-stratified random draws. The decision follows the policy in
 `policy.choose`; the output Model holds the trained SavedModel (raw tf.Example
 signature, for TF Serving) and, beside it, `model.tflite` (the chosen variant,
-for edge use), so the Pusher puts both in the versioned folder. The output
+for edge use) with `labels.txt` (its class names, one a line), so the
+Pusher puts them all in the versioned folder. The output
 ModelBlessing gates the Pusher: it is blessed only when the Evaluator blessed
 the model and the policy chose something to push.
 """
@@ -37,6 +38,9 @@ from hubpipe.components.modeling import measure
 from hubpipe.pipeline.config import from_handoff
 
 TFLITE_FILE = 'model.tflite'
+# Beside it: the class names, one a line, line i for output i (the .tflite
+# returns logits; TFLite's metadata tooling is not part of this stack).
+LABELS_FILE = 'labels.txt'
 # Beside the pushed folder (Format-Serving) in the compressed Model's folder.
 DECISION_FILE = 'compression_decision.txt'
 LATENCY_BATCH = 32
@@ -269,3 +273,7 @@ class Executor(base_executor.BaseExecutor):
     if chosen != policy.UNCOMPRESSED:
       with tf.io.gfile.GFile(os.path.join(out_serving, TFLITE_FILE), 'wb') as f:
         f.write(variants[chosen])
+      names = (export_lib.read_record(serving_dir) or {}).get('class_names')
+      if names:
+        with tf.io.gfile.GFile(os.path.join(out_serving, LABELS_FILE), 'w') as f:
+          f.write(''.join(f'{name}\n' for name in names))

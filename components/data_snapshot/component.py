@@ -30,7 +30,7 @@ from hubpipe.components.data_snapshot import executor
 class DataSnapshotSpec(types.ComponentSpec):
   PARAMETERS = {
       'input_base': ExecutionParameter(type=str),
-      'source': ExecutionParameter(type=str),        # tfrecord | image_folder
+      'source': ExecutionParameter(type=str),  # tfrecord | csv | image_folder
       'span_pattern': ExecutionParameter(type=str),  # '' without spans
       'latest_spans': ExecutionParameter(type=int),
       'serving_dir': ExecutionParameter(type=str),

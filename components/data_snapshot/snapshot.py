@@ -45,6 +45,12 @@ SPLITS = ('train', 'eval')
 # carves the validation split out of train).
 VALIDATION = 'validation'
 SPAN = '{SPAN}'
+# source 'csv' without split folders: the one "split" of the CSV files at the
+# data root, whose rows a column routes (snapshot_example_gen/executor.py).
+ALL_ROWS = 'all'
+# Beside the splits, optional: the class names of integer labels, one a line
+# in id order (the bundled data sets write one); part of the fingerprint.
+CLASSES_FILE = 'classes.txt'
 LAST_SNAPSHOT = 'last_snapshot.json'
 
 
@@ -119,8 +125,11 @@ def examples_snapshot(input_base: str, source: str = 'tfrecord',
   left for later: without their ready marker yet).
 
   source 'tfrecord': `input_base` holds train/ and eval/ folders of TFRecord
-  files (and optionally validation/), or span folders that each hold them. source 'image_folder': the
-  whole folder is fingerprinted; the image ExampleGen reads its layout.
+  files (and optionally validation/), or span folders that each hold them.
+  source 'csv': the same with CSV files, or (no train/ folder, no spans)
+  the `*.csv` files at the root, one split (ALL_ROWS) that a column routes.
+  source 'image_folder': the whole folder is fingerprinted; the image
+  ExampleGen reads its layout.
   """
   if not tf.io.gfile.isdir(input_base):
     raise SnapshotError(f'data root {input_base} is not a folder (or cannot '
@@ -159,6 +168,10 @@ def examples_snapshot(input_base: str, source: str = 'tfrecord',
     # Not part of the parameter ExampleGen caches on: a delivery in
     # progress must not make the next run look new.
     waiting = sorted(set(found) - set(ready))
+  elif source == 'csv' and not tf.io.gfile.isdir(_join(input_base, 'train')):
+    snapshot['splits'] = {ALL_ROWS: ['*.csv']}
+    snapshot['fingerprint'] = refingerprint(snapshot, check=True)
+    return snapshot, []
   else:
     folders = {split: [''] for split in SPLITS}
     if tf.io.gfile.isdir(_join(input_base, VALIDATION)):
@@ -180,10 +193,15 @@ def files_of(snapshot: Dict, check: bool = False) -> Dict[str, List[str]]:
     for pattern in patterns:
       matched = _files(_join(base, pattern))
       if check and not matched:
+        kind = ('CSV files' if snapshot.get('source') == 'csv'
+                else 'TFRecord files of tf.Examples')
+        where = 'span folder' if snapshot['spans'] else 'data root'
+        also = (', or CSV files with a split column (data.split_feature)'
+                if snapshot.get('source') == 'csv' and not snapshot['spans']
+                else '')
         raise SnapshotError(
-            f'{_join(base, pattern)} matches no file: each '
-            f'{"span folder" if snapshot["spans"] else "data root"} must hold '
-            'train/ and eval/ folders of TFRecord files of tf.Examples.')
+            f'{_join(base, pattern)} matches no file: each {where} must hold '
+            f'train/ and eval/ folders of {kind}{also}.')
       out[split] += matched
   return out
 
@@ -193,8 +211,10 @@ def refingerprint(snapshot: Dict, check: bool = False) -> Dict:
   base = snapshot['input_base']
   if not snapshot['splits']:
     return fingerprint(_walk_files(base), base)
+  names = _join(base, CLASSES_FILE)
   return fingerprint([f for files in files_of(snapshot, check).values()
-                      for f in files], base)
+                      for f in files]
+                     + ([names] if tf.io.gfile.exists(names) else []), base)
 
 
 def latest_version(serving_dir: str) -> Optional[str]:

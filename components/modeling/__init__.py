@@ -17,3 +17,6 @@ import this.
 
 # The Transform's vocabulary of the label values it saw (the class count).
 LABEL_VOCABULARY = 'label_values'
+# With class names as labels (data.label_type: string): the Transform's
+# vocabulary of the names; a name's line number is its class id.
+LABEL_NAMES = 'label_names'

@@ -3,8 +3,11 @@
 One SavedModel (the Model artifact's Format-Serving folder), saved by Keras:
 
   signature `serving_default`: serialized raw tf.Examples in (the Transform
-      graph inside), `probabilities` [N, K] and `class_id` [N] out: what TF
-      Serving and the Evaluator call;
+      graph inside); out `probabilities` [N, K], `class_id` [N], `class_name`
+      [N] (the record's class names: the label vocabulary, an image
+      folder's names, else the ids) and `all_classes` [N, K] (every class
+      name, the estimator convention by which TFMA maps class-name labels to
+      ids): what TF Serving and the Evaluator call;
   signature `core` (CORE_SIGNATURE): the transformed input feature in
       (images [N, H, W, 3] in [0, 1] at the Transform's size; text [N]
       strings), `logits` [N, K] out: what a converter (TFLite) takes;
@@ -47,6 +50,8 @@ def export(model: tf_keras.Model, tf_transform_output, input_key: str,
            label_key: str, export_dir: str, record: dict) -> dict:
   """Saves `model` (transformed input -> logits) with the two signatures
   and the model record (see the module docstring); returns the record.
+  record['class_names'] (K names in id order) gives `class_name`; without
+  it the names are the ids.
 
   The Transform graph is inside `serving_default`, so the served model
   predicts from the raw feature as stored: encoded image bytes, or text.
@@ -55,14 +60,25 @@ def export(model: tf_keras.Model, tf_transform_output, input_key: str,
   raw_spec = tf_transform_output.raw_feature_spec()
   raw_spec.pop(label_key, None)
 
+  num_classes = int(model.outputs[0].shape[-1])
+  names = list(record.get('class_names') or [str(i) for i in range(num_classes)])
+  if len(names) != num_classes:
+    raise ValueError(f'{len(names)} class names for a model of {num_classes} '
+                     'classes')
+
   @tf.function(input_signature=[
       tf.TensorSpec(shape=[None], dtype=tf.string, name='examples')])
   def serve_tf_examples(serialized):
     raw = tf.io.parse_example(serialized, raw_spec)
     transformed = model.tft_layer(raw)
     probabilities = tf.nn.softmax(model(transformed[input_key], training=False))
+    class_id = tf.argmax(probabilities, axis=-1)
+    all_names = tf.constant(names)  # part of the serving graph
     return {'probabilities': probabilities,
-            'class_id': tf.argmax(probabilities, axis=-1)}
+            'class_id': class_id,
+            'class_name': tf.gather(all_names, class_id),
+            'all_classes': tf.tile(all_names[tf.newaxis],
+                                   [tf.shape(class_id)[0], 1])}
 
   spec = model.inputs[0]
   @tf.function(input_signature=[tf.TensorSpec(

@@ -29,6 +29,7 @@ from tfx.components.util import tfxio_utils
 from tfx.types import artifact_utils
 from tfx_bsl.tfxio import dataset_options
 
+from hubpipe.components.modeling import LABEL_NAMES
 from hubpipe.components.modeling import LABEL_VOCABULARY
 
 # Examples (raw records) held for shuffling; training.shuffle_buffer.
@@ -161,6 +162,21 @@ def raw_column(factory: DatasetFactory, patterns, schema, key) -> np.ndarray:
   return np.concatenate(values) if values else np.zeros([0])
 
 
+def raw_labels(factory: DatasetFactory, patterns, tf_transform_output,
+               key) -> np.ndarray:
+  """Every example's class id, in file order, from the raw label (no image
+  is decoded): class ids as they are; class names through the Transform's
+  vocabulary of them (label_names), -1 for a name it does not hold."""
+  values = raw_column(factory, patterns, tf_transform_output.raw_metadata.schema,
+                      key)
+  names = label_names(tf_transform_output)
+  if names is None:
+    return values.astype(int)
+  ids = {name: i for i, name in enumerate(names)}
+  return np.array([ids.get(v.decode('utf-8').strip(), -1) for v in values],
+                  dtype=int)
+
+
 def stratified_indices(labels: np.ndarray, limit: int, seed: int) -> np.ndarray:
   """Up to `limit` positions of `labels`, drawn at random (seeded), each
   class in its share of the whole (at least one of each class when `limit`
@@ -228,8 +244,22 @@ def steps_per_epoch(examples: int, global_batch: int,
   return max(1, math.ceil(examples / global_batch))
 
 
+def label_names(tf_transform_output) -> Optional[List[str]]:
+  """With class names as labels, the Transform's vocabulary of them in id
+  order; None when the labels are class ids."""
+  if not tf_transform_output.vocabulary_file_by_name(LABEL_NAMES):
+    return None
+  return [v.decode('utf-8') if isinstance(v, bytes) else str(v)
+          for v in tf_transform_output.vocabulary_by_name(LABEL_NAMES)]
+
+
 def num_classes(tf_transform_output) -> int:
-  """The class count, from the label values the Transform saw in the data."""
+  """The class count, from the labels the Transform saw in the data."""
+  names = label_names(tf_transform_output)
+  if names is not None:
+    if not names:
+      raise ValueError('the training data holds no labels.')
+    return len(names)
   values = tf_transform_output.vocabulary_by_name(LABEL_VOCABULARY)
   ids = sorted(int(v) for v in values)
   if not ids:
@@ -248,9 +278,14 @@ def num_classes(tf_transform_output) -> int:
 CLASSES_FILE = 'classes.txt'
 
 
-def class_names(patterns, num_classes: int) -> List[str]:
-  """The class names, in id order: those the Examples artifact behind the
-  split's file `patterns` (<artifact>/Split-<name>/*) records, else the ids."""
+def class_names(patterns, num_classes: int, tf_transform_output=None
+                ) -> List[str]:
+  """The class names, in id order: the Transform's label vocabulary when the
+  labels are names, else those the Examples artifact behind the split's file
+  `patterns` (<artifact>/Split-<name>/*) records, else the ids."""
+  names = label_names(tf_transform_output) if tf_transform_output else None
+  if names is not None:
+    return names
   for pattern in patterns:
     path = os.path.join(os.path.dirname(os.path.dirname(pattern)),
                         CLASSES_FILE)

@@ -48,6 +48,8 @@ class SnapshotExampleGenSpec(types.ComponentSpec):
       'validation_fraction': ExecutionParameter(type=float),
       'label_feature': ExecutionParameter(type=str),
       'split_seed': ExecutionParameter(type=int),
+      # CSV files at the data root: the column that names each row's split.
+      'split_feature': ExecutionParameter(type=str, optional=True),
       # The digest of the code it runs (pipeline/code_version.py): an edit
       # ingests again.
       'code': ExecutionParameter(type=str, optional=True),
@@ -56,6 +58,11 @@ class SnapshotExampleGenSpec(types.ComponentSpec):
   }
   INPUTS = {}
   OUTPUTS = {'examples': ChannelParameter(type=standard_artifacts.Examples)}
+
+
+_READERS = {'tfrecord': executor.TFRecordExecutor,
+            'csv': executor.CsvExecutor,
+            'image_folder': executor.ImageFolderExecutor}
 
 
 class SnapshotExampleGen(base_beam_component.BaseBeamComponent):
@@ -68,11 +75,15 @@ class SnapshotExampleGen(base_beam_component.BaseBeamComponent):
                input_config: Optional[example_gen_pb2.Input] = None,
                output_config: Optional[example_gen_pb2.Output] = None,
                custom_config: Optional[example_gen_pb2.CustomConfig] = None,
-               images: bool = False, validation_fraction: float = 0.1,
-               label_feature: str = 'label', split_seed: int = 0):
+               reader: str = 'tfrecord', validation_fraction: float = 0.1,
+               label_feature: str = 'label', split_seed: int = 0,
+               split_feature: str = ''):
     """`snapshot`: a JSON string, or a DataSnapshot output's
-    `.future()[0].value`. `images`: read image folders (input_config and
-    custom_config as for the image folder ExampleGen). Without validation
+    `.future()[0].value`. `reader`: 'tfrecord' (tf.Example TFRecords),
+    'csv' (CSV files, as CsvExampleGen reads them; `split_feature`: the
+    column that routes the rows of files at the data root), or
+    'image_folder' (input_config and custom_config as for the image folder
+    ExampleGen). Without validation
     data, `validation_fraction` of each class (`label_feature`) of train is
     carved out as the `validation` split, seeded by `split_seed`."""
     super().__init__(
@@ -82,9 +93,11 @@ class SnapshotExampleGen(base_beam_component.BaseBeamComponent):
             custom_config=custom_config,
             validation_fraction=validation_fraction,
             label_feature=label_feature, split_seed=split_seed,
+            split_feature=split_feature or None,
             code=code_version.digest('ExampleGen'),
             output_data_format=example_gen_pb2.FORMAT_TF_EXAMPLE,
             output_file_format=example_gen_pb2.FORMAT_TFRECORDS_GZIP,
             examples=types.Channel(type=standard_artifacts.Examples)),
-        custom_executor_spec=(executor_spec.BeamExecutorSpec(
-            executor.ImageFolderExecutor) if images else None))
+        custom_executor_spec=(
+            executor_spec.BeamExecutorSpec(_READERS[reader])
+            if reader != 'tfrecord' else None))

@@ -7,11 +7,19 @@ changed since the snapshot or while they were read (a delivery still being
 written), it stops rather than publish examples under a fingerprint they do
 not match; the next run ingests the finished delivery.
 
-The examples are read as TFX's executors read them (GenerateExamplesByBeam),
+The examples are read as TFX's executors read them (GenerateExamplesByBeam:
+TFRecords as ImportExampleGen, image folders, CSV files as CsvExampleGen),
 validation is carved out of train when the data brings none
 (validation_split.py), and each split is written in content order
 (content_order.py) instead of by TFX's WriteSplit.
+
+CSV files either sit in train/ and eval/ (and validation/) folders like
+TFRecords, or all at the data root with a column (`split_feature`) that says
+which split each row belongs to: `train`, `validation` or `eval`. That column
+is routed on and left out of the examples.
 """
+
+import csv
 
 import hashlib
 import json
@@ -23,11 +31,14 @@ import apache_beam as beam
 import tensorflow as tf
 from tfx.components.example_gen import base_example_gen_executor
 from tfx.components.example_gen import write_split
+from tfx.components.example_gen.csv_example_gen import executor as csv_executor
 from tfx.components.example_gen.import_example_gen import executor as import_executor
 from tfx.components.util import examples_utils
 from tfx.proto import example_gen_pb2
 from tfx.types import artifact_utils
+from tfx.utils import io_utils
 from tfx.utils import proto_utils
+from tfx_bsl.coders import csv_decoder
 
 from hubpipe.components.data_snapshot import snapshot as snapshot_lib
 from hubpipe.components.image_folder_example_gen import executor as image_executor
@@ -66,6 +77,12 @@ class _FromSnapshot:
     # fingerprint says; fail rather than publish it.
     _check_unchanged(snap, 'while this run read them')
     examples = artifact_utils.get_single_instance(output_dict['examples'])
+    # The class names the data root gives for integer labels go with the
+    # examples (an image folder's ExampleGen writes its own).
+    names = os.path.join(snap['input_base'], snapshot_lib.CLASSES_FILE)
+    copy = os.path.join(examples.uri, snapshot_lib.CLASSES_FILE)
+    if tf.io.gfile.exists(names) and not tf.io.gfile.exists(copy):
+      tf.io.gfile.copy(names, copy)
     examples.span = int(snap['span'])
     examples.version = 0
     examples.set_string_custom_property(
@@ -180,3 +197,120 @@ class TFRecordExecutor(_FromSnapshot, import_executor.Executor,
 class ImageFolderExecutor(_FromSnapshot, image_executor.Executor,
                           _WriteInContentOrder):
   """The image folder ExampleGen's executor, on the snapshot's data root."""
+
+
+@beam.ptransform_fn
+@beam.typehints.with_input_types(beam.Pipeline)
+@beam.typehints.with_output_types(tf.train.Example)
+def _ReadCsvFiles(pipeline: beam.Pipeline, exec_properties: Dict[str, Any],  # pylint: disable=invalid-name
+                  split_pattern: str) -> beam.pvalue.PCollection:
+  """tf.Examples from the CSV files the split's "pattern" lists (a JSON list
+  of paths), parsed as TFX's CsvExampleGen parses a split, with its own
+  pieces: a header line in every file (all alike), quoted fields that may
+  span lines, each column's type inferred over the split (INT, FLOAT, else
+  bytes), an empty cell an empty feature.
+
+  CsvExampleGen globs one pattern under input_base; a snapshot lists files
+  (a window of span folders is several), so the listing is read here."""
+  del exec_properties
+  files = json.loads(split_pattern)
+  header = io_utils.load_csv_column_names(files[0])
+  for path in files[1:]:
+    other = io_utils.load_csv_column_names(path)
+    if other != header:
+      raise ValueError(
+          f'{path} has the columns {other}, {files[0]} has {header}: the CSV '
+          'files of a split must have the same header line.')
+  # pylint: disable=protected-access  (TFX's CSV reading, as CsvExampleGen's)
+  lines = (pipeline
+           | 'Files' >> beam.Create(files)
+           | 'ReadRecords' >> beam.ParDo(
+               csv_executor._ReadCsvRecordsFromTextFile())
+           | 'ParseLines' >> beam.ParDo(csv_decoder.ParseCSVLine(delimiter=','))
+           | 'Cells' >> beam.Keys())
+  column_infos = beam.pvalue.AsSingleton(
+      lines | 'InferTypes' >> beam.CombineGlobally(
+          csv_decoder.ColumnTypeInferrer(header, skip_blank_lines=True)))
+  return lines | 'ToTFExample' >> beam.ParDo(
+      csv_executor._ParsedCsvToTfExample(), column_infos)
+
+
+# The snapshot's one split when the CSV files sit at the data root.
+ALL_ROWS = snapshot_lib.ALL_ROWS
+SPLIT_VALUES = ('train', VALIDATION, 'eval')
+
+
+def split_column_values(files, column: str) -> Dict[str, int]:
+  """{value: rows} of `column` over the CSV files (one streamed pass over
+  the files, in this process: the splits must be known to build the Beam
+  graph). Raises ValueError naming the files without that column."""
+  counts: Dict[str, int] = {}
+  for path in files:
+    with tf.io.gfile.GFile(path, 'r') as lines:
+      reader = csv.DictReader(lines)
+      if column not in (reader.fieldnames or []):
+        raise ValueError(
+            f'data.split_feature: {path} has no column "{column}" (its '
+            f'columns: {reader.fieldnames}). Name the column that says '
+            f'{"/".join(SPLIT_VALUES)}, or put the files in train/ and eval/ '
+            'folders.')
+      for row in reader:
+        value = (row[column] or '').strip()
+        counts[value] = counts.get(value, 0) + 1
+  return counts
+
+
+def _split_of(example: tf.train.Example, num_partitions: int, column: str,
+              names) -> int:
+  del num_partitions
+  value = example.features.feature[column].bytes_list.value
+  return names.index(value[0].decode('utf-8').strip())
+
+
+def _without(example: tf.train.Example, column: str) -> tf.train.Example:
+  example = tf.train.Example.FromString(example.SerializeToString())
+  del example.features.feature[column]
+  return example
+
+
+class CsvExecutor(_FromSnapshot, csv_executor.Executor, _WriteInContentOrder):
+  """CsvExampleGen's executor over the snapshot's files; see the module
+  docstring for the split column."""
+
+  def GetInputSourceToExamplePTransform(self) -> beam.PTransform:
+    return _ReadCsvFiles
+
+  def GenerateExamplesByBeam(self, pipeline, exec_properties):
+    splits = super().GenerateExamplesByBeam(pipeline, exec_properties)
+    column = exec_properties.get('split_feature') or ''
+    if ALL_ROWS not in splits:
+      if column:
+        raise ValueError(
+            f'data.split_feature "{column}": the CSV files are in split '
+            'folders already; remove data.split_feature, or put the files at '
+            'the data root.')
+      return splits
+    if not column:
+      raise ValueError(
+          'the CSV files sit at the data root: set data.split_feature to the '
+          f'column that says {"/".join(SPLIT_VALUES)} for each row, or put '
+          'the files in train/ and eval/ folders.')
+    files = json.loads(self._all_rows_pattern(exec_properties))
+    counts = split_column_values(files, column)
+    unknown = sorted(set(counts) - set(SPLIT_VALUES))
+    if unknown or not counts.get('train') or not counts.get('eval'):
+      raise ValueError(
+          f'data.split_feature "{column}" holds {counts}: every row must say '
+          f'{", ".join(SPLIT_VALUES)} (validation optional), with at least '
+          'one train and one eval row.')
+    names = [v for v in SPLIT_VALUES if counts.get(v)]
+    parts = splits[ALL_ROWS] | 'BySplitColumn' >> beam.Partition(
+        _split_of, len(names), column, names)
+    return {name: part | f'DropSplitColumn[{name}]' >> beam.Map(_without, column)
+            for name, part in zip(names, parts)}
+
+  @staticmethod
+  def _all_rows_pattern(exec_properties) -> str:
+    config = example_gen_pb2.Input()
+    proto_utils.json_to_proto(exec_properties['input_config'], config)
+    return next(s.pattern for s in config.splits if s.name == ALL_ROWS)

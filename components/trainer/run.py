@@ -87,10 +87,11 @@ def _callbacks(config, checkpoint_dir, name, extra=()):
   return callbacks
 
 
-def _warm_start(model, base_model_dir, name, module: modules.ModuleChoice
-                ) -> str:
+def _warm_start(model, base_model_dir, name, module: modules.ModuleChoice,
+                class_names=None) -> str:
   """Loads `name` weights saved inside the base model, if it was built on the
-  same module at the same size (its model record); returns what happened."""
+  same module at the same size, for the same classes in the same order (its
+  model record); returns what happened."""
   if not base_model_dir:
     return 'off'
   if not tf.io.gfile.exists(os.path.join(base_model_dir, 'saved_model.pb')):
@@ -102,6 +103,12 @@ def _warm_start(model, base_model_dir, name, module: modules.ModuleChoice
   if base != (module.handle, module.input_size):
     return (f'skipped: the base model was built on {base[0]} at {base[1]}, '
             f'this one on {module.handle} at {module.input_size}')
+  if (class_names and record.get('class_names')
+      and list(record['class_names']) != list(class_names)):
+    # Class names as labels: their ids follow the vocabulary's order, which
+    # new data can change; a head for other ids would start wrong.
+    return (f'skipped: the base model\'s classes are {record["class_names"]}, '
+            f'this one\'s {list(class_names)}')
   path = os.path.join(base_model_dir, export_lib.WARM_START_DIR, name)
   if not tf.io.gfile.exists(path + '.index'):
     return f'skipped: {base_model_dir} holds no {name} weights'
@@ -135,6 +142,8 @@ class _Training:
     transform_output = tft.TFTransformOutput(fn_args.transform_output)
     self.transform_output = transform_output
     self.num_classes = inputs.num_classes(transform_output)
+    self.class_names = inputs.class_names(fn_args.train_files,
+                                          self.num_classes, transform_output)
     # Images: the size the Transform wrote them at; a module chosen by the
     # ModuleSelector may run at another (resized in the model).
     self.transform_size = inputs.images_at(transform_output, self.input_key)
@@ -150,10 +159,10 @@ class _Training:
     # Examples artifact. fn_args.eval_files are the validation split's.
     self.factory = fn_args.data_accessor.tf_dataset_factory
     schema = transform_output.raw_metadata.schema
-    self.train_labels = inputs.raw_column(self.factory, fn_args.train_files,
-                                          schema, self.label_key).astype(int)
-    self.validation_labels = inputs.raw_column(
-        self.factory, fn_args.eval_files, schema, self.label_key).astype(int)
+    self.train_labels = inputs.raw_labels(self.factory, fn_args.train_files,
+                                          transform_output, self.label_key)
+    self.validation_labels = inputs.raw_labels(
+        self.factory, fn_args.eval_files, transform_output, self.label_key)
     for split, labels, files in (
         ('train', self.train_labels, fn_args.train_files),
         ('validation', self.validation_labels, fn_args.eval_files)):
@@ -161,6 +170,11 @@ class _Training:
         raise ValueError(f'the {split} split holds no examples ({files}): '
                          'give the data more examples, or raise '
                          'data.validation_fraction.')
+      if (labels < 0).any():
+        raise ValueError(
+            f'the {split} split holds {int((labels < 0).sum())} example(s) of '
+            f'class names the training data does not have (it has '
+            f'{self.class_names}): every class needs training examples.')
     self.unvalidated_classes = sorted(
         set(self.train_labels.tolist()) - set(self.validation_labels.tolist()))
     if self.unvalidated_classes:
@@ -233,7 +247,8 @@ class _Training:
     validation = embeddings.dataset(*cached['validation'], transform=transform)
     batched = lambda ds: inputs.data_sharded(ds.batch(self.global_batch),
                                              self.workers)
-    init = lambda head: _warm_start(head, base_model_dir, 'head', self.module)
+    init = lambda head: _warm_start(head, base_model_dir, 'head', self.module,
+                                    self.class_names)
     return training.fit_head(
         self.strategy, batched(train.repeat()), batched(validation),
         self.steps_per_epoch(self.config.training.epochs),
@@ -297,7 +312,7 @@ def _train_fine_tune(t: _Training, report: dict):
                               t.num_classes)
     served = model_lib.classifier(extractor, head)
     report['warm_start'] = _warm_start(served, t.base_model_dir, 'model',
-                                       t.module)
+                                       t.module, t.class_names)
   history, accuracy = t.fit_end_to_end(
       served, t.config.training.learning_rate, t.config.training.epochs,
       'fine_tune')
@@ -349,6 +364,7 @@ def _train_and_export(fn_args):
       'preprocessor': t.module.resolved_preprocessor,
       'integration': config.model.integration,
       'num_classes': t.num_classes,
+      'class_names': t.class_names,
       'train_examples': int(len(t.train_labels)),
       'validation_examples': int(len(t.validation_labels)),
       # Every accuracy here is on the validation split; the eval split is
@@ -412,7 +428,7 @@ def _train_and_export(fn_args):
       'selected_by': t.module.selected_by,
       'integration': config.model.integration,
       'num_classes': t.num_classes,
-      'class_names': inputs.class_names(fn_args.train_files, t.num_classes),
+      'class_names': t.class_names,
   }
   LAST_RECORD.update(export_lib.export(served, t.transform_output, t.input_key,
                                        t.label_key, serving_dir, record))

@@ -38,5 +38,5 @@ def preprocessing_fn(inputs, custom_config):
   encoded = tf.reshape(inputs[image_key], [-1])
   return {
       image_key: decode_and_resize(encoded, height, width),
-      label_key: labels.passthrough(inputs[label_key]),
+      label_key: labels.class_ids(inputs[label_key]),
   }

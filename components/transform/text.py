@@ -19,5 +19,5 @@ def preprocessing_fn(inputs, custom_config):
   label_key = config.data.label_feature
   return {
       text_key: tf.strings.strip(tf.reshape(inputs[text_key], [-1])),
-      label_key: labels.passthrough(inputs[label_key]),
+      label_key: labels.class_ids(inputs[label_key]),
   }
