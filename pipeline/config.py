@@ -214,6 +214,10 @@ class SelectionConfig:
   max_size_mb: Optional[float] = None      # the module on disk
   latency_weight: float = 0.0
   size_weight: float = 0.0
+  # Also measure a model trained from scratch on the same samples (a small
+  # CNN, or a bag-of-words logistic regression: modeling/no_reuse.py); when
+  # it wins, the Trainer trains it, and the run says reuse does not pay.
+  no_reuse: bool = True
 
 
 @dataclasses.dataclass

@@ -144,12 +144,16 @@ def test_candidate_specs_normalise_the_config():
       {'name': 'minilm_l6_v2', 'handle': 'minilm_l6_v2',
        'input_size': None, 'preprocessor': 'minilm_l6_v2_preprocess'},
       {'name': 'minilm_l6_v2#2', 'handle': 'minilm_l6_v2',
-       'input_size': None, 'preprocessor': '/other/preprocess'}]
+       'input_size': None, 'preprocessor': '/other/preprocess'},
+      # selection.no_reuse (on by default): the model trained from scratch.
+      {'name': 'no-reuse', 'handle': 'no-reuse', 'input_size': None,
+       'preprocessor': None}]
 
 
 def test_no_candidates_means_the_configured_module():
   config = Config()
   config.module.input_size = [160, 160]
+  config.selection.no_reuse = False
   assert executor.candidate_specs(config) == [
       {'name': 'mobilenet_v1_100_224@160x160',
        'handle': 'mobilenet_v1_100_224', 'input_size': [160, 160],
@@ -219,7 +223,9 @@ def blind_handle(tmp_path_factory):
 def _config(candidates=()):
   return Config(training=TrainingConfig(epochs=10, batch_size=32,
                                         learning_rate=0.05),
-                selection=SelectionConfig(candidates=list(candidates)))
+                # The no-reuse row has tests of its own (test_no_reuse.py).
+                selection=SelectionConfig(candidates=list(candidates),
+                                          no_reuse=False))
 
 
 def _probe(config, toy, log=None):

@@ -2,7 +2,7 @@
 
 A tiny Fashion-MNIST run with three candidates: the pretrained MobileNetV1 at
 another resolution than the Transform's, its randomly initialised twin, and a
-text module that cannot serve an image task.
+text module that cannot serve an image task; and the no-reuse model.
 """
 
 import os
@@ -54,13 +54,18 @@ def test_selector_ranks_the_candidates_and_skips_the_misfit(run):
   selection = run['module_selection']
   rows = {r['name']: r for r in selection['rows']}
   assert set(rows) == {'mobilenet_v1_100_224@64x64',
-                       'mobilenet_v1_100_224_random', 'glove_6b_50d'}
+                       'mobilenet_v1_100_224_random', 'glove_6b_50d',
+                       'no-reuse'}
   assert rows['glove_6b_50d']['rank'] is None
   assert 'text' in rows['glove_6b_50d']['skipped']
   pretrained = rows['mobilenet_v1_100_224@64x64']
   random = rows['mobilenet_v1_100_224_random']
-  assert (pretrained['rank'], random['rank']) == (1, 2)
-  assert pretrained['accuracy'] > random['accuracy']
+  scratch = rows['no-reuse']  # a small CNN trained on the same 150 images
+  assert pretrained['rank'] == 1
+  assert pretrained['accuracy'] > max(random['accuracy'], scratch['accuracy'])
+  assert scratch['input_size'] == TRANSFORM_SIZE
+  assert scratch['parameters'] < 500_000 and scratch['latency_ms_b1'] > 0
+  assert selection['decision']['reuse_pays'] is True
   assert pretrained['input_size'] == [64, 64]
   assert pretrained['resized_from'] == TRANSFORM_SIZE
   for row in (pretrained, random):

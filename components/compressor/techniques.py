@@ -48,6 +48,7 @@ import tf_keras
 from hubpipe.components.hub_modules import resolve as hub_resolve
 from hubpipe.components.modeling import measure
 from hubpipe.components.modeling import model as model_lib
+from hubpipe.components.modeling import no_reuse
 
 MODES = ('float32', 'dynamic_range', 'float16', 'int8')
 # Calibration examples drawn (in order) from the representative array.
@@ -471,29 +472,11 @@ def small_cnn_student(input_shape, num_classes: int,
                       widths: Sequence[int] = (32, 64, 128),
                       resize_to: Optional[Sequence[int]] = None,
                       name: str = 'small_cnn_student') -> tf_keras.Model:
-  """A small CNN trained from scratch: inputs -> logits, same interface.
-
-  [optional resize to `resize_to`] -> per width: 3x3 conv stride 2 + batch norm
-  + ReLU, then a 3x3 conv stride 1 + batch norm + ReLU -> global average pool
-  -> dense logits. With the defaults about 0.29M weights (MobileNet v1 has
-  3.2M). `resize_to` (e.g. [32, 32] for upsampled 28x28 Fashion-MNIST) cuts the
-  compute when the input resolution exceeds the content's.
-  """
-  inputs = tf_keras.Input(shape=tuple(input_shape), name='image')
-  x = inputs
-  if resize_to:
-    x = tf_keras.layers.Resizing(*resize_to, name='resize')(x)
-  for i, width in enumerate(widths):
-    for j, stride in enumerate((2, 1)):
-      x = tf_keras.layers.Conv2D(width, 3, strides=stride, padding='same',
-                                 use_bias=False, name=f'conv{i}_{j}')(x)
-      # momentum 0.9: the moving statistics settle within the few hundred
-      # steps a short distillation takes (Keras' 0.99 needs thousands).
-      x = tf_keras.layers.BatchNormalization(momentum=0.9, name=f'bn{i}_{j}')(x)
-      x = tf_keras.layers.ReLU(name=f'relu{i}_{j}')(x)
-  x = tf_keras.layers.GlobalAveragePooling2D(name='pool')(x)
-  logits = tf_keras.layers.Dense(num_classes, name='logits')(x)
-  return tf_keras.Model(inputs, logits, name=name)
+  """The distillation student: the no-reuse candidate's small CNN
+  (`modeling.no_reuse.small_cnn`; about 0.29M weights with the defaults).
+  `resize_to` (e.g. [32, 32] for upsampled 28x28 Fashion-MNIST) cuts the
+  compute when the input resolution exceeds the content's."""
+  return no_reuse.small_cnn(input_shape, num_classes, widths, resize_to, name)
 
 
 def resized_module_student(handle: str, input_shape, student_size: Sequence[int],

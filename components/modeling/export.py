@@ -35,6 +35,7 @@ import tf_keras
 # Registers the module layers' Keras classes, which load_core needs.
 from hubpipe.components.modeling import model as _model  # pylint: disable=unused-import
 from hubpipe.components.modeling import partial as _partial  # pylint: disable=unused-import
+from hubpipe.components.modeling.modules import NO_REUSE
 
 CORE_SIGNATURE = 'core'
 MODEL_RECORD = os.path.join('assets.extra', 'hubpipe_model.json')
@@ -156,8 +157,8 @@ def load_core(export_dir: str) -> tf_keras.Model:
     module = loaded.get_layer('hub_module')
   except ValueError:
     module = None
-  if not isinstance(module, hub.KerasLayer):
-    handle = (read_record(export_dir) or {}).get('module_handle', 'unknown')
+  handle = (read_record(export_dir) or {}).get('module_handle', 'unknown')
+  if not isinstance(module, hub.KerasLayer) and handle != NO_REUSE:
     raise ValueError(
         f'{export_dir}: the model\'s module ({handle}) could not be loaded '
         f'here, so Keras revived its layer without it '

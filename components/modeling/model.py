@@ -180,13 +180,24 @@ def head(input_shape, num_classes: int, hidden_units=(), dropout=0.0,
 
 def compute_dtypes(served: tf_keras.Model) -> dict:
   """The dtype each part of `classifier(...)` computes in: the module, the
-  head's first layer with weights, and the logits."""
+  head's first layer with weights, and the logits (a model without a module,
+  trained from scratch: its first layer with weights, and the logits)."""
+  if 'hub_module' not in [layer.name for layer in served.layers]:
+    first = next(layer for layer in served.layers if layer.weights)
+    return {'model': first.compute_dtype,
+            'logits': served.get_layer('logits').compute_dtype,
+            'variables': _variable_dtypes(served)}
   module = served.get_layer('hub_module')
   head_model = served.layers[-1]
   first = next(layer for layer in head_model.layers if layer.weights)
   return {'module': module.compute_dtype, 'head': first.compute_dtype,
           'logits': head_model.get_layer('logits').compute_dtype,
-          'variables': sorted({v.dtype.name for v in served.weights})}
+          'variables': _variable_dtypes(served)}
+
+
+def _variable_dtypes(model) -> list:
+  # A TextVectorization's vocabulary is a weight without a dtype.
+  return sorted({v.dtype.name for v in model.weights if hasattr(v, 'dtype')})
 
 
 def compile_for_training(model: tf_keras.Model, learning_rate: float):

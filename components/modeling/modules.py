@@ -23,6 +23,8 @@ from hubpipe.components.hub_modules import resolve as hub_resolve
 
 # What the ModuleSelector writes into the HyperParameters the Trainer reads.
 SELECTOR = 'ModuleSelector'
+# The no-reuse candidate's handle (modeling/no_reuse.py): no module at all.
+NO_REUSE = 'no-reuse'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,8 +42,13 @@ class ModuleChoice:
   selected_by: str = 'config'
 
   @property
-  def resolved(self) -> str:
-    return hub_resolve.resolve(self.handle)
+  def reuses(self) -> bool:
+    """False for the no-reuse model, which is trained from scratch."""
+    return self.handle != NO_REUSE
+
+  @property
+  def resolved(self) -> Optional[str]:
+    return hub_resolve.resolve(self.handle) if self.reuses else None
 
   @property
   def resolved_preprocessor(self) -> Optional[str]:

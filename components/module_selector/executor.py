@@ -22,6 +22,14 @@ other than the Transform's, a bilinear resize (`tf_keras.layers.Resizing`,
 i.e. `tf.image.resize`) goes in front of the module, inside the timed model:
 the Trainer's own `modeling.model.extractor_for`.
 
+With selection.no_reuse (the default), one more candidate, `no-reuse`, is
+the model a user would train without any module (modeling/no_reuse.py: a
+small CNN on the images, a bag-of-words logistic regression on the text),
+fitted end to end on the same train sample with the same epochs, batch size,
+learning rate and seed, and scored on the same validation sample. When it
+wins, the decision says that reuse does not pay on this data, and the Trainer
+trains it.
+
 Outputs: a ModuleSelection (report, and the winner as custom properties) and
 a HyperParameters artifact whose one file TFX's Trainer reads into
 `fn_args.hyperparameters`.
@@ -49,6 +57,7 @@ from hubpipe.components.modeling import inputs
 from hubpipe.components.modeling import measure
 from hubpipe.components.modeling import model as model_lib
 from hubpipe.components.modeling import modules
+from hubpipe.components.modeling import no_reuse
 from hubpipe.components.modeling import training
 from hubpipe.components.module_selector import ranking
 from hubpipe.components.module_selector import report as report_lib
@@ -75,6 +84,7 @@ def candidate_specs(config) -> List[Dict]:
   repeated candidate is probed once; two that differ only in their
   preprocessor get #2, #3... after the name. With no candidates listed, the
   one candidate is module.handle (with module.input_size and preprocessor).
+  With selection.no_reuse, the no-reuse model is the last candidate.
   """
   raw = config.selection.candidates or [{
       'handle': config.module.handle, 'input_size': config.module.input_size,
@@ -97,6 +107,10 @@ def candidate_specs(config) -> List[Dict]:
       number += 1
       name = f'{base}#{number}'
     specs.append({'name': name, **spec})
+  if config.selection.no_reuse and not any(
+      s['handle'] == no_reuse.HANDLE for s in specs):
+    specs.append({'name': no_reuse.HANDLE, 'handle': no_reuse.HANDLE,
+                  'input_size': None, 'preprocessor': None})
   return specs
 
 
@@ -116,9 +130,45 @@ def _fixed_size(info) -> Optional[list]:
   return None
 
 
+def _probe_no_reuse(spec, train_x, train_y, eval_x, eval_y, config,
+                    num_classes, transform_size) -> Dict:
+  """The no-reuse model's row: fitted end to end on the train sample as the
+  Trainer would fit it, scored on the validation sample."""
+  tf_keras.utils.set_random_seed(config.training.seed)
+  start = time.perf_counter()
+  model = no_reuse.build(
+      config.modality,
+      [*transform_size, 3] if config.modality == 'image' else None,
+      num_classes, train_texts=train_x if config.modality == 'text' else None)
+  model_lib.compile_for_training(model, config.training.learning_rate)
+  model.fit(train_x, train_y, batch_size=config.training.batch_size,
+            epochs=config.training.epochs, shuffle=True, verbose=0,
+            class_weight=training.class_weights(
+                train_y, num_classes, config.training.class_weight))
+  accuracy = float(model.evaluate(eval_x, eval_y, verbose=0,
+                                  batch_size=config.training.batch_size)[1])
+  fit_seconds = time.perf_counter() - start
+  parameters = int(model.count_params())
+  return {
+      'name': spec['name'], 'handle': no_reuse.HANDLE, 'resolved': None,
+      'input_size': list(transform_size) if transform_size else None,
+      'resized_from': None, 'preprocessor': None,
+      'output_kind': 'from scratch: ' + no_reuse.DESCRIPTION[config.modality],
+      'feature_shape': None, 'accuracy': accuracy,
+      'latency_ms_b1': measure.keras_latency(model, eval_x[:1], batch_size=1,
+                                             runs=LATENCY_RUNS),
+      # float32 weights: what its SavedModel variables hold.
+      'size_bytes': 4 * parameters, 'parameters': parameters,
+      'embedding_seconds': 0.0, 'probe_seconds': round(fit_seconds, 3),
+  }
+
+
 def _probe(spec, train_x, train_y, eval_x, eval_y, config, num_classes,
            transform_size) -> Dict:
   """One candidate's measured row; raises when it cannot be probed."""
+  if spec['handle'] == no_reuse.HANDLE:
+    return _probe_no_reuse(spec, train_x, train_y, eval_x, eval_y, config,
+                           num_classes, transform_size)
   info = inspect_lib.describe(spec['handle'])
   size = preprocessor = None
   if config.modality == 'image':
@@ -200,10 +250,15 @@ def probe_candidates(candidates: List[Dict], train_x, train_y, eval_x, eval_y,
                                 f'{err}'[:500]}
       log(f'ModuleSelector: {spec["name"]}: skipped: {row["skipped"]}')
     rows.append(row)
-  if all(r.get('skipped') for r in rows):
-    listing = '\n'.join(f'  - {r["name"]}: {r["skipped"]}' for r in rows)
+  # The no-reuse model alone is no selection: a list of modules that all
+  # fail is a config error, not a finding that reuse does not pay.
+  listed = [r for r in rows if r['handle'] != no_reuse.HANDLE]
+  if all(r.get('skipped') for r in listed) or all(
+      r.get('skipped') for r in rows):
+    listing = '\n'.join(f'  - {r["name"]}: {r["skipped"]}' for r in rows
+                        if r.get('skipped'))
     raise ModuleSelectionError(
-        f'ModuleSelector: none of the {len(rows)} candidates in '
+        f'ModuleSelector: none of the {len(listed)} candidates in '
         f'selection.candidates could be probed:\n{listing}\nFix '
         f'selection.candidates: list {config.modality} modules that fit the '
         'config (`hubpipe modules list`; `hubpipe modules inspect HANDLE` '
@@ -239,6 +294,13 @@ class Executor(base_executor.BaseExecutor):
               'latency_weight': selection.latency_weight,
               'size_weight': selection.size_weight}
     ranked, decision = ranking.choose(rows, **policy)
+    if decision['chosen'] == no_reuse.HANDLE:
+      decision['reason'] = (
+          'reuse does not pay on this data: the model trained from scratch ('
+          f'{no_reuse.DESCRIPTION[config.modality]}) beats every module; '
+          'the Trainer trains it. ' + decision['reason'])
+      logging.warning('ModuleSelector: %s', decision['reason'])
+    decision['reuse_pays'] = decision['chosen'] != no_reuse.HANDLE
     chosen = next(r for r in ranked if r['name'] == decision['chosen'])
     seconds = time.time() - start
     report = {

@@ -46,6 +46,7 @@ from hubpipe.components.modeling import export as export_lib
 from hubpipe.components.modeling import inputs
 from hubpipe.components.modeling import model as model_lib
 from hubpipe.components.modeling import modules
+from hubpipe.components.modeling import no_reuse
 from hubpipe.components.modeling import training
 from hubpipe.components.trainer import checkpoints
 from hubpipe.components.trainer import embeddings
@@ -319,9 +320,35 @@ def _train_fine_tune(t: _Training, report: dict):
   return served, head, accuracy, history
 
 
+def _train_no_reuse(t: _Training, report: dict):
+  """The ModuleSelector found that reuse does not pay: the model trained
+  from scratch (modeling/no_reuse.py), end to end, as it was measured."""
+  texts = None
+  if t.config.modality == 'text':
+    # The bag of words learns its vocabulary from the training texts.
+    texts = inputs.raw_column(t.factory, t.fn_args.train_files,
+                              t.transform_output.raw_metadata.schema,
+                              t.input_key)
+    texts = [x.decode('utf-8').strip() for x in texts]
+  with t.strategy.scope():
+    served = no_reuse.build(
+        t.config.modality,
+        [*t.transform_size, 3] if t.transform_size else None, t.num_classes,
+        train_texts=texts)
+    report['warm_start'] = _warm_start(served, t.base_model_dir, 'model',
+                                       t.module, t.class_names)
+  history, accuracy = t.fit_end_to_end(
+      served, t.config.training.learning_rate, t.config.training.epochs,
+      'no_reuse')
+  # The whole model is the "head": it is what a later run warm-starts.
+  return served, served, accuracy, history
+
+
 MODES = {'feature_extraction': _train_head_on_frozen_module,
          'hybrid': _train_hybrid,
          'fine_tune': _train_fine_tune}
+# What the record and the report call the no-reuse model's training.
+FROM_SCRATCH = 'from_scratch'
 
 
 def _control_accuracy(t: _Training) -> float:
@@ -379,7 +406,11 @@ def _train_and_export(fn_args):
                  if t.role[0] else None),
   }
   start = time.time()
-  served, head, accuracy, history = MODES[config.model.integration](t, report)
+  integration = (config.model.integration if t.module.reuses
+                 else FROM_SCRATCH)
+  report['integration'] = integration
+  train = MODES[integration] if t.module.reuses else _train_no_reuse
+  served, head, accuracy, history = train(t, report)
   report['training_seconds'] = round(time.time() - start, 2)
   report['validation_accuracy'] = float(accuracy)
   report['steps_per_epoch'] = t.steps.steps_per_epoch
@@ -426,7 +457,7 @@ def _train_and_export(fn_args):
       'transform_size': t.transform_size,
       'preprocessor': t.module.preprocessor,
       'selected_by': t.module.selected_by,
-      'integration': config.model.integration,
+      'integration': integration,
       'num_classes': t.num_classes,
       'class_names': t.class_names,
   }
@@ -436,7 +467,7 @@ def _train_and_export(fn_args):
   # (fine_tune, hybrid) is saved whole as well.
   warm_start_dir = os.path.join(serving_dir, export_lib.WARM_START_DIR)
   head.save_weights(os.path.join(warm_start_dir, 'head'))
-  if config.model.integration != 'feature_extraction':
+  if integration != 'feature_extraction':
     served.save_weights(os.path.join(warm_start_dir, 'model'))
   if not t.is_chief:
     tf.io.gfile.rmtree(os.path.dirname(serving_dir))
