@@ -144,6 +144,15 @@ class TrainingConfig:
   # Start from the latest blessed model's weights (head; the whole model when
   # fine-tuning) instead of from scratch.
   warm_start: bool = False
+  # Images, when the module trains (fine_tune, hybrid's second stage; and a
+  # model trained from scratch): random changes to each training batch, off
+  # by default and never part of the exported model. flip: mirror left-right
+  # (half the images); crop: cut up to this share of the height and width
+  # (each side at random) and scale back; brightness: add a value in
+  # [-brightness, +brightness] to every pixel (images are in [0, 1]).
+  augment_flip: bool = False
+  augment_crop: float = 0.0
+  augment_brightness: float = 0.0
 
 
 @dataclasses.dataclass
@@ -394,6 +403,12 @@ def _positive(where: str, value, allow_zero=False):
                       f'got {value}.')
 
 
+def augments(training: TrainingConfig) -> bool:
+  """Whether any training.augment_* key is on."""
+  return bool(training.augment_flip or training.augment_crop
+              or training.augment_brightness)
+
+
 def validate(config: Config, check_files: bool = True) -> Config:
   """Checks values that types alone cannot; raises ConfigError.
   check_files: also check the schema file (on the machine that reads it)."""
@@ -434,6 +449,15 @@ def validate(config: Config, check_files: bool = True) -> Config:
                         '{SPAN}, e.g. span-{SPAN}.')
   _positive('data.latest_spans', d.latest_spans)
   _positive('training.shuffle_buffer', t.shuffle_buffer)
+  if not 0.0 <= t.augment_crop < 0.5:
+    raise ConfigError(f'training.augment_crop: the share of the image cut '
+                      f'away must be in [0, 0.5), got {t.augment_crop}.')
+  if not 0.0 <= t.augment_brightness <= 1.0:
+    raise ConfigError(f'training.augment_brightness: must be in [0, 1] (images '
+                      f'are in [0, 1]), got {t.augment_brightness}.')
+  if augments(t) and config.modality != 'image':
+    raise ConfigError('training.augment_*: augmentation is for images; remove '
+                      'it for modality text.')
   _positive('data.train_examples', d.train_examples)
   _positive('data.eval_examples', d.eval_examples)
   if not 0.0 < d.validation_fraction < 1.0:

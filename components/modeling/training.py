@@ -71,6 +71,33 @@ def fit_head_in_memory(features, labels, validation_features,
       labels, num_classes, config, callbacks, name=name)
 
 
+def augment(images: tf.Tensor, settings, seed: tf.Tensor) -> tf.Tensor:
+  """A batch of images [B, H, W, 3] in [0, 1], changed at random as the
+  config's training.augment_* keys say (see pipeline/config.py): flipped
+  left-right, cropped and scaled back to H x W, brightened or darkened.
+  Each image draws its own changes; `seed` (int64 [2], e.g. the training
+  seed and the batch's number) makes the draws repeatable."""
+  shape = tf.shape(images)
+  batch, height, width = shape[0], shape[1], shape[2]
+  seeds = tf.random.experimental.stateless_split(seed, 3)
+  if settings.augment_flip:
+    flip = tf.random.stateless_uniform([batch, 1, 1, 1], seeds[0]) < 0.5
+    images = tf.where(flip, tf.reverse(images, axis=[2]), images)
+  if settings.augment_crop:
+    cut = tf.random.stateless_uniform([batch, 4], seeds[1], 0.0,
+                                      settings.augment_crop)
+    boxes = tf.stack([cut[:, 0], cut[:, 1], 1.0 - cut[:, 2], 1.0 - cut[:, 3]],
+                     axis=1)
+    images = tf.image.crop_and_resize(images, boxes, tf.range(batch),
+                                      tf.stack([height, width]))
+  if settings.augment_brightness:
+    delta = tf.random.stateless_uniform(
+        [batch, 1, 1, 1], seeds[2], -settings.augment_brightness,
+        settings.augment_brightness)
+    images = tf.clip_by_value(images + delta, 0.0, 1.0)
+  return images
+
+
 def bag_of_words_accuracy(train_texts, train_labels, eval_texts, eval_labels,
                           seed=0) -> float:
   """The no-reuse reference for text: a bag-of-words logistic regression.

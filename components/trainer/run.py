@@ -51,7 +51,7 @@ from hubpipe.components.modeling import training
 from hubpipe.components.trainer import checkpoints
 from hubpipe.components.trainer import embeddings
 from hubpipe.components.trainer import strategy as strategy_lib
-from hubpipe.pipeline.config import from_handoff
+from hubpipe.pipeline.config import augments, from_handoff
 
 REPORT_FILE = 'training_report.json'
 # The model record of the last export in this process (every worker of a
@@ -118,6 +118,17 @@ def _warm_start(model, base_model_dir, name, module: modules.ModuleChoice,
   except (ValueError, tf.errors.OpError) as err:
     return f'skipped: the base model does not match ({err})'[:300]
   return f'from {base_model_dir}'
+
+
+def _augmented(dataset: tf.data.Dataset, settings) -> tf.data.Dataset:
+  """Training batches changed at random (modeling.training.augment; never
+  part of the served model), each batch's draws seeded by training.seed and
+  the batch's number."""
+  seed = tf.constant(settings.seed, tf.int64)
+  return tf.data.Dataset.zip((dataset, tf.data.Dataset.counter())).map(
+      lambda batch, i: (training.augment(batch[0], settings,
+                                         tf.stack([seed, i])), batch[1]),
+      num_parallel_calls=tf.data.AUTOTUNE)
 
 
 class _Training:
@@ -192,6 +203,8 @@ class _Training:
     self.embedding_dir = (os.path.join(self.checkpoint_dir, 'embeddings')
                           if self.is_chief else tempfile.mkdtemp())
     self.embeddings_reused = {}
+    # Images, when the model trains end to end (config.training.augment_*).
+    self.augments = config.modality == 'image' and augments(config.training)
 
   def steps_per_epoch(self, epochs: int) -> int:
     """Steps that cover train once (TrainArgs.num_steps: that many in all)."""
@@ -203,11 +216,14 @@ class _Training:
     (files and examples, seeded), repeated; else one pass in file order."""
     files = (self.fn_args.train_files if split == 'train'
              else self.fn_args.eval_files)
-    return inputs.transformed_dataset(
+    dataset = inputs.transformed_dataset(
         self.factory, files, self.transform_output, self.input_key,
         self.label_key, self.global_batch, shuffle=training,
         seed=self.config.training.seed, repeat=training, workers=self.workers,
         shuffle_buffer=self.config.training.shuffle_buffer)
+    if not (training and self.augments):
+      return dataset
+    return _augmented(dataset, self.config.training)
 
   def extractor(self, module: modules.ModuleChoice, trainable=False):
     with self.strategy.scope():
@@ -412,6 +428,15 @@ def _train_and_export(fn_args):
   train = MODES[integration] if t.module.reuses else _train_no_reuse
   served, head, accuracy, history = train(t, report)
   report['training_seconds'] = round(time.time() - start, 2)
+  if t.augments:
+    report['augmentation'] = {
+        'flip': config.training.augment_flip,
+        'crop': config.training.augment_crop,
+        'brightness': config.training.augment_brightness,
+        'applied': ('none: the module is frozen and embedded once'
+                    if integration == 'feature_extraction' else
+                    'second stage (the unfrozen module and the head)'
+                    if integration == 'hybrid' else 'every training batch')}
   report['validation_accuracy'] = float(accuracy)
   report['steps_per_epoch'] = t.steps.steps_per_epoch
   report['mixed_precision'] = tf_keras.mixed_precision.global_policy().name
