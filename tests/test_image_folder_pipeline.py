@@ -4,6 +4,8 @@ Three classes of coloured images, JPEG and PNG, of different sizes; the class
 count, image sizes and splits all come from the folder, not from constants.
 """
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -74,6 +76,12 @@ def test_image_folder_runs_through_the_dag(tmp_path):
   out = predict(examples=tf.constant([example.SerializeToString()]))
   assert out['probabilities'].shape == (1, 3)
   assert int(out['class_id'][0]) == sorted(COLOURS).index('red')
+  # Class names end to end: the folder names, served and beside the .tflite.
+  assert out['class_name'].numpy()[0].decode() == 'red'
+  assert [n.decode() for n in out['all_classes'].numpy()[0]] == sorted(COLOURS)
+  labels = Path(summary['pushed_model']) / 'labels.txt'
+  assert labels.read_text().split() == sorted(COLOURS)
+  assert summary['pushed_tflite']
 
 
 def test_corrupt_images_stop_the_run_with_their_paths(tmp_path):
