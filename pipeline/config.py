@@ -722,7 +722,13 @@ def handoff(config: Config, step: str, **extra) -> dict:
     out['module'] = ({'input_size': module['input_size']}
                      if module['input_size'] else {'handle': module['handle']})
   if step == 'Transform' and 'selection' in out:
-    out['selection'] = {'candidates': out['selection']['candidates']}
+    # What sizes the images: each candidate's handle and input_size, not
+    # its preprocessor, so that editing one does not transform the data
+    # again.
+    out['selection'] = {'candidates': [
+        {'handle': c, 'input_size': None} if isinstance(c, str) else
+        {'handle': c['handle'], 'input_size': c.get('input_size')}
+        for c in out['selection']['candidates']]}
   return {'config': out, **extra}
 
 

@@ -178,7 +178,11 @@ def test_the_transform_sizes_images_for_the_largest_candidate():
       {'handle': 'efficientnet_lite0_224', 'input_size': [96, 200]},
       'no_such_module']                          # skipped by the selector
   handed = handoff(config, 'Transform')['config']
-  assert handed['selection'] == {'candidates': config.selection.candidates}
+  assert handed['selection'] == {'candidates': [
+      {'handle': 'mobilenet_v1_100_224', 'input_size': [64, 80]},
+      {'handle': 'mobilenet_v2_100_160', 'input_size': None},
+      {'handle': 'efficientnet_lite0_224', 'input_size': [96, 200]},
+      {'handle': 'no_such_module', 'input_size': None}]}
   assert handed['module'] == {'handle': 'mobilenet_v1_100_224'}
   transform = from_handoff({'config': handed}, 'Transform')
   assert modules.transform_size(transform) == [160, 200]

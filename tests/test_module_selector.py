@@ -171,6 +171,23 @@ def test_a_fixed_size_module_is_probed_at_its_size():
   assert executor._fixed_size(text) is None
 
 
+def test_an_unsized_candidate_runs_at_the_size_the_transform_made_room_for():
+  """The selector and the Transform share the rule: without module.input_size
+  the Transform writes the largest size a candidate is made for, and each
+  unsized candidate runs at its own; with it, at module.input_size."""
+  from hubpipe.components.modeling import modules
+  made_for_224 = SimpleNamespace(input_size=[224, 224])
+  config = Config(selection=SelectionConfig(candidates=[
+      'mobilenet_v1_100_224', {'handle': 'mobilenet_v2_100_160',
+                               'input_size': [96, 96]}]))
+  assert modules.own_size(config, made_for_224) == [224, 224]
+  assert modules.transform_size(config) == [224, 224]
+  assert modules.own_size(config, SimpleNamespace(input_size=None)) is None
+  config.module.input_size = [64, 64]
+  assert modules.own_size(config, made_for_224) is None
+  assert modules.transform_size(config) == [64, 64]
+
+
 # --------------------------------------------------------------------------
 # Probing on a tiny module
 
@@ -221,15 +238,20 @@ def blind_handle(tmp_path_factory):
 
 
 def _config(candidates=()):
-  return Config(training=TrainingConfig(epochs=10, batch_size=32,
-                                        learning_rate=0.05),
-                # The no-reuse row has tests of its own (test_no_reuse.py).
-                selection=SelectionConfig(candidates=list(candidates),
-                                          no_reuse=False))
+  config = Config(training=TrainingConfig(epochs=10, batch_size=32,
+                                          learning_rate=0.05),
+                  # The no-reuse row has tests of its own (test_no_reuse.py).
+                  selection=SelectionConfig(candidates=list(candidates),
+                                            no_reuse=False))
+  return config
 
 
 def _probe(config, toy, log=None):
   train_x, train_y, eval_x, eval_y = toy
+  # As if the Transform wrote the toy images at module.input_size (a unit
+  # test's 16x16, below what a config allows): a candidate without an
+  # input_size runs at it, whatever size its module is made for.
+  config.module.input_size = [SIZE, SIZE]
   lines = []
   rows = executor.probe_candidates(
       executor.candidate_specs(config), train_x, train_y, eval_x, eval_y,

@@ -15,6 +15,7 @@ through the DAG.
 
 import dataclasses
 import functools
+import logging
 import os
 from typing import Optional
 
@@ -93,9 +94,23 @@ def candidate_size(candidate) -> Optional[list]:
     return list(candidate['input_size'])
   try:
     info = _describe(candidate['handle'])
-  except Exception:  # pylint: disable=broad-except
+  except (hub_resolve.ModuleNotFound, hub_resolve.ModuleUnavailable,
+          inspect_lib.IncompatibleModule, ValueError) as err:
+    logging.warning('the selection candidate %s cannot be inspected here '
+                    '(%s): the images are not sized for it', candidate['handle'],
+                    err)
     return None
   if info.modality != 'image' or not info.input_size:
+    return None
+  return list(info.input_size)
+
+
+def own_size(config, info) -> Optional[list]:
+  """The size a selection candidate without an input_size runs at, by the
+  rule the Transform sized the images by: the size its module is made for
+  (`info`: its inspect.describe), unless module.input_size fixes the
+  Transform's size, at which such a candidate then runs (None)."""
+  if config.module.input_size or not info.input_size:
     return None
   return list(info.input_size)
 

@@ -15,9 +15,10 @@ does not fit, or fails while probed becomes a skipped row with the reason:
 one bad candidate must not stop a scheduled retrain.
 
 Images arrive at the Transform's size. A candidate is probed at its
-input_size, else at the size its module is fixed to, else (a module that takes
-any size) at the Transform's size: without an input_size it runs at the
-pipeline's resolution, and another resolution is another candidate. At a size
+input_size, else at the size its module only takes, else (module.input_size
+unset) at the size its module is made for, the rule by which the Transform
+sized the images for the largest candidate (modeling/modules.py), else at
+the Transform's size; another resolution is another candidate. At a size
 other than the Transform's, a bilinear resize (`tf_keras.layers.Resizing`,
 i.e. `tf.image.resize`) goes in front of the module, inside the timed model:
 the Trainer's own `modeling.model.extractor_for`.
@@ -172,7 +173,8 @@ def _probe(spec, train_x, train_y, eval_x, eval_y, config, num_classes,
   info = inspect_lib.describe(spec['handle'])
   size = preprocessor = None
   if config.modality == 'image':
-    size = list(spec['input_size'] or _fixed_size(info) or transform_size)
+    size = list(spec['input_size'] or _fixed_size(info)
+                or modules.own_size(config, info) or transform_size)
   elif spec['input_size']:
     raise inspect_lib.IncompatibleModule(
         'input_size is for image candidates; remove it from this text one.')
