@@ -100,16 +100,17 @@ WEIGHTS = {
 # PyTorch's legacy serialisation, without torch.
 
 _LEGACY_MAGIC = 0x1950a86a20f9469cfc6c
+# Little-endian, as the file's sys_info must say.
 _STORAGE_DTYPES = {
-    'FloatStorage': np.float32, 'DoubleStorage': np.float64, 'HalfStorage': np.float16,
-    'LongStorage': np.int64, 'IntStorage': np.int32, 'ShortStorage': np.int16,
-    'CharStorage': np.int8, 'ByteStorage': np.uint8, 'BoolStorage': np.bool_,
+    'FloatStorage': '<f4', 'DoubleStorage': '<f8', 'HalfStorage': '<f2',
+    'LongStorage': '<i8', 'IntStorage': '<i4', 'ShortStorage': '<i2',
+    'CharStorage': 'i1', 'ByteStorage': 'u1', 'BoolStorage': '?',
 }
 
 
 @dataclasses.dataclass
 class _Storage:
-  dtype: type
+  dtype: str
   numel: int
   data: np.ndarray | None = None
 
@@ -124,6 +125,14 @@ class _TensorRef:
 
 def _rebuild_tensor(storage, offset, shape, stride, *unused):
   return _TensorRef(storage, int(offset), tuple(shape), tuple(stride))
+
+
+class _PlainUnpickler(pickle.Unpickler):
+  """Unpickles plain data (numbers, strings, lists, dicts): no class, no
+  function, nothing a pickle could run."""
+
+  def find_class(self, module, name):
+    raise pickle.UnpicklingError(f'{module}.{name}: only plain data is read here')
 
 
 class _StateDictUnpickler(pickle.Unpickler):
@@ -146,6 +155,8 @@ class _StateDictUnpickler(pickle.Unpickler):
     kind, storage_type, key, _, numel = pid[:5]
     if kind != 'storage' or storage_type not in _STORAGE_DTYPES:
       raise pickle.UnpicklingError(f'unexpected persistent id {pid[:2]}')
+    if len(pid) > 5 and pid[5] is not None:
+      raise pickle.UnpicklingError(f'storage {key} is a view: not read here')
     if key not in self._storages:
       self._storages[key] = _Storage(_STORAGE_DTYPES[storage_type], int(numel))
     return self._storages[key]
@@ -170,14 +181,17 @@ def read_torch_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
                        'is read here')
     f.seek(0)
     try:
-      magic, _, sys_info = pickle.load(f), pickle.load(f), pickle.load(f)
+      magic, _, sys_info = (_PlainUnpickler(f).load() for _ in range(3))
+    except pickle.UnpicklingError:
+      raise
     except Exception as e:  # pylint: disable=broad-except
       raise ValueError(f'{path}: not a torch legacy file ({e})') from None
-    if magic != _LEGACY_MAGIC or not sys_info.get('little_endian', False):
+    if (magic != _LEGACY_MAGIC or not isinstance(sys_info, dict)
+        or not sys_info.get('little_endian', False)):
       raise ValueError(f'{path}: not a little-endian torch legacy file')
     storages: dict = {}
     state = _StateDictUnpickler(f, storages).load()
-    keys = pickle.load(f)
+    keys = _PlainUnpickler(f).load()
     for key in keys:
       storage = storages[key]
       (numel,) = struct.unpack('<q', f.read(8))
@@ -186,9 +200,21 @@ def read_torch_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
       if numel != storage.numel or len(raw) != nbytes:
         raise ValueError(f'{path}: storage {key} is truncated or inconsistent')
       storage.data = np.frombuffer(raw, dtype=storage.dtype)
+  if not isinstance(state, dict):
+    raise ValueError(f'{path}: holds no state dict')
   out = {}
   for name, ref in state.items():
+    if not isinstance(ref, _TensorRef) or ref.storage.data is None:
+      raise ValueError(f'{path}: {name} is not a tensor with its data')
     flat = ref.storage.data
+    # as_strided reads whatever memory the numbers point at: check them.
+    if ref.offset < 0 or any(s < 0 for s in ref.stride) or any(
+        n < 0 for n in ref.shape) or len(ref.shape) != len(ref.stride):
+      raise ValueError(f'{path}: {name} has a bad shape or strides')
+    last = ref.offset + sum((n - 1) * s for n, s in zip(ref.shape, ref.stride))
+    if 0 not in ref.shape and last >= flat.size:
+      raise ValueError(f'{path}: {name} reaches past its storage '
+                       f'({last} >= {flat.size} elements)')
     view = np.lib.stride_tricks.as_strided(
         flat[ref.offset:], shape=ref.shape,
         strides=[s * flat.itemsize for s in ref.stride])

@@ -8,10 +8,13 @@ everything from `block_13_project_BN` up (and the optimizer state holds moments
 for those tensors only); the 117 layers below were frozen, so they still hold
 the ImageNet weights.
 
-The module is therefore cut at `block_13_expand_relu`, the last layer whose
-weights are all frozen ones: the global average of that 576-channel map at stride
-16 is the feature vector. The top blocks (14-16, `Conv_1`), tuned on 19 dog breeds,
-are left out. The tensors are copied with h5py into
+The module is therefore cut at `block_13_expand_relu`, block 13's expanded
+576-channel map at stride 16, before the block's stride-2 depthwise
+convolution: the global average of that map is the feature vector. Everything
+above is left out: block 13's output (its `block_13_project_BN` was trained on
+dog breeds, though its depthwise and project convolutions were frozen), blocks
+14-16 and `Conv_1`. A cut after `block_13_depthwise_relu` (stride 32) would
+also keep only frozen weights; it was not measured. The tensors are copied with h5py into
 `tf_keras.applications.MobileNetV2(weights=None)` by layer name (`load_h5_weights`
 checks that every tensor of the cut model is found, and that none was trainable
 in the fine-tune). Inputs in [0, 1] are scaled to MobileNetV2's [-1, 1] by the
