@@ -241,3 +241,17 @@ def test_modules_list_has_four_image_and_three_text_architectures():
   assert set(pretrained) <= set(registry.offline_modules())
   for name, modality in pretrained.items():
     assert inspect_lib.describe(name).modality == modality, name
+
+
+def test_efficientnet_blocks_pair_each_convolution_with_its_batch_norm():
+  """Hybrid unfreezing counts blocks from the top: each is a convolution
+  with its batch norm, so `unfreeze: 4` is the head and the last MBConv."""
+  from hubpipe.components.modeling import partial
+  module = hub.KerasLayer(str(registry.build('efficientnet_lite0_224')),
+                          trainable=True)
+  blocks = partial.blocks(v.name for v in module.trainable_weights)
+  names = [name for name, _ in blocks]
+  assert names[0] == 'stem' and names[-1] == 'head'
+  assert names[-4:-1] == ['block15_expand', 'block15_depthwise', 'block15_project']
+  assert all(len(variables) == 3 for _, variables in blocks)  # kernel, gamma, beta
+  assert len(blocks) == 2 + 2 + 15 * 3  # stem, head; block 0 does not expand

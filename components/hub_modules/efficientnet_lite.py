@@ -18,6 +18,12 @@ like every hubpipe image module (`image_module`).
 `MODULES` registers Lite0 at 224 px, Lite2 at 260 px (their native sizes) and a
 Lite0 feature-map variant; the ImageNet classifier (`_fc`) is kept for the tests
 that prove the weights are the real ones, not exported.
+
+Layers are named so that each convolution and its batch norm form one block
+for hybrid unfreezing (modeling/partial.py): `stem`, then per MBConv block
+`block{i}_expand` (absent in block 0), `block{i}_depthwise`,
+`block{i}_project`, each with its `_bn`, then `head` (the 1x1 conv to 1280):
+`model.unfreeze: 4` trains the head and the last block's three convolutions.
 """
 
 from __future__ import annotations
@@ -44,7 +50,7 @@ if TYPE_CHECKING:
   import tf_keras
 
 # Bump when the exported format changes, so that existing builds are redone.
-EXPORT_FORMAT = 'hubpipe-efficientnet-lite-export/1'
+EXPORT_FORMAT = 'hubpipe-efficientnet-lite-export/2'
 STEM_WIDTH = 32
 HEAD_WIDTH = 1280
 NUM_CLASSES = 1000  # ImageNet-1k, no background class.
@@ -274,18 +280,18 @@ def blocks_of(weights: Mapping[str, np.ndarray]) -> list[Block]:
 
 def _layer_tensors(blocks: list[Block]) -> Iterator[tuple[str, str, str]]:
   """(Keras layer, torch prefix, kind) for every layer that holds weights."""
-  yield 'stem_conv', '_conv_stem', 'conv'
+  yield 'stem', '_conv_stem', 'conv'
   yield 'stem_bn', '_bn0', 'bn'
   for b in blocks:
     p = f'_blocks.{b.index}'
     if b.expands:
-      yield f'block{b.index}_expand_conv', f'{p}._expand_conv', 'conv'
+      yield f'block{b.index}_expand', f'{p}._expand_conv', 'conv'
       yield f'block{b.index}_expand_bn', f'{p}._bn0', 'bn'
-    yield f'block{b.index}_depthwise_conv', f'{p}._depthwise_conv', 'depthwise'
+    yield f'block{b.index}_depthwise', f'{p}._depthwise_conv', 'depthwise'
     yield f'block{b.index}_depthwise_bn', f'{p}._bn1', 'bn'
-    yield f'block{b.index}_project_conv', f'{p}._project_conv', 'conv'
+    yield f'block{b.index}_project', f'{p}._project_conv', 'conv'
     yield f'block{b.index}_project_bn', f'{p}._bn2', 'bn'
-  yield 'head_conv', '_conv_head', 'conv'
+  yield 'head', '_conv_head', 'conv'
   yield 'head_bn', '_bn1', 'bn'
 
 
@@ -347,24 +353,24 @@ def build_keras_efficientnet_lite(weights: Mapping[str, np.ndarray],
   # (x - 127) / 128 on 0..255 is x * 255/128 - 127/128 on 0..1.
   x = layers.Rescaling(255.0 / 128.0, offset=-127.0 / 128.0, name='normalize')(images)
   x = layers.Conv2D(STEM_WIDTH, 3, strides=2, padding='same', use_bias=False,
-                    name='stem_conv')(x)
+                    name='stem')(x)
   x = relu6('stem_relu')(batch_norm('stem_bn')(x))
   for b in blocks:
     inputs = x
     if b.expands:
       x = layers.Conv2D(b.expanded, 1, use_bias=False,
-                        name=f'block{b.index}_expand_conv')(x)
+                        name=f'block{b.index}_expand')(x)
       x = relu6(f'block{b.index}_expand_relu')(batch_norm(f'block{b.index}_expand_bn')(x))
     x = layers.DepthwiseConv2D(b.kernel, strides=b.stride, padding='same',
-                               use_bias=False, name=f'block{b.index}_depthwise_conv')(x)
+                               use_bias=False, name=f'block{b.index}_depthwise')(x)
     x = relu6(f'block{b.index}_depthwise_relu')(
         batch_norm(f'block{b.index}_depthwise_bn')(x))
     x = layers.Conv2D(b.out_width, 1, use_bias=False,
-                      name=f'block{b.index}_project_conv')(x)
+                      name=f'block{b.index}_project')(x)
     x = batch_norm(f'block{b.index}_project_bn')(x)
     if b.residual:
       x = layers.Add(name=f'block{b.index}_add')([inputs, x])
-  x = layers.Conv2D(HEAD_WIDTH, 1, use_bias=False, name='head_conv')(x)
+  x = layers.Conv2D(HEAD_WIDTH, 1, use_bias=False, name='head')(x)
   x = relu6('head_relu')(batch_norm('head_bn')(x))
   features = layers.GlobalAveragePooling2D(name='feature_vector')(x) if pooling else x
   outputs = features
