@@ -35,6 +35,7 @@ from hubpipe.components.compressor import techniques
 from hubpipe.components.modeling import export as export_lib
 from hubpipe.components.modeling import inputs
 from hubpipe.components.modeling import measure
+from hubpipe.components.modeling import modules
 from hubpipe.pipeline.config import from_handoff
 
 TFLITE_FILE = 'model.tflite'
@@ -236,6 +237,16 @@ class Executor(base_executor.BaseExecutor):
         out_model.set_int_custom_property(key, value)
       else:
         out_model.set_string_custom_property(key, value)
+    if trained.get('module_handle') == modules.NO_REUSE:
+      # A small model trained from scratch: pruning prunes a module's
+      # kernels, and the distillation student would be the model itself.
+      dropped = [t for t in ('pruning', 'distillation')
+                 if t in settings['techniques']]
+      if dropped:
+        logging.info('Compressor: %s left out: the model was trained from '
+                     'scratch (no module)', ', '.join(dropped))
+      settings = {**settings, 'techniques': [
+          t for t in settings['techniques'] if t not in dropped]}
     reference, rows, variants = compress(model, train_x, train_y, samples,
                                          settings, log=logging.info)
     decision = policy.choose(rows, settings['max_accuracy_drop'],

@@ -176,8 +176,10 @@ def examples_snapshot(input_base: str, source: str = 'tfrecord',
     folders = {split: [''] for split in SPLITS}
     if tf.io.gfile.isdir(_join(input_base, VALIDATION)):
       folders[VALIDATION] = ['']
+  # CSV folders: only the .csv files (not a _SUCCESS marker, a README...).
+  files = '*.csv' if source == 'csv' else '*'
   snapshot['splits'] = {
-      split: [_join(folder, split, '*') if folder else _join(split, '*')
+      split: [_join(folder, split, files) if folder else _join(split, files)
               for folder in folders[split]] for split in folders}
   snapshot['fingerprint'] = refingerprint(snapshot, check=True)
   return snapshot, (waiting if span_pattern else [])

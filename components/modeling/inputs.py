@@ -173,8 +173,7 @@ def raw_labels(factory: DatasetFactory, patterns, tf_transform_output,
   if names is None:
     return values.astype(int)
   ids = {name: i for i, name in enumerate(names)}
-  return np.array([ids.get(v.decode('utf-8').strip(), -1) for v in values],
-                  dtype=int)
+  return np.array([ids.get(v.decode('utf-8'), -1) for v in values], dtype=int)
 
 
 def stratified_indices(labels: np.ndarray, limit: int, seed: int) -> np.ndarray:

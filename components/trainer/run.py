@@ -351,8 +351,14 @@ def _train_no_reuse(t: _Training, report: dict):
         t.config.modality,
         [*t.transform_size, 3] if t.transform_size else None, t.num_classes,
         train_texts=texts)
-    report['warm_start'] = _warm_start(served, t.base_model_dir, 'model',
-                                       t.module, t.class_names)
+    if texts is None:
+      report['warm_start'] = _warm_start(served, t.base_model_dir, 'model',
+                                         t.module, t.class_names)
+    else:
+      # Its weights are indexed by this run's vocabulary: another run's
+      # would load without complaint and mean other words.
+      report['warm_start'] = ('skipped: the bag of words learns its '
+                              'vocabulary from each run\'s training texts')
   history, accuracy = t.fit_end_to_end(
       served, t.config.training.learning_rate, t.config.training.epochs,
       'no_reuse')
