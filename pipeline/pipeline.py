@@ -146,9 +146,12 @@ def example_gen(config: Config, input_base: str, snapshot):
             config.data.on_corrupt),
         reader='image_folder', **validation)
   if config.data.source == 'csv':
+    strings = [config.data.text_feature] + (
+        [config.data.label_feature] if config.data.label_type == 'string'
+        else [])
     return SnapshotExampleGen(snapshot, reader='csv',
                               split_feature=config.data.split_feature or '',
-                              **validation)
+                              string_columns=strings, **validation)
   return SnapshotExampleGen(snapshot, **validation)
 
 

@@ -118,3 +118,38 @@ def test_rows_without_a_known_split_stop_the_run(tmp_path, reviews):
   summary = local_runner.run(config, str(tmp_path / 'work'), echo=lambda _: None)
   assert summary['status'] == 'failed'
   assert "'holdout': 1" in summary['error'] and 'train, validation, eval' in summary['error']
+
+
+def test_named_text_columns_stay_text_and_must_exist(tmp_path):
+  """Class names that look like numbers stay names; a column the config
+  names but the files lack stops the ExampleGen, naming both."""
+  import json
+
+  import apache_beam as beam
+  from apache_beam.testing.util import assert_that, equal_to
+  from hubpipe.components.snapshot_example_gen import executor
+
+  path = tmp_path / 'reviews.csv'
+  _write_csv(path, [('1999', '0'), ('good', '1'), ('bad', '0')],
+             header=('text', 'label'))
+  files = json.dumps([str(path)])
+
+  def read(columns):
+    return executor._ReadCsvFiles(
+        {'string_columns': json.dumps(columns)}, files)
+
+  def kinds(example):
+    return tuple(example.features.feature[k].WhichOneof('kind')
+                 for k in ('text', 'label'))
+
+  with beam.Pipeline() as pipeline:
+    inferred = pipeline | 'Inferred' >> read([]) | 'K1' >> beam.Map(kinds)
+    assert_that(inferred, equal_to([('bytes_list', 'int64_list')] * 3),
+                label='AsInferred')
+    named = (pipeline | 'Named' >> read(['text', 'label'])
+             | 'K2' >> beam.Map(kinds))
+    assert_that(named, equal_to([('bytes_list', 'bytes_list')] * 3),
+                label='AsNamed')
+  with pytest.raises(ValueError, match='no column sentiment .*data.label_feature'):
+    with beam.Pipeline() as pipeline:
+      _ = pipeline | read(['text', 'sentiment'])

@@ -19,6 +19,7 @@ train: validation_split.py) and eval. The artifact records `span` (the newest), 
 `spans` (JSON list), `input_fingerprint` and `snapshot_sha256`.
 """
 
+import json
 from typing import Optional
 
 from tfx import types
@@ -50,6 +51,8 @@ class SnapshotExampleGenSpec(types.ComponentSpec):
       'split_seed': ExecutionParameter(type=int),
       # CSV files at the data root: the column that names each row's split.
       'split_feature': ExecutionParameter(type=str, optional=True),
+      # CSV: columns kept as text whatever they look like (JSON list).
+      'string_columns': ExecutionParameter(type=str, optional=True),
       # The digest of the code it runs (pipeline/code_version.py): an edit
       # ingests again.
       'code': ExecutionParameter(type=str, optional=True),
@@ -77,13 +80,14 @@ class SnapshotExampleGen(base_beam_component.BaseBeamComponent):
                custom_config: Optional[example_gen_pb2.CustomConfig] = None,
                reader: str = 'tfrecord', validation_fraction: float = 0.1,
                label_feature: str = 'label', split_seed: int = 0,
-               split_feature: str = ''):
+               split_feature: str = '', string_columns=()):
     """`snapshot`: a JSON string, or a DataSnapshot output's
     `.future()[0].value`. `reader`: 'tfrecord' (tf.Example TFRecords),
     'csv' (CSV files, as CsvExampleGen reads them; `split_feature`: the
     column that routes the rows of files at the data root), or
     'image_folder' (input_config and custom_config as for the image folder
-    ExampleGen). Without validation
+    ExampleGen). `string_columns`: CSV columns kept as text (the text, and
+    class-name labels that look like numbers). Without validation
     data, `validation_fraction` of each class (`label_feature`) of train is
     carved out as the `validation` split, seeded by `split_seed`."""
     super().__init__(
@@ -94,6 +98,8 @@ class SnapshotExampleGen(base_beam_component.BaseBeamComponent):
             validation_fraction=validation_fraction,
             label_feature=label_feature, split_seed=split_seed,
             split_feature=split_feature or None,
+            string_columns=(json.dumps(list(string_columns))
+                            if string_columns else None),
             code=code_version.digest('ExampleGen'),
             output_data_format=example_gen_pb2.FORMAT_TF_EXAMPLE,
             output_file_format=example_gen_pb2.FORMAT_TFRECORDS_GZIP,

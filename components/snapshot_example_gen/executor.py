@@ -211,10 +211,21 @@ def _ReadCsvFiles(pipeline: beam.Pipeline, exec_properties: Dict[str, Any],  # p
   bytes), an empty cell an empty feature.
 
   CsvExampleGen globs one pattern under input_base; a snapshot lists files
-  (a window of span folders is several), so the listing is read here."""
-  del exec_properties
+  (a window of span folders is several), so the listing is read here.
+
+  exec_properties['string_columns'] (JSON list): columns that are text
+  whatever they look like (the text, and class-name labels such as "0"/"1"),
+  kept as bytes instead of the inferred INT or FLOAT; each must be in the
+  header."""
   files = json.loads(split_pattern)
+  strings = json.loads(exec_properties.get('string_columns') or '[]')
   header = io_utils.load_csv_column_names(files[0])
+  missing = [c for c in strings if c not in header]
+  if missing:
+    raise ValueError(
+        f'{files[0]} has no column {", ".join(missing)} (its header: '
+        f'{", ".join(header)}). Name the columns in data.text_feature and '
+        'data.label_feature, or rename them in the files.')
   for path in files[1:]:
     other = io_utils.load_csv_column_names(path)
     if other != header:
@@ -229,8 +240,12 @@ def _ReadCsvFiles(pipeline: beam.Pipeline, exec_properties: Dict[str, Any],  # p
            | 'ParseLines' >> beam.ParDo(csv_decoder.ParseCSVLine(delimiter=','))
            | 'Cells' >> beam.Keys())
   column_infos = beam.pvalue.AsSingleton(
-      lines | 'InferTypes' >> beam.CombineGlobally(
-          csv_decoder.ColumnTypeInferrer(header, skip_blank_lines=True)))
+      lines
+      | 'InferTypes' >> beam.CombineGlobally(
+          csv_decoder.ColumnTypeInferrer(header, skip_blank_lines=True))
+      | 'KeepStrings' >> beam.Map(lambda infos: [
+          csv_decoder.ColumnInfo(i.name, csv_decoder.ColumnType.STRING)
+          if i.name in strings else i for i in infos]))
   return lines | 'ToTFExample' >> beam.ParDo(
       csv_executor._ParsedCsvToTfExample(), column_infos)
 
@@ -243,19 +258,25 @@ SPLIT_VALUES = ('train', VALIDATION, 'eval')
 def split_column_values(files, column: str) -> Dict[str, int]:
   """{value: rows} of `column` over the CSV files (one streamed pass over
   the files, in this process: the splits must be known to build the Beam
-  graph). Raises ValueError naming the files without that column."""
+  graph). The header is parsed as the ExampleGen parses it (TFX's
+  io_utils). Raises ValueError naming a file without that column."""
   counts: Dict[str, int] = {}
   for path in files:
+    header = io_utils.load_csv_column_names(path)
+    if column not in header:
+      raise ValueError(
+          f'data.split_feature: {path} has no column "{column}" (its '
+          f'columns: {", ".join(header)}). Name the column that says '
+          f'{"/".join(SPLIT_VALUES)}, or put the files in train/ and eval/ '
+          'folders.')
+    index = header.index(column)
     with tf.io.gfile.GFile(path, 'r') as lines:
-      reader = csv.DictReader(lines)
-      if column not in (reader.fieldnames or []):
-        raise ValueError(
-            f'data.split_feature: {path} has no column "{column}" (its '
-            f'columns: {reader.fieldnames}). Name the column that says '
-            f'{"/".join(SPLIT_VALUES)}, or put the files in train/ and eval/ '
-            'folders.')
-      for row in reader:
-        value = (row[column] or '').strip()
+      rows = csv.reader(lines)
+      next(rows, None)  # the header
+      for row in rows:
+        if not row:
+          continue  # a blank line, as the ExampleGen skips it
+        value = row[index].strip() if index < len(row) else ''
         counts[value] = counts.get(value, 0) + 1
   return counts
 
