@@ -8,6 +8,7 @@ import pytest
 import tensorflow as tf
 
 import trainer_inputs
+from hubpipe.components.modeling import export
 from hubpipe.components.modeling import training
 from hubpipe.pipeline.config import ConfigError, TrainingConfig, load_config
 from hubpipe.pipeline.pipeline import TRAINER_SECTIONS
@@ -60,9 +61,17 @@ def test_bad_augmentation_settings_stop_at_load():
 
 
 def test_the_trainer_augments_fine_tuning_and_exports_the_plain_model(
-    tmp_path):
+    tmp_path, monkeypatch):
   made = trainer_inputs.make_trainer_inputs(str(tmp_path / 'inputs'),
                                             train=48, eval_=24)
+  traced = []
+
+  def spy(images, settings, seed):
+    traced.append(images.shape.as_list())
+    return augment(images, settings, seed)
+
+  augment = training.augment
+  monkeypatch.setattr(training, 'augment', spy)
   config = load_config(None, {
       'name': 'augmented', 'module.input_size': [32, 32],
       'module.control_handle': None, 'model.integration': 'fine_tune',
@@ -77,6 +86,7 @@ def test_the_trainer_augments_fine_tuning_and_exports_the_plain_model(
   assert report['augmentation'] == {
       'flip': True, 'crop': 0.1, 'brightness': 0.1,
       'applied': 'every training batch'}
+  assert traced and traced[0][1:] == [32, 32, 3]  # in the training input
   # The served model holds no random layer: the same input, the same answer.
   served = tf.saved_model.load(str(tmp_path / 'out' / 'Trainer' / 'model' /
                                    '1' / 'Format-Serving'))
@@ -85,3 +95,6 @@ def test_the_trainer_augments_fine_tuning_and_exports_the_plain_model(
   second = served.signatures['serving_default'](examples=records)
   np.testing.assert_array_equal(first['probabilities'].numpy(),
                                 second['probabilities'].numpy())
+  assert not [layer for layer in export.load_core(
+      str(tmp_path / 'out' / 'Trainer' / 'model' / '1' / 'Format-Serving')
+  ).submodules if type(layer).__name__.startswith('Random')]
