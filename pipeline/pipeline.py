@@ -231,7 +231,8 @@ def create_pipeline(config: Config, pipeline_root: str, input_base: str,
       statistics=statistics.outputs['statistics'],
       schema=schema.outputs['schema'])
   gate = AnomalyGate(anomalies=validator.outputs['anomalies'],
-                     schema_path=config.schema_path)
+                     schema_path=config.schema_path,
+                     label_feature=config.data.label_feature)
 
   # With span folders the examples hold the latest N spans' train data and
   # the newest span's eval data (the snapshot's window).

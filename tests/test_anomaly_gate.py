@@ -26,3 +26,13 @@ def test_anomalies_are_listed_per_split_with_the_fix():
   assert '[train] feature "label": Expected data of type: INT but got BYTES' in message
   assert 'schemas/x.pbtxt' in message
   assert 'update the schema' in message
+
+
+def test_class_names_in_an_integer_label_point_at_label_type():
+  found = {'train': _anomalies('category',
+                               'Expected data of type: INT but got STRING')}
+  message = describe(found, '', label_feature='category')
+  assert 'set data.label_type: string' in message
+  # Another feature's type, or no label feature named: no such hint.
+  assert 'label_type' not in describe(found, '', label_feature='label')
+  assert 'label_type' not in describe(found, '')

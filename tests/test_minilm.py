@@ -353,7 +353,8 @@ def test_encoder_outputs_and_metadata(encoder_module, encoder, preprocessor):
   metadata = json.loads((encoder_module / minilm.METADATA_PATH).read_text())
   assert metadata == {
       'name': ENCODER, 'modality': 'text', 'input': 'bert_inputs',
-      'output': 'sequence+pooled', 'output_dim': 384, 'max_seq_length': 512,
+      'output': 'sequence+pooled', 'output_dim': 384, 'num_layers': 6,
+      'max_seq_length': 512,
       'pooling': 'masked_mean', 'preprocessor': PREPROCESSOR, 'pretrained': True,
       'source': minilm.SOURCE}
   assert minilm.MINILM_WHEEL.sha256 in metadata['source']

@@ -33,7 +33,21 @@ def read_anomalies(artifact) -> dict:
   return out
 
 
-def describe(anomalies_by_split: dict, schema_hint: str = '') -> str:
+def _labels_are_names(anomalies_by_split: dict, label_feature: str) -> bool:
+  """Whether the label feature holds text where the schema wants integers:
+  class names, with data.label_type left at int."""
+  for anomalies in anomalies_by_split.values():
+    info = anomalies.anomaly_info.get(label_feature)
+    if info and any('INT' in (r.description or '') and
+                    ('STRING' in (r.description or '') or
+                     'BYTES' in (r.description or ''))
+                    for r in info.reason):
+      return True
+  return False
+
+
+def describe(anomalies_by_split: dict, schema_hint: str = '',
+             label_feature: str = '') -> str:
   """A readable report of the anomalies, or '' when there are none."""
   lines = []
   for split, anomalies in sorted(anomalies_by_split.items()):
@@ -46,8 +60,14 @@ def describe(anomalies_by_split: dict, schema_hint: str = '') -> str:
       lines.append(f'  [{split}] feature "{feature}": {reasons}')
   if not lines:
     return ''
+  hint = ''
+  if label_feature and _labels_are_names(anomalies_by_split, label_feature):
+    hint = (f'\nThe labels ("{label_feature}") are text: if they are class '
+            'names, set data.label_type: string in the config (its curated '
+            'schema takes them as text; a schema of your own must declare '
+            'the label as BYTES).')
   return ('the examples do not match the schema ' + schema_hint + ':\n' +
-          '\n'.join(lines) +
+          '\n'.join(lines) + hint +
           '\nFix the data, or if the data is right and the schema is out of '
           'date, update the schema (data.schema in the config).')
 
@@ -56,9 +76,10 @@ def describe(anomalies_by_split: dict, schema_hint: str = '') -> str:
 def AnomalyGate(
     anomalies: tfx.dsl.components.InputArtifact[
         tfx.types.standard_artifacts.ExampleAnomalies],
-    schema_path: tfx.dsl.components.Parameter[str] = ''):
+    schema_path: tfx.dsl.components.Parameter[str] = '',
+    label_feature: tfx.dsl.components.Parameter[str] = ''):
   """Fails when ExampleValidator reported any anomaly."""
   message = describe(read_anomalies(anomalies),
-                     f'({schema_path})' if schema_path else '')
+                     f'({schema_path})' if schema_path else '', label_feature)
   if message:
     raise DataAnomaliesError(message)

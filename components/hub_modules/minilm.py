@@ -119,7 +119,7 @@ SPECIAL_TOKENS = {'[PAD]': PAD_ID, '[UNK]': UNK_ID, '[CLS]': CLS_ID, '[SEP]': SE
 
 METADATA_PATH = Path('assets.extra') / 'hubpipe_module.json'
 # Bump when the exported format changes, so that existing builds are redone.
-EXPORT_FORMAT = 'hubpipe-minilm-export/1'
+EXPORT_FORMAT = 'hubpipe-minilm-export/2'
 
 
 @dataclasses.dataclass(frozen=True)
