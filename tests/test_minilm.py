@@ -564,6 +564,6 @@ def test_l3_module_metadata_names_the_shared_preprocessor(l3_module):
   metadata = json.loads((l3_module / minilm.METADATA_PATH).read_text())
   assert metadata['num_layers'] == 3
   assert metadata['preprocessor'] == PREPROCESSOR
-  assert minilm.L3_ONNX['sha256'] in metadata['source']
+  assert minilm.L3_ONNX.sha256 in metadata['source']
   encoder = hub.KerasLayer(str(l3_module), trainable=True)
   assert len(encoder.trainable_weights) == 5 + 3 * 16  # no pooler

