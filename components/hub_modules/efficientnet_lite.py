@@ -44,7 +44,7 @@ import numpy as np
 
 from hubpipe.components.assets import PinnedWheelFile
 from hubpipe.components.hub_modules import builds
-from hubpipe.components.hub_modules.image_module import export_feature_vector_module
+from hubpipe.components.hub_modules import image_module
 
 if TYPE_CHECKING:
   import tf_keras
@@ -446,11 +446,6 @@ def build_module(name: str, force: bool = False) -> Path:
     AssetError: the weights could not be fetched or verified.
   """
   spec = builds.lookup(MODULES, name)
-
-  def export(export_dir: Path) -> None:
-    export_feature_vector_module(spec.keras_model(), export_dir,
-                                 spec.weights.input_size, name=spec.name,
-                                 source=spec.weights.source,
-                                 pretrained=spec.pretrained)
-
-  return builds.build(MODULES, name, export, force)
+  return image_module.build(MODULES, spec.name, force, spec.keras_model,
+                            spec.weights.input_size, spec.weights.source,
+                            spec.pretrained)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 if TYPE_CHECKING:
   import tf_keras
@@ -98,3 +98,18 @@ def export_feature_vector_module(keras_model: tf_keras.Model,
   (export_dir / METADATA_PATH).parent.mkdir(parents=True, exist_ok=True)
   (export_dir / METADATA_PATH).write_text(json.dumps(metadata, indent=2) + '\n')
   return export_dir
+
+
+def build(modules, name: str, force: bool, keras_model: Callable[[], 'tf_keras.Model'],
+          native_input_size: int, source: str, pretrained: bool = True) -> Path:
+  """`builds.build` for an image builder's registered module `name`:
+  `keras_model()` exported with `export_feature_vector_module` into
+  `data_dir()/'modules'/name`, once and atomically (no TensorFlow import
+  when it is built)."""
+  from hubpipe.components.hub_modules import builds  # pylint: disable=g-import-not-at-top
+
+  def export(export_dir: Path) -> None:
+    export_feature_vector_module(keras_model(), export_dir, native_input_size,
+                                 name=name, source=source, pretrained=pretrained)
+
+  return builds.build(modules, name, export, force)

@@ -36,7 +36,7 @@ import numpy as np
 
 from hubpipe.components.assets import PinnedWheelFile
 from hubpipe.components.hub_modules import builds
-from hubpipe.components.hub_modules.image_module import export_feature_vector_module
+from hubpipe.components.hub_modules import image_module
 
 if TYPE_CHECKING:
   import tf_keras
@@ -170,10 +170,7 @@ def build_module(name: str, force: bool = False) -> Path:
     AssetError: the weights could not be fetched or verified.
   """
   spec = builds.lookup(MODULES, name)
-
-  def export(export_dir: Path) -> None:
-    model = build_keras_mobilenet_v2(fetch_h5(), pooling=spec.pooling)
-    export_feature_vector_module(model, export_dir, INPUT_SIZE, name=spec.name,
-                                 source=SOURCE, pretrained=spec.pretrained)
-
-  return builds.build(MODULES, name, export, force)
+  return image_module.build(
+      MODULES, spec.name, force,
+      lambda: build_keras_mobilenet_v2(fetch_h5(), pooling=spec.pooling),
+      INPUT_SIZE, SOURCE, spec.pretrained)
