@@ -99,8 +99,10 @@ def test_summary_has_its_fields(first_run):
   assert written['baseline_model'] is None
   # The candidate stood in for the baseline: no baseline figures reported.
   assert written['evaluation']['baseline_metrics'] == {}
-  # The data snapshot the run ingested: the train and eval files.
-  assert written['data_snapshot']['fingerprint']['files'] == 2
+  # The data snapshot the run ingested: the train and eval files, and the
+  # classes.txt that names the classes.
+  assert written['data_snapshot']['fingerprint']['files'] == 3
+  assert training['class_names'][0] == 'T-shirt/top'
   assert written['data_snapshot']['spans'] is None
   for component in written['components']:
     assert component['seconds'] >= 0
