@@ -5,7 +5,7 @@
     -> [ModuleSelector, with selection.candidates]
     -> Trainer (Hub module, tf.distribute; warm start from the baseline push)
     -> Evaluator (TFMA; baseline = the pushed model in service)
-    -> Compressor (image models: TFLite variants, measured) -> Pusher
+    -> Compressor (TFLite variants and a distilled student, measured) -> Pusher
 
 What a run ingests and what it is gated against is a data snapshot
 (components/data_snapshot): the files under the data root (with span
@@ -168,9 +168,14 @@ def eval_config(config: Config) -> tfma.EvalConfig:
           direction=tfma.MetricDirection.HIGHER_IS_BETTER,
           absolute={'value': -config.evaluation.max_accuracy_drop}))
   return tfma.EvalConfig(
-      model_specs=[tfma.ModelSpec(signature_name='serving_default',
-                                  label_key=config.data.label_feature,
-                                  prediction_key='probabilities')],
+      model_specs=[tfma.ModelSpec(
+          signature_name='serving_default',
+          label_key=config.data.label_feature,
+          prediction_key='probabilities',
+          # A text model loads back as Keras too (its BERT preprocessing is
+          # a registered layer), and TFMA's Keras path then costs minutes on
+          # it; the serving signature alone is what is evaluated.
+          model_type=(tfma.TF_GENERIC if config.modality == 'text' else ''))],
       slicing_specs=[tfma.SlicingSpec(),
                      tfma.SlicingSpec(feature_keys=[config.data.label_feature])],
       metrics_specs=[tfma.MetricsSpec(metrics=[
@@ -293,13 +298,14 @@ def create_pipeline(config: Config, pipeline_root: str, input_base: str,
       example_splits=[EVAL_SPLIT],
       eval_config=eval_config(config))
 
-  # Image models: the Compressor makes and measures the TFLite variants and
-  # hands the Pusher the SavedModel plus the chosen .tflite, and its own
-  # blessing (the Evaluator's, and a variant the policy accepts).
+  # The Compressor makes and measures the TFLite variants (a text model's
+  # with its tokenizer inside) and hands the Pusher the SavedModel plus the
+  # chosen .tflite, and its own blessing (the Evaluator's, and a variant the
+  # policy accepts).
   compressor = None
   push_model, push_blessing = (trainer.outputs['model'],
                                evaluator.outputs['blessing'])
-  if config.modality == 'image' and config.compression.enabled:
+  if config.compression.enabled:
     compressor = Compressor(
         model=trainer.outputs['model'], examples=examples.outputs['examples'],
         transform_graph=transform.outputs['transform_graph'],

@@ -60,6 +60,40 @@ class InferenceModeKerasLayer(ConfiguredHandle, hub.KerasLayer):
     return super().call(inputs, training=False)
 
 
+@tf_keras.utils.register_keras_serializable(package='hubpipe')
+class BertPreprocessing(tf_keras.layers.Layer):
+  """A BERT preprocessing companion as one layer: [N] strings -> the
+  encoder's inputs ({'input_word_ids', 'input_mask', 'input_type_ids'},
+  int32 [N, seq_length]) through its `tokenize` and `bert_pack_inputs`.
+
+  Its config names the preprocessor as configured and the packing length,
+  and `from_config` resolves the preprocessor again where the model is
+  loaded, so an exported text model loads back as Keras (export.load_core).
+  `vocab_file` is the WordPiece vocabulary the preprocessor was built with.
+  """
+
+  def __init__(self, preprocessor: str, seq_length: int, resolved=None,
+               **kwargs):
+    kwargs['trainable'] = False  # no weights: a vocabulary and the packing
+    super().__init__(**kwargs)
+    _register_text_ops()
+    if resolved is None:
+      from hubpipe.components.hub_modules import resolve as hub_resolve  # pylint: disable=g-import-not-at-top
+      resolved = hub_resolve.resolve(preprocessor)
+    self.preprocessor, self.seq_length = preprocessor, int(seq_length)
+    self.vocab_file = os.path.join(resolved, 'assets', 'vocab.txt')
+    self._module = hub.load(resolved)
+
+  def call(self, text):
+    tokens = self._module.tokenize(tf.reshape(text, [-1]))
+    return self._module.bert_pack_inputs([tokens],
+                                         seq_length=self.seq_length)
+
+  def get_config(self):
+    return {**super().get_config(), 'preprocessor': self.preprocessor,
+            'seq_length': self.seq_length}
+
+
 def module_layer(handle: str, trainable, name='hub_module',
                  configured_handle: str = None) -> hub.KerasLayer:
   """The module (`handle`: resolved) as a Keras layer; its config names it
@@ -88,7 +122,8 @@ def module_layer(handle: str, trainable, name='hub_module',
 def feature_extractor(modality: str, handle: str, input_size=None,
                       preprocessor: str = None, seq_length: int = 128,
                       trainable=False, resize_from=None,
-                      configured_handle: str = None) -> tf_keras.Model:
+                      configured_handle: str = None,
+                      configured_preprocessor: str = None) -> tf_keras.Model:
   """Transformed input -> the module's feature vector.
 
   image: [N, H, W, 3] floats in [0, 1] at `input_size`, or at `resize_from`
@@ -114,12 +149,9 @@ def feature_extractor(modality: str, handle: str, input_size=None,
     features = module_layer(handle, trainable,
                             configured_handle=configured_handle)(inputs)
   else:
-    _register_text_ops()
-    loaded = hub.load(preprocessor)
-    tokens = hub.KerasLayer(loaded.tokenize, name='tokenize')(inputs)
-    encoder_inputs = hub.KerasLayer(
-        loaded.bert_pack_inputs, arguments={'seq_length': seq_length},
-        name='bert_pack_inputs')([tokens])
+    encoder_inputs = BertPreprocessing(
+        configured_preprocessor or preprocessor, seq_length,
+        resolved=preprocessor, name='bert_preprocessing')(inputs)
     outputs = module_layer(handle, trainable,
                            configured_handle=configured_handle)(encoder_inputs)
     features = outputs['pooled_output']
@@ -136,7 +168,8 @@ def extractor_for(config, module, images_at=None, trainable=False
       config.modality, module.resolved, input_size=module.input_size,
       resize_from=images_at, preprocessor=module.resolved_preprocessor,
       seq_length=config.module.seq_length, trainable=trainable,
-      configured_handle=module.handle)
+      configured_handle=module.handle,
+      configured_preprocessor=module.preprocessor)
 
 
 def head_for(config, feature_shape, num_classes: int, name='head'
