@@ -31,8 +31,23 @@ import tensorflow as tf
 # TFLite
 
 
-def _interpreter(tflite_bytes: bytes, threads: int) -> tf.lite.Interpreter:
-  return tf.lite.Interpreter(model_content=tflite_bytes, num_threads=threads)
+def tflite_interpreter(tflite_bytes: bytes, threads: int = 2) -> tf.lite.Interpreter:
+  """The interpreter every hubpipe .tflite runs in: TFLite's builtins, TF
+  Text's custom-op kernels (a text model's tokenizer) registered, and Flex
+  ops through the delegate the `tensorflow` pip package links in. A user
+  builds it the same way:
+
+      import tensorflow_text
+      from tensorflow.lite.python.interpreter import InterpreterWithCustomOps
+      InterpreterWithCustomOps(
+          model_content=..., custom_op_registerers=(
+              tensorflow_text.tflite_registrar.SELECT_TFTEXT_OPS))
+  """
+  import tensorflow_text  # pylint: disable=g-import-not-at-top
+  from tensorflow.lite.python.interpreter import InterpreterWithCustomOps  # pylint: disable=g-import-not-at-top
+  return InterpreterWithCustomOps(
+      model_content=tflite_bytes, num_threads=threads,
+      custom_op_registerers=tensorflow_text.tflite_registrar.SELECT_TFTEXT_OPS)
 
 
 def _resize(interpreter: tf.lite.Interpreter, batch: int) -> None:
@@ -45,8 +60,12 @@ def _resize(interpreter: tf.lite.Interpreter, batch: int) -> None:
 
 
 def _to_input(detail: dict, x: np.ndarray) -> np.ndarray:
-  """x as the input tensor's dtype (quantized with its parameters if integer)."""
+  """x as the input tensor's dtype (quantized with its parameters if
+  integer; strings as bytes)."""
   dtype = detail['dtype']
+  if dtype in (np.bytes_, np.object_):
+    return np.asarray([v if isinstance(v, bytes) else str(v).encode()
+                       for v in x], object)
   if np.issubdtype(dtype, np.integer):
     scale, zero_point = detail['quantization']
     info = np.iinfo(dtype)
@@ -67,14 +86,14 @@ def tflite_predict(tflite_bytes: bytes, x: np.ndarray, batch: int = 32,
   """The model's (first) output for all of x, float32 [N, ...].
 
   Runs in batches of `batch` (the input is resized once; the last, shorter batch
-  is padded with zeros and the padding's outputs dropped).
+  is padded and the padding's outputs dropped).
   """
   x = np.asarray(x)
   n = len(x)
   if n == 0:
     raise ValueError('x is empty')
   batch = max(1, min(batch, n))
-  interpreter = _interpreter(tflite_bytes, threads)
+  interpreter = tflite_interpreter(tflite_bytes, threads)
   _resize(interpreter, batch)
   inp = interpreter.get_input_details()[0]
   out = interpreter.get_output_details()[0]
@@ -82,9 +101,8 @@ def tflite_predict(tflite_bytes: bytes, x: np.ndarray, batch: int = 32,
   for start in range(0, n, batch):
     chunk = x[start:start + batch]
     size = len(chunk)
-    if size < batch:
-      chunk = np.concatenate(
-          [chunk, np.zeros((batch - size, *chunk.shape[1:]), chunk.dtype)])
+    if size < batch:  # padded with copies of its last row
+      chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch - size, 0)])
     interpreter.set_tensor(inp['index'], _to_input(inp, chunk))
     interpreter.invoke()
     outputs.append(_from_output(out, interpreter.get_tensor(out['index']))[:size])
@@ -111,7 +129,7 @@ def tflite_latency(tflite_bytes: bytes, x: np.ndarray, batch_size: int = 1,
   x = np.asarray(x)
   reps = -(-batch_size // len(x))
   batch = np.concatenate([x] * reps)[:batch_size] if reps > 1 else x[:batch_size]
-  interpreter = _interpreter(tflite_bytes, threads)
+  interpreter = tflite_interpreter(tflite_bytes, threads)
   _resize(interpreter, batch_size)
   inp = interpreter.get_input_details()[0]
   interpreter.set_tensor(inp['index'], _to_input(inp, batch))
