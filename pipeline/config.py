@@ -169,7 +169,7 @@ COMPRESSION_TECHNIQUES = ('dynamic_range', 'float16', 'int8', 'int8_selective',
 
 @dataclasses.dataclass
 class CompressionConfig:
-  # The Compressor runs between Evaluator and Pusher for image models (TFLite).
+  # The Compressor runs between Evaluator and Pusher (TFLite variants).
   enabled: bool = True
   techniques: list = dataclasses.field(
       default_factory=lambda: list(COMPRESSION_TECHNIQUES))

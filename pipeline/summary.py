@@ -210,7 +210,8 @@ def collect(metadata_path: str, pipeline_name: str, label_key: str,
       elif type_name == 'hubpipe.CompressionReport':
         _add_report(out, 'compression', artifact.uri, 'compression_report',
                     ('reference_accuracy', 'validation_examples',
-                     'eval_examples', 'decision', 'variants', 'skipped'))
+                     'eval_examples', 'decision', 'variants', 'skipped',
+                     'tflite_ops', 'interpreter'))
       elif type_name == 'hubpipe.ModuleSelection':
         _add_report(out, 'module_selection', artifact.uri, 'module_selection',
                     ('policy', 'rows', 'pareto', 'decision',

@@ -1,8 +1,9 @@
 """The Compressor's executor: make each variant, measure it, decide, write out.
 
 Every variant serves the trained model's core (transformed images in, logits
-out), which the Trainer exported: `modeling.export.load_core` loads it back
-as the Keras model that was trained. Each variant is measured on the same transformed examples: accuracy against the
+out; a text model's: raw strings in, probabilities out, its tokenizer inside,
+see `text_model`), which the Trainer exported: `modeling.export.load_core`
+loads it back as the Keras model that was trained. Each variant is measured on the same transformed examples: accuracy against the
 uncompressed model on a validation sample (what the policy chooses on, and
 what int8_selective's steps are scored on) and on an eval sample (what is
 reported; eval plays no part in any choice), file size (and gzip size),
@@ -23,7 +24,8 @@ import time
 
 os.environ.setdefault('TF_USE_LEGACY_KERAS', '1')
 
-import tensorflow as tf  # pylint: disable=g-import-not-at-top
+import numpy as np  # pylint: disable=g-import-not-at-top
+import tensorflow as tf
 import tensorflow_transform as tft
 from tfx.dsl.components.base import base_executor
 from tfx.types import artifact_utils
@@ -32,6 +34,7 @@ from tfx.utils import path_utils
 
 from hubpipe.components.compressor import policy
 from hubpipe.components.compressor import techniques
+from hubpipe.components.compressor import text_model
 from hubpipe.components.modeling import export as export_lib
 from hubpipe.components.modeling import inputs
 from hubpipe.components.modeling import measure
@@ -39,8 +42,10 @@ from hubpipe.components.modeling import modules
 from hubpipe.pipeline.config import from_handoff
 
 TFLITE_FILE = 'model.tflite'
-# Beside it: the class names, one a line, line i for output i (the .tflite
-# returns logits; TFLite's metadata tooling is not part of this stack).
+# Beside it: the class names, one a line, line i for output i (an image
+# .tflite returns logits, a text one probabilities: the pushed Model's
+# `tflite_output` property says which; TFLite's metadata tooling is not part
+# of this stack).
 LABELS_FILE = 'labels.txt'
 # Beside the pushed folder (Format-Serving) in the compressed Model's folder.
 DECISION_FILE = 'compression_decision.txt'
@@ -81,6 +86,23 @@ def _row(name, tflite_bytes, samples, reference, float_row=None, note='',
   return row
 
 
+# Techniques for image models only: int8_selective keeps conv / dense ops in
+# float by the quantization debugger, and pruning prunes a module's kernels
+# for sparse-aware TFLite kernels; a text model's cost is its encoder's
+# matrix multiplies and its embedding table, which the other variants cut.
+IMAGE_ONLY = ('int8_selective', 'pruning')
+
+
+def student_for(model, train_x):
+  """The distillation student: for a (BERT-style) text teacher a token
+  embedding with pooling on the teacher's tokenizer; for images the small
+  CNN."""
+  classes = int(model.output_shape[-1])
+  if text_model.is_text(model):
+    return text_model.bert_student(model, classes)
+  return techniques.small_cnn_student(train_x.shape[1:], classes)
+
+
 def compress(model, train_x, train_y, samples, settings, log=print):
   """All variants of `model`, measured: (reference accuracies, rows, {name:
   tflite bytes}). train_x/train_y: a seeded random train sample (its first
@@ -97,10 +119,12 @@ def compress(model, train_x, train_y, samples, settings, log=print):
     start = time.time()
     try:
       result = make()
-      data, note = result if isinstance(result, tuple) else (result, note)
+      data, note, extra = (result + ({},))[:3] if isinstance(result, tuple) \
+          else (result, note, {})
       variants[name] = data
-      rows.append(_row(name, data, samples, reference,
-                       rows[0] if rows else None, note))
+      rows.append({**_row(name, data, samples, reference, next(
+          (r for r in rows if r['name'] == 'float32' and not r.get('error')),
+          None), note), **extra})
     except Exception as err:  # pylint: disable=broad-except
       logging.exception('compression variant %s failed', name)
       rows.append({'name': name, 'error': f'{type(err).__name__}: {err}'[:300]})
@@ -108,9 +132,12 @@ def compress(model, train_x, train_y, samples, settings, log=print):
 
   add('float32', lambda: techniques.to_tflite(model, 'float32'),
       'TFLite reference, no quantization')
+  text = text_model.is_text(model)
   for mode in ('dynamic_range', 'float16', 'int8'):
     if mode in techs:
-      add(mode, lambda m=mode: techniques.to_tflite(model, m, calibration))
+      add(mode, lambda m=mode: techniques.to_tflite(model, m, calibration),
+          'int8 where TFLite has an int8 kernel; the tokenizer\'s string '
+          'and index ops as they are' if text and mode == 'int8' else '')
   if 'int8_selective' in techs:
     def selective():
       # Ops are chosen on the validation sample, as the policy chooses
@@ -143,14 +170,16 @@ def compress(model, train_x, train_y, samples, settings, log=print):
     add('pruned', pruned)
   if 'distillation' in techs:
     def distilled():
-      student = techniques.small_cnn_student(train_x.shape[1:],
-                                             int(model.output_shape[-1]))
+      student = student_for(model, train_x)
       techniques.distill(model, student, train_x,
                          epochs=settings['distillation_epochs'],
                          train_y=train_y)
       return (techniques.to_tflite(student, 'float32'),
-              f'small CNN student, {student.count_params():,} parameters '
-              f'(teacher {model.count_params():,})')
+              f'{student.name.replace("_", " ")}, '
+              f'{student.count_params():,} parameters '
+              f'(teacher {model.count_params():,})',
+              {'parameters': student.count_params(),
+               'teacher_parameters': model.count_params()})
     add('distilled', distilled)
   return reference, rows, variants
 
@@ -179,6 +208,23 @@ def _bless(out_blessing, out_model, blessed: bool, reason: str) -> None:
     f.write(reason)
   with tf.io.gfile.GFile(os.path.join(out_model.uri, DECISION_FILE), 'w') as f:
     f.write(reason)
+
+
+def _push_uncompressed(out_model, out_blessing, serving_dir, report_dir,
+                       model_uri, trained, why: str) -> None:
+  """A model that cannot be converted faithfully (a text model hubpipe does
+  not convert, or whose TFLite tokenizer would differ): the SavedModel is
+  pushed as it is, whatever `on_no_pass` says (that is for variants that
+  fail the policy), and the report says why."""
+  logging.warning('Compressor: %s', why)
+  reason = f'no TFLite variant, the uncompressed model is pushed: {why}'
+  policy.write({'model': model_uri, 'trained_model': trained, 'skipped': why,
+                'decision': {'chosen': policy.UNCOMPRESSED, 'reason': reason}},
+               report_dir, html_page=False)
+  out_model.set_string_custom_property('compression_variant',
+                                       policy.UNCOMPRESSED)
+  _bless(out_blessing, out_model, True, reason)
+  io_utils.copy_dir(serving_dir, path_utils.serving_model_path(out_model.uri))
 
 
 class Executor(base_executor.BaseExecutor):
@@ -210,6 +256,24 @@ class Executor(base_executor.BaseExecutor):
                    report_dir, html_page=False)
       return
 
+    # The Trainer's export, as trained: no rebuilding, no weights to reload.
+    model = export_lib.load_core(serving_dir)
+    trained = {key: _property(model_artifact, key)
+               for key in export_lib.PROPERTIES
+               if model_artifact.has_custom_property(key)}
+    # The pushed model carries them too.
+    for key, value in trained.items():
+      if isinstance(value, int):
+        out_model.set_int_custom_property(key, value)
+      else:
+        out_model.set_string_custom_property(key, value)
+    text = text_model.is_text(model)
+    unconvertible = text and text_model.unconvertible(model, serving_dir)
+    if unconvertible:
+      _push_uncompressed(out_model, out_blessing, serving_dir, report_dir,
+                         model_artifact.uri, trained, unconvertible)
+      return
+
     transform_output = tft.TFTransformOutput(
         artifact_utils.get_single_uri(input_dict['transform_graph']))
     examples = input_dict['examples']
@@ -226,17 +290,16 @@ class Executor(base_executor.BaseExecutor):
           'compression.max_accuracy_drop (%.4f): a single flipped answer '
           'fails a variant. More validation data (data.validation_fraction) '
           'makes the choice steadier.', resolution, settings['max_accuracy_drop'])
-    # The Trainer's export, as trained: no rebuilding, no weights to reload.
-    model = export_lib.load_core(serving_dir)
-    trained = {key: _property(model_artifact, key)
-               for key in export_lib.PROPERTIES
-               if model_artifact.has_custom_property(key)}
-    # The pushed model carries them too.
-    for key, value in trained.items():
-      if isinstance(value, int):
-        out_model.set_int_custom_property(key, value)
-      else:
-        out_model.set_string_custom_property(key, value)
+    if text:
+      # The .tflite tokenizes with TFLite kernels: it must give the trained
+      # model's token ids on every sampled text, or it is not converted.
+      try:
+        text_model.check_same_tokens(model, np.concatenate(
+            [train_x] + [x for x, _ in samples.values()]))
+      except text_model.TextConversionError as err:
+        _push_uncompressed(out_model, out_blessing, serving_dir, report_dir,
+                           model_artifact.uri, trained, str(err))
+        return
     if trained.get('module_handle') == modules.NO_REUSE:
       # A small model trained from scratch: pruning prunes a module's
       # kernels, and the distillation student would be the model itself.
@@ -245,6 +308,13 @@ class Executor(base_executor.BaseExecutor):
       if dropped:
         logging.info('Compressor: %s left out: the model was trained from '
                      'scratch (no module)', ', '.join(dropped))
+      settings = {**settings, 'techniques': [
+          t for t in settings['techniques'] if t not in dropped]}
+    if text:
+      dropped = [t for t in IMAGE_ONLY if t in settings['techniques']]
+      if dropped:
+        logging.info('Compressor: %s left out: image models only',
+                     ', '.join(dropped))
       settings = {**settings, 'techniques': [
           t for t in settings['techniques'] if t not in dropped]}
     reference, rows, variants = compress(model, train_x, train_y, samples,
@@ -271,11 +341,18 @@ class Executor(base_executor.BaseExecutor):
         'variants': rows,
         'decision': decision,
     }
+    chosen = decision['chosen']
+    if text and chosen in variants:
+      # What an interpreter needs to run the pushed text .tflite.
+      report['tflite_ops'] = text_model.ops_of(variants[chosen])
+      report['interpreter'] = text_model.INTERPRETER
     policy.write(report, report_dir)
 
-    chosen = decision['chosen']
     out_model.set_string_custom_property('compression_variant',
                                          chosen or 'none')
+    if chosen in variants:
+      out_model.set_string_custom_property(
+          'tflite_output', 'probabilities' if text else 'logits')
     _bless(out_blessing, out_model, chosen is not None, decision['reason'])
     if chosen is None:
       return

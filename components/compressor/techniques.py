@@ -2,7 +2,9 @@
 
 The core model maps transformed inputs to logits (images: float32 [N, H, W, 3] in
 [0, 1] -> [N, K]) and usually holds a hub.KerasLayer. Nothing here mutates the
-model it is given.
+model it is given. What follows is about image models; a text model ([N]
+strings in) is converted by `text_model` (tokenizer inside, probabilities
+out), and int8_selective and pruning are for images only.
 
 TFLite conversion (`to_tflite`), in four modes:
 
@@ -45,6 +47,7 @@ import tensorflow_hub as hub
 import tensorflow_model_optimization as tfmot
 import tf_keras
 
+from hubpipe.components.compressor import text_model
 from hubpipe.components.hub_modules import resolve as hub_resolve
 from hubpipe.components.modeling import measure
 from hubpipe.components.modeling import model as model_lib
@@ -66,7 +69,8 @@ def representative_dataset(x: np.ndarray, max_examples: int = MAX_CALIBRATION
                            ) -> Callable:
   """A representative-dataset factory: the first `max_examples` rows of x, one
   example per step, always in the same order (so calibration is deterministic)."""
-  x = np.asarray(x, np.float32)[:max_examples]
+  x = np.asarray(x)
+  x = (x if x.dtype.kind in 'OSU' else x.astype(np.float32))[:max_examples]
   if len(x) == 0:
     raise ValueError('the representative (calibration) array is empty')
 
@@ -104,7 +108,7 @@ def _with_converter(model: tf_keras.Model, use: Callable):
                      'from a concrete function:\n' + '\n'.join(errors))
 
 
-def _configure(converter, mode: str, representative):
+def _configure(converter, mode: str, representative, text: bool = False):
   if mode == 'float32':
     return converter
   converter.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -112,7 +116,11 @@ def _configure(converter, mode: str, representative):
     converter.target_spec.supported_types = [tf.float16]
   elif mode == 'int8':
     converter.representative_dataset = representative_dataset(representative)
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    if not text:
+      # A text model keeps its string and index ops (the tokenizer,
+      # packing) as they are: int8 where an op has an int8 kernel.
+      converter.target_spec.supported_ops = [
+          tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     # inference_input_type / inference_output_type stay float32 (see above).
   return converter
 
@@ -123,7 +131,9 @@ def to_tflite(model: tf_keras.Model, mode: str,
   """The model as a TFLite flatbuffer.
 
   Args:
-    model: inputs -> logits, possibly holding a hub.KerasLayer.
+    model: inputs -> logits, possibly holding a hub.KerasLayer. A text model
+      ([N] strings in) becomes a flatbuffer with its tokenizer inside,
+      strings in and probabilities out (`text_model`).
     mode: one of MODES.
     representative: calibration inputs (numpy, like the model's input), needed
       for 'int8'; the first MAX_CALIBRATION rows are used, in order.
@@ -137,6 +147,11 @@ def to_tflite(model: tf_keras.Model, mode: str,
     raise ValueError(f'mode must be one of {MODES}, not {mode!r}')
   if mode == 'int8' and representative is None:
     raise ValueError("mode 'int8' needs a representative (calibration) array")
+  if text_model.is_text(model):
+    if keep_float_ops:
+      raise ValueError('keep_float_ops applies to image models only')
+    return text_model.to_tflite(
+        model, lambda c: _configure(c, mode, representative, text=True))
   if keep_float_ops:
     if mode != 'int8':
       raise ValueError("keep_float_ops applies to mode 'int8' only")
@@ -534,7 +549,9 @@ def distill(teacher, student: tf_keras.Model, train_x: np.ndarray,
   teacher_logits = np.asarray(teacher_logits, np.float32)
   tf_keras.utils.set_random_seed(seed)
   n = len(train_x)
-  tensors = (np.asarray(train_x, np.float32), teacher_logits)
+  train_x = np.asarray(train_x)
+  tensors = (train_x if train_x.dtype.kind in 'OSU'
+             else train_x.astype(np.float32), teacher_logits)
   if train_y is not None:
     tensors += (np.asarray(train_y, np.int64).reshape(-1),)
   data = (tf.data.Dataset.from_tensor_slices(tensors)
