@@ -349,6 +349,8 @@ def render(summary: dict) -> str:
           f'{v["speedup_b1"]:>7.2f}x')
     lines.append(f'    decision: {compression["decision"]["reason"]}')
     lines.append(f'    report: {compression["report_html"]}')
+  elif compression.get('skipped'):
+    lines.append(f'  compressor: skipped: {compression["skipped"]}')
   baseline = summary.get('baseline_model') or (
       summary.get('data_snapshot') or {}).get('baseline')
   lines.append(f'  baseline model: '

@@ -15,6 +15,7 @@ import tensorflow as tf
 
 from hubpipe.components.compressor import text_model
 from hubpipe.pipeline import local_runner
+from hubpipe.pipeline import summary as summary_lib
 from hubpipe.pipeline.config import REPO_ROOT, load_config
 
 IN_MEMORY = {'beam.direct_running_mode': 'in_memory'}
@@ -76,6 +77,8 @@ def test_frozen_glove_with_bag_of_words_reference(tmp_path):
   assert compression['decision']['chosen'] == 'uncompressed'
   assert 'BERT-style' in compression['skipped']
   assert not compression['variants']
+  assert 'compressor: skipped: hubpipe converts BERT-style' in (
+      summary_lib.render(summary))
   assert not os.path.exists(f'{summary["pushed_model"]}/model.tflite')
 
 
