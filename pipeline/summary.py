@@ -211,7 +211,7 @@ def collect(metadata_path: str, pipeline_name: str, label_key: str,
         _add_report(out, 'compression', artifact.uri, 'compression_report',
                     ('reference_accuracy', 'validation_examples',
                      'eval_examples', 'decision', 'variants', 'skipped',
-                     'tflite_ops', 'interpreter'))
+                     'tflite_ops', 'interpreter', 'left_out'))
       elif type_name == 'hubpipe.ModuleSelection':
         _add_report(out, 'module_selection', artifact.uri, 'module_selection',
                     ('policy', 'rows', 'pareto', 'decision',
@@ -236,6 +236,11 @@ def collect(metadata_path: str, pipeline_name: str, label_key: str,
 def _share(seconds: float, summary: dict) -> str:
   total = summary.get('wall_seconds')
   return f', {seconds / total:.0%} of the run' if total else ''
+
+
+def _tflite_variant(summary: dict) -> str:
+  decision = (summary.get('compression') or {}).get('decision') or {}
+  return decision.get('chosen') or 'chosen'
 
 
 def render(summary: dict) -> str:
@@ -349,6 +354,8 @@ def render(summary: dict) -> str:
           f'{v["speedup_b1"]:>7.2f}x')
     lines.append(f'    decision: {compression["decision"]["reason"]}')
     lines.append(f'    report: {compression["report_html"]}')
+    for name, why in (compression.get('left_out') or {}).items():
+      lines.append(f'    left out: {name} ({why})')
   elif compression.get('skipped'):
     lines.append(f'  compressor: skipped: {compression["skipped"]}')
   baseline = summary.get('baseline_model') or (
@@ -362,7 +369,8 @@ def render(summary: dict) -> str:
   else:
     lines.append(
         f'  pushed: {summary.get("pushed_model") if summary.get("pushed") else "no"}'
-        f'{" (+ model.tflite)" if summary.get("pushed_tflite") else ""}')
+        + (f' (+ model.tflite: the {_tflite_variant(summary)} variant)'
+           if summary.get('pushed_tflite') else ''))
   if summary.get('wall_seconds') is not None:
     lines.append(f'  wall time: {summary["wall_seconds"]:.1f} s')
   lines.append(f'  summary: {summary.get("summary_path")}')

@@ -150,6 +150,11 @@ def test_fine_tuned_minilm_serves_raw_text_and_compresses(tmp_path):
   assert distilled['parameters'] * 10 <= distilled['teacher_parameters']
   chosen = compression['decision']['chosen']
   assert chosen == 'float16', compression['decision']['reason']
+  assert compression['left_out'] == {'int8_selective': 'image models only',
+                                     'pruning': 'image models only'}
+  printed = summary_lib.render(summary)
+  assert 'left out: pruning (image models only)' in printed
+  assert '(+ model.tflite: the float16 variant)' in printed
 
   # The pushed .tflite, in the interpreter built the documented way, reads
   # raw strings and gives the SavedModel's class ids.

@@ -300,23 +300,22 @@ class Executor(base_executor.BaseExecutor):
         _push_uncompressed(out_model, out_blessing, serving_dir, report_dir,
                            model_artifact.uri, trained, str(err))
         return
+    # Techniques the config asks for that do not apply to this model: said
+    # in the log and the report.
+    left_out = {}
     if trained.get('module_handle') == modules.NO_REUSE:
       # A small model trained from scratch: pruning prunes a module's
       # kernels, and the distillation student would be the model itself.
-      dropped = [t for t in ('pruning', 'distillation')
-                 if t in settings['techniques']]
-      if dropped:
-        logging.info('Compressor: %s left out: the model was trained from '
-                     'scratch (no module)', ', '.join(dropped))
-      settings = {**settings, 'techniques': [
-          t for t in settings['techniques'] if t not in dropped]}
+      left_out.update({t: 'the model was trained from scratch (no module)'
+                       for t in ('pruning', 'distillation')})
     if text:
-      dropped = [t for t in IMAGE_ONLY if t in settings['techniques']]
-      if dropped:
-        logging.info('Compressor: %s left out: image models only',
-                     ', '.join(dropped))
-      settings = {**settings, 'techniques': [
-          t for t in settings['techniques'] if t not in dropped]}
+      left_out.update({t: 'image models only' for t in IMAGE_ONLY})
+    left_out = {t: why for t, why in left_out.items()
+                if t in settings['techniques']}
+    for technique, why in left_out.items():
+      logging.info('Compressor: %s left out: %s', technique, why)
+    settings = {**settings, 'techniques': [
+        t for t in settings['techniques'] if t not in left_out]}
     reference, rows, variants = compress(model, train_x, train_y, samples,
                                          settings, log=logging.info)
     decision = policy.choose(rows, settings['max_accuracy_drop'],
@@ -340,6 +339,7 @@ class Executor(base_executor.BaseExecutor):
                                             'on_no_pass')},
         'variants': rows,
         'decision': decision,
+        'left_out': left_out,
     }
     chosen = decision['chosen']
     if text and chosen in variants:

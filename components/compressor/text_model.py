@@ -172,8 +172,9 @@ def fast_tokenizer(vocab: List[str]):
 
 
 def pack(pieces: tf.RaggedTensor, seq_length: int, vocab: List[str]):
-  """[CLS] pieces [SEP] then [PAD]s, truncated to `seq_length`, with dense
-  builtin ops: {'input_word_ids', 'input_mask', 'input_type_ids'} [N, L]."""
+  """[CLS] pieces [SEP] then [PAD]s, truncated to `seq_length` (TF Text's
+  RaggedTensorToTensor, then builtin ops): {'input_word_ids', 'input_mask',
+  'input_type_ids'} int32 [N, L], as a single-segment bert_pack_inputs."""
   cls, sep, pad = (vocab.index(SPECIAL[k]) for k in ('cls', 'sep', 'pad'))
   if pieces.ragged_rank > 1:
     pieces = pieces.merge_dims(-2, -1)
