@@ -88,6 +88,10 @@ def test_when_it_wins_the_trainer_trains_it_and_the_run_says_so(text_run):
   assert training['integration'] == 'from_scratch'
   assert training['resolved_module'] is None
   assert 'reuse does not pay' in summary_lib.render(text_run)
+  # The Compressor loads it back (a string-typed TextVectorization) and
+  # pushes it uncompressed: hubpipe converts BERT-style text models only.
+  assert 'BERT-style' in text_run['compression']['skipped']
+  assert text_run['compression']['decision']['chosen'] == 'uncompressed'
   # The served model is the bag of words: raw text in, no module inside.
   served = tf.saved_model.load(text_run['pushed_model'])
   example = tf.train.Example(features=tf.train.Features(feature={

@@ -169,13 +169,19 @@ def load_core(export_dir: str) -> tf_keras.Model:
   # The graph from input to logits only: the export also tracks the
   # Transform layer (for serving_default), which is no part of the core.
   core = tf_keras.Model(loaded.inputs, loaded.outputs, name='classifier')
-  if any(_policy(layer) != 'float32' for layer in _all_layers(core)):
+  if any(_mixed(layer) for layer in _all_layers(core)):
     core = _in_float32(core)
   return core
 
 
 def _policy(layer) -> str:
   return getattr(getattr(layer, 'dtype_policy', None), 'name', 'float32')
+
+
+def _mixed(layer) -> bool:
+  """Whether the layer computes under a mixed-precision policy (not a
+  layer whose dtype is its data's: a TextVectorization's string)."""
+  return _policy(layer).startswith('mixed')
 
 
 def _all_layers(model):
@@ -191,7 +197,8 @@ def _in_float32(model: tf_keras.Model) -> tf_keras.Model:
     if isinstance(layer, tf_keras.Model):
       return tf_keras.models.clone_model(layer, clone_function=clone)
     config = layer.get_config()
-    config['dtype'] = 'float32'
+    if _mixed(layer):
+      config['dtype'] = 'float32'
     return layer.__class__.from_config(config)
   copy = tf_keras.models.clone_model(model, clone_function=clone)
   copy.set_weights(model.get_weights())
