@@ -351,7 +351,13 @@ def render(summary: dict) -> str:
           f'{v["eval_drop"]:>+7.4f} '
           f'{v["size_bytes"] / 1e6:>8.2f} {v["size_ratio"]:>6.2f} '
           f'{v["gzip_ratio"]:>6.2f} {v["latency_ms_b1"]:>7.3f} '
-          f'{v["speedup_b1"]:>7.2f}x')
+          f'{v["speedup_b1"]:>7.2f}x' + (' (!)' if v.get('latency_unstable')
+                                         else ''))
+    if any(v.get('latency_unstable') for v in compression['variants']):
+      lines.append('    (!) latency unstable: its timing rounds spread '
+                   'widely (other load on the machine?); the variants were '
+                   'timed side by side, so the speed-ups hold better than '
+                   'the milliseconds')
     lines.append(f'    decision: {compression["decision"]["reason"]}')
     lines.append(f'    report: {compression["report_html"]}')
     for name, why in (compression.get('left_out') or {}).items():

@@ -239,6 +239,54 @@ def test_latency_and_sizes_are_positive(trained, converted, toy):
   assert 0 < size['gzip_bytes'] < size['bytes']
 
 
+def test_variants_are_timed_side_by_side_and_a_wide_spread_is_flagged(
+    converted, toy, monkeypatch):
+  _, (ex, _) = toy
+  pair = {k: converted[k] for k in ('float32', 'int8')}
+  timed = measure.tflite_latencies(pair, ex, batch_size=4, rounds=3, runs=2,
+                                   warmup=1)
+  assert set(timed) == set(pair)
+  for figures in timed.values():
+    assert figures['ms'] > 0 and figures['spread'] >= 0
+  # A clock on which a timed invoke takes 2 units in even rounds and 4 in
+  # odd ones (a burst of load from elsewhere): the spread between the
+  # rounds' medians is flagged. Two clock reads an invoke, 2 variants x 4
+  # runs a round.
+  calls = []
+
+  def clock():
+    n = len(calls)
+    calls.append(n)
+    extra = 0.0 if n % 2 == 0 else (1.0 if (n // 16) % 2 == 0 else 3.0)
+    return float(n) + extra
+
+  monkeypatch.setattr(measure.time, 'perf_counter', clock)
+  noisy = measure.tflite_latencies(pair, ex, batch_size=1, rounds=4, runs=4,
+                                   warmup=0)
+  monkeypatch.undo()
+  assert len(calls) == 4 * 2 * 4 * 2
+  for figures in noisy.values():
+    assert figures['ms'] == pytest.approx(3000.0)  # the median: 3 units
+    assert figures['spread'] == pytest.approx(2 / 3)
+    assert figures['unstable']
+
+
+def test_the_image_student_works_at_the_images_own_size():
+  from hubpipe.components.compressor import executor
+  assert executor.student_size([28, 28], (96, 96, 3)) == [32, 32]
+  assert executor.student_size([40, 60], (96, 96, 3)) == [40, 64]
+  assert executor.student_size([120, 90], (96, 96, 3)) is None  # not enlarged
+  assert executor.student_size([90, 90], (96, 96, 3)) is None   # 96 >= 96
+  assert executor.student_size(None, (96, 96, 3)) is None
+  student = executor.student_for(
+      tf_keras.Sequential([tf_keras.Input((96, 96, 3)),
+                           tf_keras.layers.Flatten(),
+                           tf_keras.layers.Dense(5)]),
+      np.zeros((2, 96, 96, 3), np.float32), content_size=[28, 28])
+  assert student.get_layer('resize').height == 32
+  assert student.output_shape == (None, 5)
+
+
 def test_mobilenet_converts_to_int8():
   """The real module (hub.KerasLayer on the offline MobileNet v1) at 32 px:
   int8 is about a quarter of the float weights (3.2M) and tracks Keras."""
@@ -284,5 +332,8 @@ def test_the_compressor_chooses_on_validation_never_on_eval(trained, toy):
   # Only what is reported saw the poison.
   assert sum(b['eval_accuracy'] for b in rows_b) < sum(
       a['eval_accuracy'] for a in rows_a)
+  for row in rows_a:  # timed side by side, ratios to float32
+    assert row['latency_ms_b1'] > 0 and row['latency_ms_b32'] > 0
+    assert row['speedup_b1'] > 0 and 'latency_spread_b1' in row
   verdicts = lambda rows: policy.choose(rows, 0.02)['failures']
   assert verdicts(rows_a) == verdicts(rows_b)

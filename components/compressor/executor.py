@@ -56,34 +56,60 @@ class CompressorError(ValueError):
   """The Compressor's inputs are missing or unusable."""
 
 
-def _row(name, tflite_bytes, samples, reference, float_row=None, note='',
-         threads=2):
-  """One variant's measurements. samples: {'validation': (x, y), 'eval':
-  (x, y)}; reference: the uncompressed model's accuracy on each."""
+def _row(name, tflite_bytes, samples, reference, note='', threads=2):
+  """One variant's accuracy and size (latency and the ratios to float32:
+  `_add_latencies`). samples: {'validation': (x, y), 'eval': (x, y)};
+  reference: the uncompressed model's accuracy on each. One interpreter
+  runs both samples."""
   size = measure.sizes(tflite_bytes)
-  accuracy = {split: measure.tflite_accuracy(tflite_bytes, x, y,
-                                             threads=threads)
-              for split, (x, y) in samples.items()}
-  x = samples['validation'][0]  # latency feeds max_latency_ms: a choice
-  row = {
+  xs = [x for x, _ in samples.values()]
+  predictions = measure.tflite_predict(tflite_bytes, np.concatenate(xs),
+                                       threads=threads)
+  accuracy, start = {}, 0
+  for split, (x, y) in samples.items():
+    accuracy[split] = measure.accuracy_of(predictions[start:start + len(x)], y)
+    start += len(x)
+  return {
       'name': name,
       'validation_accuracy': accuracy['validation'],
       'validation_drop': reference['validation'] - accuracy['validation'],
       'eval_accuracy': accuracy['eval'],
       'eval_drop': reference['eval'] - accuracy['eval'],
       'size_bytes': size['bytes'], 'gzip_bytes': size['gzip_bytes'],
-      'latency_ms_b1': measure.tflite_latency(tflite_bytes, x, 1, runs=50,
-                                              threads=threads),
-      'latency_ms_b32': measure.tflite_latency(tflite_bytes, x, LATENCY_BATCH,
-                                               runs=5, threads=threads),
       'note': note,
   }
-  base = float_row or row
-  row['size_ratio'] = row['size_bytes'] / base['size_bytes']
-  row['gzip_ratio'] = row['gzip_bytes'] / base['gzip_bytes']
-  row['speedup_b1'] = base['latency_ms_b1'] / row['latency_ms_b1']
-  row['speedup_b32'] = base['latency_ms_b32'] / row['latency_ms_b32']
-  return row
+
+
+def _add_latencies(rows, variants, x, threads=2) -> None:
+  """Latency at batch 1 and LATENCY_BATCH, every variant measured side by
+  side (measure.tflite_latencies: contention hits them alike), and the
+  ratios to the float32 row. A variant whose timing rounds spread widely
+  is flagged (`latency_unstable`; the printed summary marks it): its
+  figures are the machine's load as much as the model's."""
+  measured = {batch: measure.tflite_latencies(
+      variants, x, batch, threads=threads,
+      **({'rounds': 10, 'runs': 5} if batch == 1 else
+         {'rounds': 5, 'runs': 1, 'warmup': 1}))
+              for batch in (1, LATENCY_BATCH)}
+  for row in rows:
+    if row['name'] not in variants:
+      continue
+    b1, b32 = measured[1][row['name']], measured[LATENCY_BATCH][row['name']]
+    row['latency_ms_b1'], row['latency_ms_b32'] = b1['ms'], b32['ms']
+    row['latency_spread_b1'] = round(b1['spread'], 3)
+    row['latency_spread_b32'] = round(b32['spread'], 3)
+    if b1['unstable'] or b32['unstable']:
+      row['latency_unstable'] = True
+  base = next((r for r in rows if r['name'] == 'float32' and 'error' not in r),
+              None)
+  for row in rows:
+    if 'error' in row:
+      continue
+    ref = base or row
+    row['size_ratio'] = row['size_bytes'] / ref['size_bytes']
+    row['gzip_ratio'] = row['gzip_bytes'] / ref['gzip_bytes']
+    row['speedup_b1'] = ref['latency_ms_b1'] / row['latency_ms_b1']
+    row['speedup_b32'] = ref['latency_ms_b32'] / row['latency_ms_b32']
 
 
 # Techniques for image models only: int8_selective keeps conv / dense ops in
@@ -93,21 +119,39 @@ def _row(name, tflite_bytes, samples, reference, float_row=None, note='',
 IMAGE_ONLY = ('int8_selective', 'pruning')
 
 
-def student_for(model, train_x):
+def student_size(content_size, input_shape):
+  """Where the image student works: at the images' own size when the
+  Transform enlarged them (28x28 Fashion-MNIST at 96x96 holds no more
+  detail, and costs 9x the compute), rounded up to a multiple of 8 (the
+  student's three stride-2 stages) and at least 32; None (the Transform's
+  size) when the images were not enlarged or their size is unknown."""
+  if not content_size:
+    return None
+  size = [max(32, -(-int(side) // 8) * 8) for side in content_size]
+  if any(s >= int(t) for s, t in zip(size, input_shape[:2])):
+    return None
+  return size
+
+
+def student_for(model, train_x, content_size=None):
   """The distillation student: for a (BERT-style) text teacher a token
   embedding with pooling on the teacher's tokenizer; for images the small
-  CNN."""
+  CNN, at the images' own size when the Transform enlarged them
+  (`student_size`)."""
   classes = int(model.output_shape[-1])
   if text_model.is_text(model):
     return text_model.bert_student(model, classes)
-  return techniques.small_cnn_student(train_x.shape[1:], classes)
+  return techniques.small_cnn_student(
+      train_x.shape[1:], classes,
+      resize_to=student_size(content_size, train_x.shape[1:]))
 
 
-def compress(model, train_x, train_y, samples, settings, log=print):
+def compress(model, train_x, train_y, samples, settings, log=print,
+             content_size=None):
   """All variants of `model`, measured: (reference accuracies, rows, {name:
   tflite bytes}). train_x/train_y: a seeded random train sample (its first
   calibration_examples calibrate); samples: {'validation': (x, y), 'eval':
-  (x, y)}."""
+  (x, y)}; content_size: the raw images' [height, width] (`student_for`)."""
   techs = settings['techniques']
   reference = {split: measure.keras_accuracy(model, x, y)
                for split, (x, y) in samples.items()}
@@ -122,9 +166,7 @@ def compress(model, train_x, train_y, samples, settings, log=print):
       data, note, extra = (result + ({},))[:3] if isinstance(result, tuple) \
           else (result, note, {})
       variants[name] = data
-      rows.append({**_row(name, data, samples, reference, next(
-          (r for r in rows if r['name'] == 'float32' and not r.get('error')),
-          None), note), **extra})
+      rows.append({**_row(name, data, samples, reference, note), **extra})
     except Exception as err:  # pylint: disable=broad-except
       logging.exception('compression variant %s failed', name)
       rows.append({'name': name, 'error': f'{type(err).__name__}: {err}'[:300]})
@@ -148,7 +190,8 @@ def compress(model, train_x, train_y, samples, settings, log=print):
           model, calibration, validation_x, validation_y,
           budget=settings['max_accuracy_drop'] / 2,
           max_float_layers=settings['max_float_layers'],
-          max_size_ratio=min(limits) if limits else None)
+          max_size_ratio=min(limits) if limits else None,
+          float_tflite=variants.get('float32'))
       for step in result.trace:
         log(f'    float {", ".join(step["float_layers"]) or "none"}: '
             f'agreement {step["agreement"]:.4f}, drop '
@@ -170,17 +213,25 @@ def compress(model, train_x, train_y, samples, settings, log=print):
     add('pruned', pruned)
   if 'distillation' in techs:
     def distilled():
-      student = student_for(model, train_x)
+      student = student_for(model, train_x, content_size)
       techniques.distill(model, student, train_x,
                          epochs=settings['distillation_epochs'],
                          train_y=train_y)
+      resize = next((layer for layer in student.layers
+                     if layer.name == 'resize'), None)
+      at = (f' at {resize.height}x{resize.width} (the images\' own size)'
+            if resize is not None else '')
       return (techniques.to_tflite(student, 'float32'),
-              f'{student.name.replace("_", " ")}, '
+              f'{student.name.replace("_", " ")}{at}, '
               f'{student.count_params():,} parameters '
               f'(teacher {model.count_params():,})',
               {'parameters': student.count_params(),
                'teacher_parameters': model.count_params()})
     add('distilled', distilled)
+  start = time.time()
+  _add_latencies(rows, variants, validation_x)
+  log(f'  latency, {len(variants)} variants side by side: '
+      f'{time.time() - start:.1f} s')
   return reference, rows, variants
 
 
@@ -316,8 +367,15 @@ class Executor(base_executor.BaseExecutor):
       logging.info('Compressor: %s left out: %s', technique, why)
     settings = {**settings, 'techniques': [
         t for t in settings['techniques'] if t not in left_out]}
+    content_size = None
+    if not text:
+      content_size = inputs.content_size(
+          inputs.factory_for(examples),
+          inputs.split_patterns(examples, 'train'),
+          transform_output.raw_metadata.schema, config.input_feature)
     reference, rows, variants = compress(model, train_x, train_y, samples,
-                                         settings, log=logging.info)
+                                         settings, log=logging.info,
+                                         content_size=content_size)
     decision = policy.choose(rows, settings['max_accuracy_drop'],
                              settings['max_size_ratio'],
                              settings['max_latency_ms'],

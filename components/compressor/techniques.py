@@ -264,7 +264,8 @@ def int8_selective(model: tf_keras.Model, representative: np.ndarray,
                    budget: float = 0.01, max_float_layers: int = 6,
                    max_size_ratio: Optional[float] = 0.30,
                    candidates: int = 8, debug_examples: int = 64,
-                   threads: int = 2) -> SelectiveInt8:
+                   threads: int = 2, float_tflite: Optional[bytes] = None
+                   ) -> SelectiveInt8:
   """Full-integer int8 with a few quantization-sensitive ops kept in float,
   within a size limit.
 
@@ -286,8 +287,9 @@ def int8_selective(model: tf_keras.Model, representative: np.ndarray,
 
   Returns the last step's model; met_budget says whether it is within budget.
   Deterministic: fixed calibration order, ranking tie-breaks, evaluation.
+  `float_tflite`: the model's float32 TFLite file, when already converted.
   """
-  float_tflite = to_tflite(model, 'float32')
+  float_tflite = float_tflite or to_tflite(model, 'float32')
   float_pred = np.argmax(measure.tflite_predict(float_tflite, select_x,
                                                 threads=threads), axis=-1)
   labels = np.asarray(select_y).reshape(-1)

@@ -162,6 +162,24 @@ def raw_column(factory: DatasetFactory, patterns, schema, key) -> np.ndarray:
   return np.concatenate(values) if values else np.zeros([0])
 
 
+def content_size(factory: DatasetFactory, patterns, schema, key,
+                 limit: int = 64) -> Optional[List[int]]:
+  """The median [height, width] of the first `limit` raw images, as stored
+  (before the Transform resizes them); None when none decodes."""
+  dataset = read(factory, patterns, _only(schema, key), limit).take(1)
+  sizes = []
+  for batch in dataset:
+    for encoded in np.reshape(batch[key].numpy(), [-1]):
+      try:
+        shape = tf.io.decode_image(encoded, expand_animations=False).shape
+      except (tf.errors.InvalidArgumentError, ValueError):
+        continue
+      sizes.append([int(shape[0]), int(shape[1])])
+  if not sizes:
+    return None
+  return [int(v) for v in np.median(np.asarray(sizes), axis=0)]
+
+
 def raw_labels(factory: DatasetFactory, patterns, tf_transform_output,
                key) -> np.ndarray:
   """Every example's class id, in file order, from the raw label (no image
@@ -223,7 +241,9 @@ def transformed_sample(factory: DatasetFactory, patterns, tf_transform_output,
             .map(lambda _, features: features)
             .unbatch().batch(64)
             .map(lambda f: (lambda t: (t[input_key], t[label_key]))(
-                tft_layer(f))))
+                tft_layer(f)), num_parallel_calls=tf.data.AUTOTUNE,
+                 deterministic=True)
+            .prefetch(tf.data.AUTOTUNE))
   xs, ys = [], []
   for x, y in picked:
     xs.append(x.numpy())

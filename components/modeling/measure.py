@@ -143,6 +143,57 @@ def tflite_latency(tflite_bytes: bytes, x: np.ndarray, batch_size: int = 1,
   return float(np.median(times)) * 1000.0 / batch_size
 
 
+# A variant's latency is flagged unstable when its per-round medians spread
+# (interquartile range over the median) more than this.
+LATENCY_SPREAD_LIMIT = 0.25
+
+
+def tflite_latencies(variants: Dict[str, bytes], x: np.ndarray,
+                     batch_size: int = 1, rounds: int = 10, runs: int = 5,
+                     threads: int = 2, warmup: int = 2) -> Dict[str, Dict]:
+  """Milliseconds per example of each variant's `invoke`, measured side by
+  side: one interpreter per variant, built once, and `rounds` rounds that
+  each time every variant in turn (`runs` invokes, after `warmup` untimed
+  ones per variant). A burst of load from other processes then slows every
+  variant in that round alike, so the ratios between variants hold even when
+  the absolute figures do not.
+
+  Returns {name: {'ms': the median over all timed invokes, 'spread': the
+  interquartile range of the per-round medians over their median,
+  'unstable': spread > LATENCY_SPREAD_LIMIT}}. The batch is the first
+  `batch_size` rows of x (repeated if x is shorter).
+  """
+  x = np.asarray(x)
+  reps = -(-batch_size // len(x))
+  batch = np.concatenate([x] * reps)[:batch_size] if reps > 1 else x[:batch_size]
+  interpreters = {}
+  for name, tflite_bytes in variants.items():
+    interpreter = tflite_interpreter(tflite_bytes, threads)
+    _resize(interpreter, batch_size)
+    inp = interpreter.get_input_details()[0]
+    interpreter.set_tensor(inp['index'], _to_input(inp, batch))
+    for _ in range(warmup):
+      interpreter.invoke()
+    interpreters[name] = interpreter
+  times = {name: [] for name in variants}
+  for _ in range(max(1, rounds)):
+    for name, interpreter in interpreters.items():
+      once = []
+      for _ in range(max(1, runs)):
+        start = time.perf_counter()
+        interpreter.invoke()
+        once.append(time.perf_counter() - start)
+      times[name].append(once)
+  out = {}
+  for name, per_round in times.items():
+    medians = np.median(np.asarray(per_round), axis=1)
+    q1, q2, q3 = np.percentile(medians, [25, 50, 75])
+    spread = float((q3 - q1) / q2) if q2 > 0 else 0.0
+    out[name] = {'ms': float(np.median(per_round)) * 1000.0 / batch_size,
+                 'spread': spread, 'unstable': spread > LATENCY_SPREAD_LIMIT}
+  return out
+
+
 # ---------------------------------------------------------------------------
 # Keras / SavedModel
 
