@@ -28,7 +28,8 @@ INTEGRATIONS = ('feature_extraction', 'fine_tune', 'hybrid')
 MIXED_PRECISION = (False, True, 'mixed_float16', 'mixed_bfloat16')
 STRATEGIES = ('auto', 'default', 'one_device', 'mirrored',
               'multi_worker_mirrored', 'tpu')
-DIRECT_RUNNING_MODES = ('in_memory', 'multi_threading', 'multi_processing')
+DIRECT_RUNNING_MODES = ('auto', 'in_memory', 'multi_threading',
+                        'multi_processing')
 
 
 class ConfigError(ValueError):
@@ -246,8 +247,12 @@ class BeamConfig:
   # arguments in extra_args (e.g. --flink_master, --job_endpoint, --project,
   # --region, --temp_location): see the README, "Beam at scale".
   runner: str = 'DirectRunner'
-  # DirectRunner only.
-  direct_running_mode: str = 'multi_processing'
+  # DirectRunner only. auto: a local run takes in_memory when the data
+  # snapshot holds less than pipeline.IN_MEMORY_BELOW_BYTES of input (worker
+  # processes each start TensorFlow and TFX: seconds per step that small
+  # data never wins back), multi_processing above; a compiled (Kubeflow)
+  # pipeline takes multi_processing.
+  direct_running_mode: str = 'auto'
   # 0: one worker per CPU the process may use (pipeline/cpus.py: the
   # affinity mask capped by the cgroup CPU limit), not per core of the node.
   direct_num_workers: int = 0

@@ -177,8 +177,9 @@ def _run_holding(config: Config, workdir: str, echo, pipeline_root) -> dict:
   from hubpipe.components import storage
   from hubpipe.pipeline import cpus
   from hubpipe.components.data_snapshot import snapshot as snapshot_lib
-  from hubpipe.pipeline.pipeline import (BEAM_WORKERS_ENV, create_pipeline,
-                                         pipeline_identity, snapshot_parameters)
+  from hubpipe.pipeline.pipeline import (BEAM_MODE_ENV, BEAM_WORKERS_ENV,
+                                         create_pipeline, pipeline_identity,
+                                         running_mode_for, snapshot_parameters)
 
   metadata_path = os.path.join(workdir, 'metadata.sqlite')
   serving_dir = (config.resolve_path(config.push.serving_dir) if
@@ -246,10 +247,14 @@ def _run_holding(config: Config, workdir: str, echo, pipeline_root) -> dict:
     # runs: the CPUs this process may use (a container's limit), not Beam's
     # one per core of the machine.
     os.environ[BEAM_WORKERS_ENV] = str(cpus.available_cpus())
+    # `direct_running_mode: auto`: by the size of the input this run ingests.
+    mode = running_mode_for(
+        config, int(result['data_snapshot']['fingerprint']['bytes']))
+    os.environ[BEAM_MODE_ENV] = mode
     result['beam'] = {'runner': config.beam.runner}
     if config.beam.runner == 'DirectRunner':
       result['beam'].update(
-          running_mode=config.beam.direct_running_mode,
+          running_mode=mode, configured_mode=config.beam.direct_running_mode,
           workers=config.beam.direct_num_workers or cpus.available_cpus())
     progress = _Progress(echo, len(pipeline.components))
     root.addHandler(progress)

@@ -9,7 +9,9 @@ import yaml
 from hubpipe.kubeflow import entrypoint
 from hubpipe.pipeline import cpus
 from hubpipe.pipeline.config import load_config
-from hubpipe.pipeline.pipeline import BEAM_WORKERS_ENV, beam_pipeline_args
+from hubpipe.pipeline.pipeline import BEAM_MODE_ENV, BEAM_WORKERS_ENV
+from hubpipe.pipeline.pipeline import beam_pipeline_args
+from hubpipe.pipeline.pipeline import IN_MEMORY_BELOW_BYTES, running_mode_for
 
 
 def _cgroup_v2(tmp_path, cpu_max, nested=None):
@@ -83,16 +85,27 @@ def test_local_runs_resolve_zero_when_each_step_runs(monkeypatch):
   from tfx.dsl.compiler import placeholder_utils
   from tfx.orchestration.portable import data_types
   local = beam_pipeline_args(load_config(None, {}), local=True)
-  assert local[:2] == ['--runner=DirectRunner',
-                       '--direct_running_mode=multi_processing']
+  assert local[0] == '--runner=DirectRunner'
   context = placeholder_utils.ResolutionContext(
       exec_info=data_types.ExecutionInfo())
   for count in ('2', '3'):
     monkeypatch.setenv(BEAM_WORKERS_ENV, count)
     assert placeholder_utils.resolve_placeholder_expression(
         local[2].encode(), context) == f'--direct_num_workers={count}'
-  # Kubeflow: the 0 itself, for the pod's entry point; a count as given.
-  assert '--direct_num_workers=0' in beam_pipeline_args(load_config(None, {}))
+  # direct_running_mode: auto (the default): a placeholder too, which the
+  # local runner sets by the data's size.
+  for mode in ('in_memory', 'multi_processing'):
+    monkeypatch.setenv(BEAM_MODE_ENV, mode)
+    assert placeholder_utils.resolve_placeholder_expression(
+        local[1].encode(), context) == f'--direct_running_mode={mode}'
+  # Kubeflow: the 0 itself, for the pod's entry point; a count as given;
+  # auto is multi_processing.
+  compiled = beam_pipeline_args(load_config(None, {}))
+  assert '--direct_num_workers=0' in compiled
+  assert '--direct_running_mode=multi_processing' in compiled
+  fixed = load_config(None, {'beam.direct_running_mode': 'multi_threading'})
+  assert '--direct_running_mode=multi_threading' in beam_pipeline_args(
+      fixed, local=True)
   config = load_config(None, {'beam.direct_num_workers': 4})
   assert '--direct_num_workers=4' in beam_pipeline_args(config, local=True)
 
@@ -117,3 +130,15 @@ def test_the_pod_entrypoint_hands_tfx_the_pod_limit(tmp_path, monkeypatch,
   assert exit_.value.code in (None, 0)
   assert '--direct_num_workers=2' in seen['beam_args']
   assert '--direct_num_workers=0' not in seen['beam_args']
+
+
+def test_auto_running_mode_follows_the_input_size():
+  """`direct_running_mode: auto` runs small inputs in memory (no worker
+  processes to start) and large ones in worker processes; a mode set in
+  the config is kept whatever the size."""
+  auto = load_config(None, {})
+  assert auto.beam.direct_running_mode == 'auto'
+  assert running_mode_for(auto, 2 << 20) == 'in_memory'
+  assert running_mode_for(auto, IN_MEMORY_BELOW_BYTES) == 'multi_processing'
+  fixed = load_config(None, {'beam.direct_running_mode': 'multi_processing'})
+  assert running_mode_for(fixed, 1) == 'multi_processing'
