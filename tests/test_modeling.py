@@ -64,3 +64,29 @@ def test_head_shapes_for_vectors_and_feature_maps():
   conv = model_lib.head((3, 3, 1024), 5)
   assert conv.output_shape == (None, 5)
   assert conv.get_layer('conv_head').output_shape == (None, 3, 3, 256)
+
+
+def test_keras_internals_are_not_autograph_converted_but_layer_calls_are():
+  """model.py keeps AutoGraph out of tf_keras's own code (as TF keeps it
+  out of `keras`); a layer's `call` with Python control flow on tensors is
+  still converted, in `fit` as in `predict`."""
+  from tensorflow.python.autograph.core import config as autograph_config
+  assert any(isinstance(r, autograph_config.DoNotConvert)
+             and r.matches('tf_keras.src.engine.training')
+             for r in autograph_config.CONVERSION_RULES)
+
+  class SignFlip(tf_keras.layers.Layer):
+
+    def call(self, x):
+      if tf.reduce_sum(x) > 0:  # a tensor condition: needs AutoGraph
+        return x
+      return -x
+
+  inputs = tf_keras.Input((3,))
+  model = tf_keras.Model(inputs, tf_keras.layers.Dense(2)(SignFlip()(inputs)))
+  model.compile('sgd', tf_keras.losses.SparseCategoricalCrossentropy(
+      from_logits=True))
+  x = np.random.default_rng(0).normal(size=(16, 3)).astype(np.float32)
+  history = model.fit(x, np.arange(16) % 2, epochs=2, verbose=0)
+  assert len(history.history['loss']) == 2
+  assert model.predict(-np.abs(x), verbose=0).shape == (16, 2)

