@@ -243,9 +243,10 @@ def test_variants_are_timed_side_by_side_and_a_wide_spread_is_flagged(
     converted, toy, monkeypatch):
   _, (ex, _) = toy
   pair = {k: converted[k] for k in ('float32', 'int8')}
-  timed = measure.tflite_latencies(pair, ex, batch_size=4, rounds=3, runs=2,
+  timed = measure.tflite_latencies({**pair, 'broken': b'not a flatbuffer'},
+                                   ex, batch_size=4, rounds=3, runs=2,
                                    warmup=1)
-  assert set(timed) == set(pair)
+  assert set(timed) == {*pair, 'broken'} and 'error' in timed.pop('broken')
   for figures in timed.values():
     assert figures['ms'] > 0 and figures['spread'] >= 0
   # A clock on which a timed invoke takes 2 units in even rounds and 4 in

@@ -91,10 +91,17 @@ def _add_latencies(rows, variants, x, threads=2) -> None:
       **({'rounds': 10, 'runs': 5} if batch == 1 else
          {'rounds': 5, 'runs': 1, 'warmup': 1}))
               for batch in (1, LATENCY_BATCH)}
-  for row in rows:
+  for i, row in enumerate(rows):
     if row['name'] not in variants:
       continue
     b1, b32 = measured[1][row['name']], measured[LATENCY_BATCH][row['name']]
+    failed = b1.get('error') or b32.get('error')
+    if failed:
+      # What cannot be timed cannot be chosen.
+      logging.error('compression variant %s failed: %s', row['name'], failed)
+      rows[i] = {'name': row['name'], 'error': failed}
+      del variants[row['name']]
+      continue
     row['latency_ms_b1'], row['latency_ms_b32'] = b1['ms'], b32['ms']
     row['latency_spread_b1'] = round(b1['spread'], 3)
     row['latency_spread_b32'] = round(b32['spread'], 3)

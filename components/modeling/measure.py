@@ -160,22 +160,27 @@ def tflite_latencies(variants: Dict[str, bytes], x: np.ndarray,
 
   Returns {name: {'ms': the median over all timed invokes, 'spread': the
   interquartile range of the per-round medians over their median,
-  'unstable': spread > LATENCY_SPREAD_LIMIT}}. The batch is the first
-  `batch_size` rows of x (repeated if x is shorter).
+  'unstable': spread > LATENCY_SPREAD_LIMIT}}, or {name: {'error': why}}
+  for a variant that does not run at this batch size. The batch is the
+  first `batch_size` rows of x (repeated if x is shorter).
   """
   x = np.asarray(x)
   reps = -(-batch_size // len(x))
   batch = np.concatenate([x] * reps)[:batch_size] if reps > 1 else x[:batch_size]
-  interpreters = {}
+  interpreters, out = {}, {}
   for name, tflite_bytes in variants.items():
-    interpreter = tflite_interpreter(tflite_bytes, threads)
-    _resize(interpreter, batch_size)
-    inp = interpreter.get_input_details()[0]
-    interpreter.set_tensor(inp['index'], _to_input(inp, batch))
-    for _ in range(warmup):
-      interpreter.invoke()
+    try:
+      interpreter = tflite_interpreter(tflite_bytes, threads)
+      _resize(interpreter, batch_size)
+      inp = interpreter.get_input_details()[0]
+      interpreter.set_tensor(inp['index'], _to_input(inp, batch))
+      for _ in range(max(1, warmup)):  # one at least: a failure shows here
+        interpreter.invoke()
+    except (RuntimeError, ValueError) as err:
+      out[name] = {'error': f'{type(err).__name__}: {err}'[:300]}
+      continue
     interpreters[name] = interpreter
-  times = {name: [] for name in variants}
+  times = {name: [] for name in interpreters}
   for _ in range(max(1, rounds)):
     for name, interpreter in interpreters.items():
       once = []
@@ -184,7 +189,6 @@ def tflite_latencies(variants: Dict[str, bytes], x: np.ndarray,
         interpreter.invoke()
         once.append(time.perf_counter() - start)
       times[name].append(once)
-  out = {}
   for name, per_round in times.items():
     medians = np.median(np.asarray(per_round), axis=1)
     q1, q2, q3 = np.percentile(medians, [25, 50, 75])
