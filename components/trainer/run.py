@@ -284,6 +284,7 @@ class _Training:
     segments = cache.complete_segments() if shared else []
     index = embedding_cache.Index(segments)
     keys = {split: self.example_keys(files[split]) for split in folders}
+    key_seconds = time.time() - start
     # Embed each missing key once: its first position, train before
     # validation (the same image in both splits is embedded once).
     taken, wanted = set(), {}
@@ -299,7 +300,9 @@ class _Training:
     call = tf.function(lambda x: extractor(x, training=False))
     batches = ((k, call(x).numpy()) for split in folders
                for k, x in self.missing_examples(files[split], wanted[split]))
+    embed_start = time.time()
     new_segment = private.write(batches)
+    embed_seconds = time.time() - embed_start
     if new_segment:
       segments = segments + [(new_segment, embedding_cache._read_json(
           os.path.join(new_segment, embedding_cache.DONE)))]
@@ -325,7 +328,10 @@ class _Training:
         # Examples (positions) whose features an earlier run computed.
         'from_cache': int(sum(c.sum() for c in cached_before.values())),
         'cache': cache.folder if shared else 'off',
-        'seconds': round(time.time() - start, 2)}
+        'seconds': round(time.time() - start, 2),
+        # Of which: keys and look-up; embedding and the new segment.
+        'key_seconds': round(key_seconds, 2),
+        'embed_seconds': round(embed_seconds, 2)}
     logging.info('Trainer: %s embeddings: %s', name, self.embedding_stats[name])
     return out
 
