@@ -284,10 +284,14 @@ def assemble(folder: str, keys: np.ndarray, labels: np.ndarray,
       first = shard * shard_size
       size = min(shard_size, len(order) - first)
       features = np.zeros([size, width], np.float32)
-      for record in tf.data.TFRecordDataset(os.path.join(
-          spill_folder, f'{shard:05d}')).as_numpy_iterator():
-        slot = int(np.frombuffer(record[:8], np.int64)[0])
-        features[slot - first] = np.frombuffer(record[8:], np.float32)
+      spilled = tf.data.TFRecordDataset(os.path.join(
+          spill_folder, f'{shard:05d}')).batch(1024).map(
+              lambda r: (tf.io.decode_raw(tf.strings.substr(r, 0, 8),
+                                          tf.int64)[:, 0],
+                         tf.io.decode_raw(tf.strings.substr(r, 8, 4 * width),
+                                          tf.float32)))
+      for slot, rows in spilled.as_numpy_iterator():
+        features[slot - first] = rows
       yield (features.reshape([size, *shape]),
              labels[order[first:first + size]])
 
