@@ -172,6 +172,11 @@ def write_segment(segments_folder: str, batches: Iterable[
   return folder
 
 
+def read_segment_done(folder: str) -> Optional[dict]:
+  """A segment's done record; None while it is incomplete."""
+  return _read_json(os.path.join(folder, DONE))
+
+
 def read_segment_keys(folder: str) -> np.ndarray:
   with tf.io.gfile.GFile(os.path.join(folder, KEYS), 'rb') as f:
     return np.load(io.BytesIO(f.read()))
@@ -318,7 +323,7 @@ class EmbeddingCache:
     out = []
     for name in _children(self.segments_folder):
       folder = os.path.join(self.segments_folder, name)
-      done = _read_json(os.path.join(folder, DONE))
+      done = read_segment_done(folder)
       if done:
         out.append((folder, done))
     return out

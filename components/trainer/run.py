@@ -304,8 +304,8 @@ class _Training:
     new_segment = private.write(batches)
     embed_seconds = time.time() - embed_start
     if new_segment:
-      segments = segments + [(new_segment, embedding_cache._read_json(
-          os.path.join(new_segment, embedding_cache.DONE)))]
+      segments = segments + [
+          (new_segment, embedding_cache.read_segment_done(new_segment))]
       index = embedding_cache.Index(segments)
     used = set()
     for split, folder in folders.items():
