@@ -35,7 +35,10 @@ STEPS = {
                    'components/data_snapshot') + _PACKAGES,
     'Transform': ('components/transform', 'components/modeling/__init__.py',
                   'components/modeling/modules.py') + _MODULES,
-    'Trainer': ('components/trainer',) + _MODELING,
+    # code_version itself: the embedding cache's identity holds the
+    # Transform's digest (components/trainer/run.py).
+    'Trainer': ('components/trainer', 'pipeline/code_version.py')
+               + _MODELING,
     'ModuleSelector': ('components/module_selector',
                        'components/report_svg.py') + _MODELING,
     'Compressor': ('components/compressor', 'components/report_svg.py')

@@ -154,6 +154,18 @@ class TrainingConfig:
   augment_flip: bool = False
   augment_crop: float = 0.0
   augment_brightness: float = 0.0
+  # A frozen module's embeddings (feature extraction, hybrid's first stage,
+  # the control) are cached per example, keyed on the raw input, under
+  # <pipeline root>/Trainer/embedding_cache (or embedding_cache_dir): a
+  # retrain over the latest N spans embeds only examples no run embedded
+  # before with the same Transform, module, input size and dtype policy.
+  # The Trainer removes what no run used for max_age_days, and keeps at
+  # most max_segments segments (one per run that embedded something) per
+  # module identity. Only the Trainer reads these keys.
+  embedding_cache: bool = True
+  embedding_cache_max_age_days: float = 30.0
+  embedding_cache_max_segments: int = 100
+  embedding_cache_dir: Optional[str] = None
 
 
 @dataclasses.dataclass
@@ -454,6 +466,21 @@ def validate(config: Config, check_files: bool = True) -> Config:
                         '{SPAN}, e.g. span-{SPAN}.')
   _positive('data.latest_spans', d.latest_spans)
   _positive('training.shuffle_buffer', t.shuffle_buffer)
+  if not t.embedding_cache_max_age_days > 0:
+    raise ConfigError(f'training.embedding_cache_max_age_days: must be '
+                      f'positive (days since a run last used a cached '
+                      f'segment), got {t.embedding_cache_max_age_days}; to '
+                      'stop caching set training.embedding_cache: false.')
+  if t.embedding_cache_max_segments < 1:
+    raise ConfigError(f'training.embedding_cache_max_segments: must be 1 or '
+                      f'more (segments kept per module identity), got '
+                      f'{t.embedding_cache_max_segments}; to stop caching set '
+                      'training.embedding_cache: false.')
+  if t.embedding_cache_dir is not None and not str(
+      t.embedding_cache_dir).strip():
+    raise ConfigError('training.embedding_cache_dir: must be a folder (a '
+                      'local path or gs://...), or null for <pipeline '
+                      'root>/Trainer/embedding_cache.')
   if not 0.0 <= t.augment_crop < 0.5:
     raise ConfigError(f'training.augment_crop: the share of the image cut '
                       f'away must be in [0, 0.5), got {t.augment_crop}.')
@@ -687,6 +714,8 @@ def _plain(value):
 # with. `from_handoff` parses and validates it the same way in every step;
 # a section the step was not handed cannot be read by mistake (it raises).
 
+EMBEDDING_CACHE_PREFIX = 'embedding_cache'
+
 STEP_SECTIONS = {
     'Transform': ('name', 'modality', 'data', 'module', 'selection'),
     'Trainer': ('name', 'modality', 'data', 'module', 'model', 'training'),
@@ -722,6 +751,12 @@ def handoff(config: Config, step: str, **extra) -> dict:
   there are any: nothing else of those sections."""
   sections = config.to_dict()
   out = {k: sections[k] for k in step_sections(config, step)}
+  if step != 'Trainer' and 'training' in out:
+    # Only the Trainer caches embeddings: changing the cache's settings
+    # must not rerun the other steps that read training (their defaults
+    # stand in).
+    out['training'] = {k: v for k, v in out['training'].items()
+                       if not k.startswith(EMBEDDING_CACHE_PREFIX)}
   if step == 'Transform' and 'module' in out:
     module = out['module']
     out['module'] = ({'input_size': module['input_size']}

@@ -191,3 +191,29 @@ def test_the_transform_sizes_images_for_the_largest_candidate():
   assert 'selection' not in handoff(config, 'Transform')['config']
   assert modules.transform_size(
       from_handoff(handoff(config, 'Transform'), 'Transform')) == [96, 96]
+
+
+@pytest.mark.parametrize('key,value,message', [
+    ('embedding_cache_max_age_days', 0, 'must be positive'),
+    ('embedding_cache_max_segments', 0, 'must be 1 or more'),
+    ('embedding_cache_dir', ' ', 'must be a folder'),
+])
+def test_bad_embedding_cache_settings_name_the_key_and_the_fix(key, value,
+                                                               message):
+  with pytest.raises(ConfigError, match=f'training.{key}: {message}') as err:
+    load_config(None, {f'training.{key}': value})
+  assert 'embedding_cache' in str(err.value)
+
+
+def test_only_the_trainer_is_handed_the_embedding_cache_settings():
+  from hubpipe.pipeline.config import from_handoff, handoff
+  config = load_config(None, {'training.embedding_cache': False,
+                              'training.embedding_cache_max_segments': 5})
+  assert config.training.embedding_cache is False
+  trainer = from_handoff(handoff(config, 'Trainer'), 'Trainer')
+  assert trainer.training.embedding_cache is False
+  assert trainer.training.embedding_cache_max_segments == 5
+  default = load_config()
+  for step in ('ModuleSelector', 'Compressor'):
+    # Changing the cache must not change (and so rerun) the other steps.
+    assert handoff(config, step) == handoff(default, step)

@@ -113,7 +113,7 @@ def test_embeddings_are_streamed_to_shards_once(tmp_path, monkeypatch):
   done = embeddings.write(folder, batches())
   assert done == {'count': 10, 'shape': [1, 2], 'shards': [
       'features-00000.tfrecord', 'features-00001.tfrecord',
-      'features-00002.tfrecord']}
+      'features-00002.tfrecord'], 'encoding': embeddings.RAW_RECORD}
   assert embeddings.write(folder, batches()) == done and len(calls) == 1
   pairs = list(embeddings.dataset(folder, done).as_numpy_iterator())
   assert [int(y) for _, y in pairs] == list(range(10))
@@ -124,6 +124,21 @@ def test_embeddings_are_streamed_to_shards_once(tmp_path, monkeypatch):
   shuffled = [int(y) for _, y in embeddings.dataset(
       folder, done, shuffle=True, seed=1).as_numpy_iterator()]
   assert sorted(shuffled) == list(range(10)) and shuffled != list(range(10))
+  # A folder of the older encoding (tf.train.Example rows) is still read.
+  old = tmp_path / 'old'
+  old.mkdir()
+  with tf.io.TFRecordWriter(str(old / 'features-00000.tfrecord')) as writer:
+    for features, label in pairs:
+      writer.write(tf.train.Example(features=tf.train.Features(feature={
+          'features': tf.train.Feature(float_list=tf.train.FloatList(
+              value=features.reshape(-1))),
+          'label': tf.train.Feature(int64_list=tf.train.Int64List(
+              value=[int(label)]))})).SerializeToString())
+  old_done = {'count': 10, 'shape': [1, 2],
+              'shards': ['features-00000.tfrecord']}
+  again = list(embeddings.dataset(str(old), old_done).as_numpy_iterator())
+  np.testing.assert_array_equal([x for x, _ in again], [x for x, _ in pairs])
+  assert [int(y) for _, y in again] == list(range(10))
   # A pass that was killed (no done.json) starts over.
   (tmp_path / 'train' / embeddings.DONE).unlink()
   assert embeddings.write(folder, batches()) == done and len(calls) == 2

@@ -30,10 +30,14 @@ def checkpoint_dir(fn_args) -> str:
       # The ModuleSelector's choice: another module must not reuse features.
       'hyperparameters': getattr(fn_args, 'hyperparameters', None),
   }, sort_keys=True, default=str).encode()).hexdigest()[:16]
+  return os.path.join(trainer_root(fn_args), 'checkpoints', fingerprint)
+
+
+def trainer_root(fn_args) -> str:
+  """<pipeline root>/<Trainer id>: what outlives one Trainer execution
+  (checkpoints, the embedding cache) goes under it."""
   # model_run_dir is <pipeline root>/<Trainer id>/model_run/<execution id>.
-  trainer_root = os.path.dirname(os.path.dirname(
-      fn_args.model_run_dir.rstrip('/')))
-  return os.path.join(trainer_root, 'checkpoints', fingerprint)
+  return os.path.dirname(os.path.dirname(fn_args.model_run_dir.rstrip('/')))
 
 
 def backup_callback(directory: str, name: str) -> tf_keras.callbacks.Callback:

@@ -3,9 +3,13 @@
 With the module frozen (feature extraction, the first stage of hybrid, the
 control), its forward pass runs once over each split and the head trains on
 the result. The features (vectors, or feature maps) are written as they are
-computed: TFRecords of {features: float list, label: int64}, SHARD_EXAMPLES
-per file, each written under a temporary name and renamed, and a `done.json`
-(count, feature shape, shards) written last. Nothing holds a whole split in
+computed: TFRecords of one record per example (RAW_RECORD: the label as a
+little-endian int64, then the features as little-endian float32; a
+tf.train.Example per row cost more time than a cached run's embedding),
+SHARD_EXAMPLES per file, each written under a temporary name and renamed,
+and a `done.json` (count, feature shape, shards, encoding) written last.
+Folders of the older encoding (tf.train.Example {features, label}; no
+`encoding` in done.json) are still read. Nothing holds a whole split in
 memory: training reads the shards back as a tf.data pipeline (shards in a
 seeded order, a bounded shuffle buffer).
 
@@ -24,17 +28,16 @@ import tensorflow as tf
 
 SHARD_EXAMPLES = 4096
 DONE = 'done.json'
+# done.json's `encoding` of records written by `write`.
+RAW_RECORD = 'label-int64-features-float32'
 # Bytes of features held for shuffling the head's training input.
 SHUFFLE_BYTES = 256 << 20
 
 
-def _example(features: np.ndarray, label: int) -> bytes:
-  return tf.train.Example(features=tf.train.Features(feature={
-      'features': tf.train.Feature(float_list=tf.train.FloatList(
-          value=features.reshape(-1))),
-      'label': tf.train.Feature(int64_list=tf.train.Int64List(
-          value=[int(label)])),
-  })).SerializeToString()
+def _record(features: np.ndarray, label: int) -> bytes:
+  """One example as RAW_RECORD bytes."""
+  return (np.asarray(label, '<i8').tobytes() +
+          np.asarray(features, '<f4').tobytes())
 
 
 def read_done(folder: str):
@@ -73,7 +76,7 @@ def write(folder: str, batches: Iterable[Tuple[np.ndarray, np.ndarray]]
       if writer is None:
         temporary = os.path.join(folder, f'.tmp-{uuid.uuid4().hex}')
         writer, in_shard = tf.io.TFRecordWriter(temporary), 0
-      writer.write(_example(row, label))
+      writer.write(_record(row, label))
       in_shard += 1
       count += 1
       if in_shard == SHARD_EXAMPLES:
@@ -83,7 +86,8 @@ def write(folder: str, batches: Iterable[Tuple[np.ndarray, np.ndarray]]
     close()
   if not count:
     raise ValueError('no examples to embed.')
-  done = {'count': count, 'shape': shape, 'shards': shards}
+  done = {'count': count, 'shape': shape, 'shards': shards,
+          'encoding': RAW_RECORD}
   temporary = os.path.join(folder, f'.tmp-{uuid.uuid4().hex}')
   with tf.io.gfile.GFile(temporary, 'w') as f:
     json.dump(done, f)
@@ -97,8 +101,10 @@ def dataset(folder: str, done: Dict, *, shuffle=False, seed=None,
   seeded order and a buffer of at most SHUFFLE_BYTES (reshuffled each epoch,
   the same on every worker)."""
   shape = done['shape']
-  spec = {'features': tf.io.FixedLenFeature([int(np.prod(shape))], tf.float32),
+  width = int(np.prod(shape))
+  spec = {'features': tf.io.FixedLenFeature([width], tf.float32),
           'label': tf.io.FixedLenFeature([], tf.int64)}
+  raw = done.get('encoding') == RAW_RECORD
   files = tf.data.Dataset.from_tensor_slices(
       [os.path.join(folder, s) for s in done['shards']])
   if shuffle:
@@ -109,11 +115,16 @@ def dataset(folder: str, done: Dict, *, shuffle=False, seed=None,
       cycle_length=min(4, len(done['shards'])) if shuffle else 1)
 
   def parse(record):
-    parsed = tf.io.parse_single_example(record, spec)
-    features = tf.reshape(parsed['features'], shape)
+    if raw:
+      label = tf.io.decode_raw(tf.strings.substr(record, 0, 8), tf.int64)[0]
+      features = tf.reshape(tf.io.decode_raw(
+          tf.strings.substr(record, 8, 4 * width), tf.float32), shape)
+    else:
+      parsed = tf.io.parse_single_example(record, spec)
+      features, label = tf.reshape(parsed['features'], shape), parsed['label']
     if transform is not None:
       features = transform(features)
-    return features, parsed['label']
+    return features, label
 
   pairs = records.map(parse, num_parallel_calls=tf.data.AUTOTUNE,
                       deterministic=True)

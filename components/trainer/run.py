@@ -35,10 +35,12 @@ import logging
 import os
 import tempfile
 import time
+from typing import Optional
 
 os.environ.setdefault('TF_USE_LEGACY_KERAS', '1')
 
-import tensorflow as tf  # pylint: disable=g-import-not-at-top
+import numpy as np  # pylint: disable=g-import-not-at-top
+import tensorflow as tf
 import tensorflow_transform as tft
 import tf_keras
 
@@ -49,8 +51,10 @@ from hubpipe.components.modeling import modules
 from hubpipe.components.modeling import no_reuse
 from hubpipe.components.modeling import training
 from hubpipe.components.trainer import checkpoints
+from hubpipe.components.trainer import embedding_cache
 from hubpipe.components.trainer import embeddings
 from hubpipe.components.trainer import strategy as strategy_lib
+from hubpipe.pipeline import code_version
 from hubpipe.pipeline.config import augments, from_handoff
 
 REPORT_FILE = 'training_report.json'
@@ -203,6 +207,11 @@ class _Training:
     self.embedding_dir = (os.path.join(self.checkpoint_dir, 'embeddings')
                           if self.is_chief else tempfile.mkdtemp())
     self.embeddings_reused = {}
+    # Per extractor: examples embedded now, taken from the cache, seconds.
+    self.embedding_stats = {}
+    self.embedding_cache_root = (
+        config.training.embedding_cache_dir or os.path.join(
+            checkpoints.trainer_root(fn_args), embedding_cache.FOLDER))
     # Images, when the model trains end to end (config.training.augment_*).
     self.augments = config.modality == 'image' and augments(config.training)
 
@@ -230,29 +239,173 @@ class _Training:
       return model_lib.extractor_for(self.config, module, self.transform_size,
                                      trainable)
 
-  def embed(self, extractor, name) -> dict:
+  def embed(self, extractor, name, module: modules.ModuleChoice) -> dict:
     """The frozen module's features of train and validation, computed once
     and streamed to sharded files (embeddings.py): {split: (folder, done)}.
-    Every worker of a cluster embeds the whole split itself (no collective
-    ops). Train is read shuffled (seeded; labels travel with the features),
-    so that the shards are mixed whatever the order of the delivery."""
-    call = tf.function(lambda x: extractor(x, training=False))
+
+    Through the embedding cache (embedding_cache.py): a cheap pass takes
+    each example's key (a fingerprint of its raw input; nothing decoded),
+    only examples no earlier run embedded with the same identity go through
+    the Transform and the module, and they are written as one new segment;
+    then each split's folder is assembled from the segments in an order set
+    by the keys alone. So every worker of a cluster (each embeds what it
+    does not find itself; only the chief writes to the cache) reads the
+    identical stream, and the cache on or off gives the same folder. With
+    training.embedding_cache off, the new segment goes to a folder of this
+    run's and nothing is shared."""
+    folders = {split: os.path.join(self.embedding_dir, f'{name}-{split}')
+               for split in ('train', 'validation')}
     out = {}
-    for split in ('train', 'validation'):
-      folder = os.path.join(self.embedding_dir, f'{name}-{split}')
-      one_pass = inputs.transformed_dataset(
-          self.factory, (self.fn_args.train_files if split == 'train'
-                         else self.fn_args.eval_files),
-          self.transform_output, self.input_key, self.label_key,
-          self.config.training.batch_size, shuffle=split == 'train',
-          seed=self.config.training.seed,
-          shuffle_buffer=self.config.training.shuffle_buffer)
-      batches = ((call(x).numpy(), y.numpy()) for x, y in one_pass)
+    for split, folder in folders.items():
       # A retry of a killed Trainer finds them complete and reads them.
-      self.embeddings_reused[f'{name}-{split}'] = bool(
-          embeddings.read_done(folder))
-      out[split] = (folder, embeddings.write(folder, batches))
+      done = embeddings.read_done(folder)
+      self.embeddings_reused[f'{name}-{split}'] = bool(done)
+      if done:
+        out[split] = (folder, done)
+    if len(out) == len(folders):
+      return out
+    start = time.time()
+    settings = self.config.training
+    files = {'train': self.fn_args.train_files,
+             'validation': self.fn_args.eval_files}
+    labels = {'train': self.train_labels,
+              'validation': self.validation_labels}
+    shared = settings.embedding_cache
+    root = (self.embedding_cache_root if shared else
+            os.path.join(self.embedding_dir, f'{name}-segments'))
+    cache = embedding_cache.EmbeddingCache(
+        root, self.embedding_identity(module))
+    # Only the chief writes to the shared cache; another worker keeps what
+    # it embeds in its own (temporary) folder.
+    writes_shared = shared and self.is_chief
+    private = embedding_cache.EmbeddingCache(
+        os.path.join(self.embedding_dir, f'{name}-private'),
+        cache.identity) if shared and not writes_shared else cache
+    segments = cache.complete_segments() if shared else []
+    index = embedding_cache.Index(segments)
+    keys = {split: self.example_keys(files[split]) for split in folders}
+    key_seconds = time.time() - start
+    # Embed each missing key once: its first position, train before
+    # validation (the same image in both splits is embedded once).
+    taken, wanted = set(), {}
+    cached_before = {split: index.contains(keys[split]) for split in folders}
+    for split in folders:
+      missing = ~cached_before[split]
+      first = np.zeros(len(missing), bool)
+      for i in np.flatnonzero(missing):
+        if keys[split][i] not in taken:
+          taken.add(int(keys[split][i]))
+          first[i] = True
+      wanted[split] = first
+    call = tf.function(lambda x: extractor(x, training=False))
+    batches = ((k, call(x).numpy()) for split in folders
+               for k, x in self.missing_examples(files[split], wanted[split]))
+    embed_start = time.time()
+    new_segment = private.write(batches)
+    embed_seconds = time.time() - embed_start
+    if new_segment:
+      segments = segments + [
+          (new_segment, embedding_cache.read_segment_done(new_segment))]
+      index = embedding_cache.Index(segments)
+    used = set()
+    for split, folder in folders.items():
+      if split not in out:
+        out[split] = (folder, embedding_cache.assemble(
+            folder, keys[split], labels[split], index,
+            os.path.join(self.embedding_dir, f'{name}-{split}.spill')))
+      found = index.find(keys[split])
+      used.update(index.segments[i][0] for i in np.unique(
+          index.owners[found]))
+    if writes_shared:
+      cache.mark_used(sorted(used))
+    if not shared:
+      tf.io.gfile.rmtree(root)
+    total = sum(len(k) for k in keys.values())
+    embedded = int(sum(w.sum() for w in wanted.values()))
+    self.embedding_stats[name] = {
+        'examples': int(total),
+        'embedded_now': embedded,
+        # Examples (positions) whose features an earlier run computed.
+        'from_cache': int(sum(c.sum() for c in cached_before.values())),
+        'cache': cache.folder if shared else 'off',
+        'seconds': round(time.time() - start, 2),
+        # Of which: keys and look-up; embedding and the new segment.
+        'key_seconds': round(key_seconds, 2),
+        'embed_seconds': round(embed_seconds, 2)}
+    logging.info('Trainer: %s embeddings: %s', name, self.embedding_stats[name])
     return out
+
+  def embedding_identity(self, module: modules.ModuleChoice) -> dict:
+    """What decides an example's features, for the cache's identity.
+
+    The Transform graph is identified by the Transform step's code digest
+    and the transformed input's spec, not by its SavedModel's bytes: two
+    Transform runs of one config over different data write different
+    saved_model.pb bytes (TensorFlow numbers its traced functions per
+    process) and different label vocabularies, though they treat the input
+    alike. The Transform's preprocessing_fn reads the input feature alone
+    through its code (this digest; a Transform that ran on other code was
+    keyed on that code, so it is rerun when the code changes) and the image
+    size (in the spec). The module is identified by its content, not its
+    handle, as are the preprocessor's; the dtype policy changes features."""
+    spec = self.transform_output.transformed_feature_spec()[self.input_key]
+    return {
+        'modality': self.config.modality,
+        'input_feature': self.input_key,
+        'transform_code': code_version.digest('Transform'),
+        'transformed_input': repr(spec),
+        'extractor_code': code_version.digest_of(
+            ('components/modeling/model.py',)),
+        'module': embedding_cache.saved_model_digest(module.resolved),
+        'preprocessor': (embedding_cache.saved_model_digest(
+            module.resolved_preprocessor) if module.preprocessor else None),
+        'input_size': module.input_size,
+        'images_at': self.transform_size,
+        'seq_length': (self.config.module.seq_length
+                       if self.config.modality == 'text' else None),
+        'dtype_policy': tf_keras.mixed_precision.global_policy().name,
+    }
+
+  def _raw_input_dataset(self, files, with_everything: bool):
+    schema = self.transform_output.raw_metadata.schema
+    if not with_everything:
+      schema = inputs._only(schema, self.input_key)  # pylint: disable=protected-access
+    return inputs.read(self.factory, files, schema, 1024)
+
+  def example_keys(self, files) -> np.ndarray:
+    """Every example's cache key, in `inputs.read` order (the labels'):
+    only the input column is parsed, nothing decoded."""
+    keys = [k.numpy() for k in self._raw_input_dataset(files, False).map(
+        lambda batch: embedding_cache.example_keys(batch[self.input_key]))]
+    return np.concatenate(keys) if keys else np.zeros(0, np.int64)
+
+  def missing_examples(self, files, wanted: np.ndarray):
+    """(keys, transformed inputs) batches of the examples at the `wanted`
+    positions (read order). The filter comes before the Transform, so an
+    image the cache holds is not even decoded."""
+    if not wanted.any():
+      return
+    mask = tf.constant(wanted)
+    tft_layer = self.transform_output.transform_features_layer()
+    key = self.input_key
+    dataset = (self._raw_input_dataset(files, True).unbatch().enumerate()
+               .filter(lambda i, _: mask[i]).map(lambda _, raw: raw)
+               .batch(self.config.training.batch_size)
+               .map(lambda raw: (embedding_cache.example_keys(raw[key]),
+                                 tft_layer(raw)[key]),
+                    num_parallel_calls=tf.data.AUTOTUNE)
+               .prefetch(tf.data.AUTOTUNE))
+    for keys, x in dataset:
+      yield keys.numpy(), x
+
+  def clean_embedding_cache(self) -> Optional[dict]:
+    """The chief, after a successful export: ages out the cache."""
+    settings = self.config.training
+    if not (settings.embedding_cache and self.is_chief):
+      return None
+    return embedding_cache.cleanup(
+        self.embedding_cache_root, settings.embedding_cache_max_age_days,
+        settings.embedding_cache_max_segments)
 
   def fit_head(self, cached, name='head', base_model_dir=None, transform=None):
     """The head on cached embeddings (`embed`): train shuffled (seeded) and
@@ -296,7 +449,7 @@ def _train_head_on_frozen_module(t: _Training, report: dict):
   """feature_extraction: embeddings once, then the head on them."""
   extractor = t.extractor(t.module)
   start = time.time()
-  cached = t.embed(extractor, 'module')
+  cached = t.embed(extractor, 'module', t.module)
   report['embedding_seconds'] = round(time.time() - start, 2)
   head, accuracy, history = t.fit_head(cached, base_model_dir=t.base_model_dir)
   report['warm_start'] = head.warm_start
@@ -379,9 +532,10 @@ def _control_accuracy(t: _Training) -> float:
   module's features can be tiny (untrained batch norm), so they are
   standardised (train's mean and deviation) first, which only helps the
   control."""
-  control = t.extractor(modules.ModuleChoice(
-      handle=t.config.module.control_handle, input_size=t.module.input_size))
-  cached = t.embed(control, 'control')
+  control_module = modules.ModuleChoice(
+      handle=t.config.module.control_handle, input_size=t.module.input_size)
+  control = t.extractor(control_module)
+  cached = t.embed(control, 'control', control_module)
   mean, std = embeddings.moments(*cached['train'])
   mean, std = tf.constant(mean), tf.constant(std + 1e-12)
   return t.fit_head(cached, name='control_head',
@@ -503,6 +657,11 @@ def _train_and_export(fn_args):
   if not t.is_chief:
     tf.io.gfile.rmtree(os.path.dirname(serving_dir))
     return
+  if t.embedding_stats:
+    report['embedding_cache'] = t.embedding_stats
+  cleaned = t.clean_embedding_cache()
+  if cleaned is not None:
+    report['embedding_cache_cleanup'] = cleaned
   tf.io.gfile.makedirs(fn_args.model_run_dir)
   with tf.io.gfile.GFile(os.path.join(fn_args.model_run_dir, REPORT_FILE),
                          'w') as f:
