@@ -123,6 +123,21 @@ def running_mode_for(config: Config, input_bytes: int) -> str:
 NO_STAGING_ARG = '--sdk_container_image=unused-by-DirectRunner'
 
 
+def _trainer_handoff(config: Config, pipeline_root: str) -> dict:
+  """The Trainer's hand-off, with the embedding cache's folder made
+  explicit: by default <pipeline root>/Trainer/embedding_cache, from the
+  pipeline root this DAG is built for. The Trainer cannot find that root
+  itself on Kubeflow, where an artifact's path holds the run's id, and a
+  cache under it would serve one run only."""
+  out = _handoff(config, 'Trainer')
+  training = out['config']['training']
+  if training.get('embedding_cache') and not training.get(
+      'embedding_cache_dir'):
+    training['embedding_cache_dir'] = posixpath.join(
+        pipeline_root.rstrip('/'), 'Trainer', 'embedding_cache')
+  return out
+
+
 def pipeline_identity(config: Config, image: str = 'local') -> str:
   """What a trained model is made by: the config's sections that shape it
   (those the Trainer and the ModuleSelector read) and the image. A change of
@@ -309,7 +324,7 @@ def create_pipeline(config: Config, pipeline_root: str, input_base: str,
       train_args=tfx.proto.TrainArgs(splits=[TRAIN_SPLIT]),
       # The Trainer's "eval" files are the validation split: it never sees eval.
       eval_args=tfx.proto.EvalArgs(splits=[VALIDATION_SPLIT]),
-      custom_config=_handoff(config, 'Trainer'))
+      custom_config=_trainer_handoff(config, pipeline_root))
 
   # Nothing pushed yet: the candidate stands in, so only the floor gates.
   pushed_baseline = LatestPushedModel(

@@ -168,6 +168,11 @@ def test_beam_arguments_reach_the_data_components(tmp_path, runner_name,
   # The strategy settings reach the Trainer in the compiled pipeline.
   custom = json.loads(_parameter(spec, 'Trainer', 'custom_config'))
   assert custom['config']['training']['strategy'] == 'multi_worker_mirrored'
+  # The embedding cache sits under the compiled pipeline root, not under a
+  # run's artifact folder (which holds the KFP run's id): scheduled runs
+  # share it.
+  assert custom['config']['training']['embedding_cache_dir'] == (
+      f'{tmp_path}/Trainer/embedding_cache')
 
 
 def test_direct_runner_on_every_cpu_by_default(monkeypatch):
