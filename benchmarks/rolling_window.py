@@ -91,6 +91,7 @@ def measure(workdir, images_per_span=2000, spans=3) -> dict:
   """Runs 1..`spans` with the cache, one span arriving before each, then the
   last run again without it; returns what each run embedded, how long it
   took and the accuracies, and the last run's time ratio (off / on)."""
+  os.makedirs(workdir, exist_ok=True)
   spans_dir = os.path.join(workdir, 'spans')
   config_file = os.path.join(workdir, 'rolling.yaml')
   with open(config_file, 'w') as f:
