@@ -38,6 +38,7 @@ from hubpipe.components.snapshot_example_gen.component import SnapshotExampleGen
 from hubpipe.components.trainer.component import Trainer
 from hubpipe.pipeline import code_version
 from hubpipe.pipeline.config import Config
+from hubpipe.pipeline.config import EMBEDDING_CACHE_PREFIX
 from hubpipe.pipeline.config import handoff
 from hubpipe.pipeline.config import STEP_SECTIONS
 
@@ -145,6 +146,9 @@ def pipeline_identity(config: Config, image: str = 'local') -> str:
   (data_snapshot.snapshot.baseline_for); a new evaluation or compression
   policy reuses the trained model and keeps its baseline."""
   sections = _sections(config, STEP_SECTIONS['ModuleSelector'])
+  # Where and how long embeddings are cached does not make another model.
+  sections['training'] = {k: v for k, v in sections['training'].items()
+                          if not k.startswith(EMBEDDING_CACHE_PREFIX)}
   return hashlib.sha256(json.dumps([sections, image], sort_keys=True,
                                    default=str).encode()).hexdigest()[:16]
 

@@ -141,3 +141,42 @@ def test_identity_follows_module_content_size_and_transform(tmp_path):
     digests.add(ec.identity_digest({**parts, key: value}))
   assert len(digests) == 5
   assert ec.identity_digest(dict(reversed(list(parts.items())))) in digests
+
+
+def test_cleanup_leaves_what_a_run_used_within_a_day(tmp_path):
+  """Over the count but used (or listed by a run still reading) within a
+  day: kept, so two overlapping runs cannot pull a segment from under
+  each other; a day later the count applies."""
+  now = 1_000_000_000.0
+  cache = ec.EmbeddingCache(str(tmp_path), {'module': 'm'})
+  segments = [cache.write(_batches([i]), now=now - 3600) for i in range(4)]
+  cache.mark_used(segments, now=now - 3600)
+  assert ec.cleanup(str(tmp_path), 30, 2, now=now)['segments'] == 0
+  assert len(cache.complete_segments()) == 4
+  assert ec.cleanup(str(tmp_path), 30, 2, now=now + 2 * DAY)['segments'] == 2
+
+
+def test_module_digest_covers_assets_and_needs_a_graph(tmp_path):
+  module = tmp_path / 'module'
+  (module / 'variables').mkdir(parents=True)
+  (module / 'assets').mkdir()
+  (module / 'saved_model.pb').write_bytes(b'graph')
+  (module / 'variables' / 'variables.index').write_bytes(b'index')
+  (module / 'assets' / 'vocab.txt').write_text('a\nb\n')
+  before = ec.saved_model_digest(str(module))
+  (module / 'assets' / 'vocab.txt').write_text('a\nc\n')
+  assert ec.saved_model_digest(str(module)) != before
+  (module / 'saved_model.pb').unlink()
+  with pytest.raises(ValueError, match='no saved_model.pb'):
+    ec.saved_model_digest(str(module))
+
+
+def test_cache_settings_do_not_change_the_models_identity():
+  from hubpipe.pipeline.config import load_config
+  from hubpipe.pipeline.pipeline import pipeline_identity
+  base = pipeline_identity(load_config())
+  for key, value in (('training.embedding_cache', False),
+                     ('training.embedding_cache_max_age_days', 3),
+                     ('training.embedding_cache_dir', '/tmp/elsewhere')):
+    assert pipeline_identity(load_config(None, {key: value})) == base, key
+  assert pipeline_identity(load_config(None, {'training.epochs': 3})) != base

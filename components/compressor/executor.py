@@ -172,8 +172,8 @@ def compress(model, train_x, train_y, samples, settings, log=print,
       result = make()
       data, note, extra = (result + ({},))[:3] if isinstance(result, tuple) \
           else (result, note, {})
-      variants[name] = data
       rows.append({**_row(name, data, samples, reference, note), **extra})
+      variants[name] = data  # scored: it is timed with the others
     except Exception as err:  # pylint: disable=broad-except
       logging.exception('compression variant %s failed', name)
       rows.append({'name': name, 'error': f'{type(err).__name__}: {err}'[:300]})

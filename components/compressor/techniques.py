@@ -474,8 +474,9 @@ def prune(model: tf_keras.Model, train_x: np.ndarray, train_y: np.ndarray,
   copy.compile(
       optimizer=tf_keras.optimizers.Adam(learning_rate),
       loss=tf_keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-  copy.fit(train_x, train_y, batch_size=batch, epochs=epochs, shuffle=True,
-           verbose=0, callbacks=[tfmot.sparsity.keras.UpdatePruningStep()])
+  with model_lib.keras_internals_unconverted():
+    copy.fit(train_x, train_y, batch_size=batch, epochs=epochs, shuffle=True,
+             verbose=0, callbacks=[tfmot.sparsity.keras.UpdatePruningStep()])
   stripped = tfmot.sparsity.keras.strip_pruning(copy)
   weights = [v for layer in pruned_layers for v in layer.get_prunable_weights()]
   return stripped, measure.weights_sparsity(weights)['sparsity']

@@ -164,8 +164,10 @@ def raw_column(factory: DatasetFactory, patterns, schema, key) -> np.ndarray:
 
 def content_size(factory: DatasetFactory, patterns, schema, key,
                  limit: int = 64) -> Optional[List[int]]:
-  """The median [height, width] of the first `limit` raw images, as stored
-  (before the Transform resizes them); None when none decodes."""
+  """The [height, width] of the first `limit` raw images, as stored (before
+  the Transform resizes them): the 90th percentile of each, so that a few
+  small images among large ones do not make the size small; None when
+  none decodes."""
   dataset = read(factory, patterns, _only(schema, key), limit).take(1)
   sizes = []
   for batch in dataset:
@@ -177,7 +179,8 @@ def content_size(factory: DatasetFactory, patterns, schema, key,
       sizes.append([int(shape[0]), int(shape[1])])
   if not sizes:
     return None
-  return [int(v) for v in np.median(np.asarray(sizes), axis=0)]
+  return [int(np.ceil(v)) for v in np.percentile(np.asarray(sizes), 90,
+                                                  axis=0)]
 
 
 def raw_labels(factory: DatasetFactory, patterns, tf_transform_output,

@@ -181,14 +181,25 @@ def tflite_latencies(variants: Dict[str, bytes], x: np.ndarray,
       continue
     interpreters[name] = interpreter
   times = {name: [] for name in interpreters}
-  for _ in range(max(1, rounds)):
-    for name, interpreter in interpreters.items():
+  names = list(interpreters)
+  for round_ in range(max(1, rounds) if names else 0):
+    # Each round starts with another variant: none is always first.
+    for name in names[round_ % len(names):] + names[:round_ % len(names)]:
+      interpreter = interpreters[name]
       once = []
-      for _ in range(max(1, runs)):
-        start = time.perf_counter()
-        interpreter.invoke()
-        once.append(time.perf_counter() - start)
+      try:
+        for _ in range(max(1, runs)):
+          start = time.perf_counter()
+          interpreter.invoke()
+          once.append(time.perf_counter() - start)
+      except (RuntimeError, ValueError) as err:
+        out[name] = {'error': f'{type(err).__name__}: {err}'[:300]}
+        names.remove(name)
+        del times[name]
+        continue
       times[name].append(once)
+    if not names:
+      break
   for name, per_round in times.items():
     medians = np.median(np.asarray(per_round), axis=1)
     q1, q2, q3 = np.percentile(medians, [25, 50, 75])

@@ -8,6 +8,7 @@ The module layers are registered Keras classes, so an exported model loads
 back as the same Keras model (export.load_core).
 """
 
+import contextlib
 import os
 
 os.environ.setdefault('TF_USE_LEGACY_KERAS', '1')
@@ -15,27 +16,33 @@ os.environ.setdefault('TF_USE_LEGACY_KERAS', '1')
 import tensorflow as tf  # pylint: disable=g-import-not-at-top
 import tensorflow_hub as hub
 import tf_keras
-from tensorflow.python.autograph.core import config as autograph_config  # pylint: disable=g-direct-tensorflow-import
 
 
-def _keras_is_not_autograph_converted() -> None:
-  """Tells AutoGraph not to transpile tf_keras's own code, as it never
-  transpiles `keras` (its CONVERSION_RULES list `keras` but not `tf_keras`,
-  the same Keras 2 code under the name TF 2.16 gives it). Keras's layers
-  still convert the `call` of each layer they run (their own choice), so
-  models behave the same; what goes is AutoGraph rewriting Keras's and the
-  optimizer's internals, some 2500 functions, each time a training step is
-  first traced. Measured on the demo model made trainable (2 cores): the
-  first `fit` step 18.3 s -> 5.4 s; the Compressor's pruning and every
-  fine-tune start that much sooner."""
-  rules = autograph_config.CONVERSION_RULES
-  if not any(isinstance(r, autograph_config.DoNotConvert)
-             and r.matches('tf_keras') for r in rules):
-    autograph_config.CONVERSION_RULES = (
-        autograph_config.DoNotConvert('tf_keras'),) + tuple(rules)
-
-
-_keras_is_not_autograph_converted()
+@contextlib.contextmanager
+def keras_internals_unconverted():
+  """Within it, AutoGraph does not transpile tf_keras's own code, as it
+  never transpiles `keras` (TF 2.16's CONVERSION_RULES list `keras`, not
+  `tf_keras`, the same Keras 2 code under its new name). hubpipe's own
+  `fit` and `evaluate` calls run in it: the first trace of a training step
+  otherwise rewrites some 2500 Keras and optimizer functions (the demo
+  model made trainable: first step 18.3 s -> 5.4 s). Layers' `call`
+  methods are still converted (Keras converts each itself); a model's own
+  `train_step` override would not be, which is why this is scoped to
+  hubpipe's calls, not set for the process (a local run executes every
+  component, and Beam in memory, in one process). The rules are read when
+  a step is traced, so what matters is that the first call is inside."""
+  try:
+    from tensorflow.python.autograph.core import config as autograph_config  # pylint: disable=g-import-not-at-top,g-direct-tensorflow-import
+    previous = autograph_config.CONVERSION_RULES
+    rule = autograph_config.DoNotConvert('tf_keras')
+  except (ImportError, AttributeError):  # another TensorFlow: no change
+    yield
+    return
+  autograph_config.CONVERSION_RULES = (rule,) + tuple(previous)
+  try:
+    yield
+  finally:
+    autograph_config.CONVERSION_RULES = previous
 
 
 class ConfiguredHandle:

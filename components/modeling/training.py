@@ -42,14 +42,16 @@ def fit_head(strategy, train, validation, steps_per_epoch, feature_shape,
     head = model_lib.head_for(config, feature_shape, num_classes, name=name)
     head.warm_start = init(head) if init else 'off'
     model_lib.compile_for_training(head, config.training.learning_rate)
-  history = head.fit(train, epochs=config.training.epochs,
-                     steps_per_epoch=steps_per_epoch,
-                     validation_data=validation,
-                     validation_steps=validation_steps,
-                     class_weight=class_weights(train_labels, num_classes,
-                                                config.training.class_weight),
-                     callbacks=list(callbacks), verbose=2)
-  _, accuracy = head.evaluate(validation, steps=validation_steps, verbose=0)
+  with model_lib.keras_internals_unconverted():
+    history = head.fit(train, epochs=config.training.epochs,
+                       steps_per_epoch=steps_per_epoch,
+                       validation_data=validation,
+                       validation_steps=validation_steps,
+                       class_weight=class_weights(
+                           train_labels, num_classes,
+                           config.training.class_weight),
+                       callbacks=list(callbacks), verbose=2)
+    _, accuracy = head.evaluate(validation, steps=validation_steps, verbose=0)
   return head, float(accuracy), history.history
 
 

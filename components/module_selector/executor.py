@@ -142,12 +142,13 @@ def _probe_no_reuse(spec, train_x, train_y, eval_x, eval_y, config,
       [*transform_size, 3] if config.modality == 'image' else None,
       num_classes, train_texts=train_x if config.modality == 'text' else None)
   model_lib.compile_for_training(model, config.training.learning_rate)
-  model.fit(train_x, train_y, batch_size=config.training.batch_size,
-            epochs=config.training.epochs, shuffle=True, verbose=0,
-            class_weight=training.class_weights(
-                train_y, num_classes, config.training.class_weight))
-  accuracy = float(model.evaluate(eval_x, eval_y, verbose=0,
-                                  batch_size=config.training.batch_size)[1])
+  with model_lib.keras_internals_unconverted():
+    model.fit(train_x, train_y, batch_size=config.training.batch_size,
+              epochs=config.training.epochs, shuffle=True, verbose=0,
+              class_weight=training.class_weights(
+                  train_y, num_classes, config.training.class_weight))
+    accuracy = float(model.evaluate(eval_x, eval_y, verbose=0,
+                                    batch_size=config.training.batch_size)[1])
   fit_seconds = time.perf_counter() - start
   parameters = int(model.count_params())
   return {

@@ -33,8 +33,10 @@ a race does is embed an example twice.
 
 A run assembles its training folder (embeddings.py's format) from segments
 in an order fixed by the keys alone (`assemble`): every worker of a
-multi-worker cluster gets the identical stream whatever the cache held when
-it looked, and the cache on or off gives the same folder.
+multi-worker cluster gets the same examples in the same order with the same
+labels whatever the cache held when it looked, and so does a run with the
+cache on or off (features computed in other batches may differ in the last
+bits of float rounding).
 """
 
 import hashlib
@@ -62,6 +64,8 @@ KEYS = 'keys.npy'
 FORMAT_VERSION = 1
 # A segment without done.json this old is a killed run's, not a live one's.
 INCOMPLETE_AFTER_S = 24 * 3600
+# Cleanup never removes what a run used (or listed) this recently.
+USE_GRACE_S = 24 * 3600
 DAY_S = 24 * 3600
 
 
@@ -87,11 +91,26 @@ def file_digest(path: str, sha=None) -> str:
 
 
 def saved_model_digest(folder: str) -> str:
-  """A SavedModel's content: its graph (saved_model.pb) and its variables'
+  """A SavedModel's content: its graph (saved_model.pb), its variables'
   index, which records every variable's shape and checksum, so new weights
-  change it. Cheap: neither file holds the weights themselves."""
+  change it, and every file under assets/ (a preprocessor's vocabulary).
+  Cheap: none of them holds the weights themselves. A folder without
+  saved_model.pb is refused rather than given a digest that another such
+  folder would share."""
+  graph = os.path.join(folder, 'saved_model.pb')
+  if not tf.io.gfile.exists(graph):
+    raise ValueError(f'{folder} holds no saved_model.pb: the embedding cache '
+                     'cannot tell this module from another. Turn the cache '
+                     'off (training.embedding_cache: false), or use a module '
+                     'saved as a binary SavedModel.')
+  names = ['saved_model.pb', os.path.join('variables', 'variables.index')]
+  assets = os.path.join(folder, 'assets')
+  if tf.io.gfile.isdir(assets):
+    for parent, _, files in tf.io.gfile.walk(assets):
+      names += sorted(os.path.relpath(os.path.join(parent, f), folder)
+                      for f in files)
   sha = hashlib.sha256()
-  for name in ('saved_model.pb', os.path.join('variables', 'variables.index')):
+  for name in names:
     path = os.path.join(folder, name)
     sha.update(name.encode() + b'\0')
     if tf.io.gfile.exists(path):
@@ -361,8 +380,11 @@ def cleanup(root: str, max_age_days: float, max_segments: int,
   """Removes, under a cache root: identity folders nobody used for
   max_age_days; in each other one, complete segments not used for
   max_age_days, then all but the max_segments most recently used, and
-  segments without done.json (killed runs) older than a day. Returns what
-  it removed: {'identities': n, 'segments': n, 'incomplete': n}."""
+  segments without done.json (killed runs) older than a day. Nothing used
+  within the last day (USE_GRACE_S) goes, whatever max_segments says: a
+  run that overlaps this one may have listed it and be about to read it
+  (runs mark what they list as used before they read it). Returns what it
+  removed: {'identities': n, 'segments': n, 'incomplete': n}."""
   now = time.time() if now is None else now
   max_age_s = max_age_days * DAY_S
   removed = {'identities': 0, 'segments': 0, 'incomplete': 0}
@@ -371,7 +393,7 @@ def cleanup(root: str, max_age_days: float, max_segments: int,
     if not tf.io.gfile.isdir(folder):
       continue
     used = _time_of(folder, LAST_USED)
-    if used is not None and now - used > max_age_s:
+    if used is not None and now - used > max(max_age_s, USE_GRACE_S):
       tf.io.gfile.rmtree(folder)
       removed['identities'] += 1
       continue
@@ -392,6 +414,8 @@ def cleanup(root: str, max_age_days: float, max_segments: int,
           removed['incomplete'] += 1
     complete.sort(reverse=True)  # most recently used first
     for rank, (used, segment) in enumerate(complete):
+      if now - used <= USE_GRACE_S:
+        continue  # another run may be reading it
       if now - used > max_age_s or rank >= max_segments:
         tf.io.gfile.rmtree(segment)
         removed['segments'] += 1

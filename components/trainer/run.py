@@ -41,6 +41,7 @@ os.environ.setdefault('TF_USE_LEGACY_KERAS', '1')
 
 import numpy as np  # pylint: disable=g-import-not-at-top
 import tensorflow as tf
+import tensorflow_hub as hub
 import tensorflow_transform as tft
 import tf_keras
 
@@ -250,7 +251,8 @@ class _Training:
     then each split's folder is assembled from the segments in an order set
     by the keys alone. So every worker of a cluster (each embeds what it
     does not find itself; only the chief writes to the cache) reads the
-    identical stream, and the cache on or off gives the same folder. With
+    same examples in the same order, as does a run with the cache on or
+    off (float rounding aside: features embedded in other batches). With
     training.embedding_cache off, the new segment goes to a folder of this
     run's and nothing is shared."""
     folders = {split: os.path.join(self.embedding_dir, f'{name}-{split}')
@@ -289,6 +291,12 @@ class _Training:
     # validation (the same image in both splits is embedded once).
     taken, wanted = set(), {}
     cached_before = {split: index.contains(keys[split]) for split in folders}
+    if writes_shared:
+      # What this run will read is in use from now on: another run's
+      # cleanup leaves segments used within a day alone.
+      cache.mark_used(sorted({index.segments[i][0] for split in folders
+                              for i in np.unique(index.owners[index.find(
+                                  keys[split][cached_before[split]])])}))
     for split in folders:
       missing = ~cached_before[split]
       first = np.zeros(len(missing), bool)
@@ -310,9 +318,10 @@ class _Training:
     used = set()
     for split, folder in folders.items():
       if split not in out:
+        # The spill is scratch: on this machine's disk, not the bucket.
         out[split] = (folder, embedding_cache.assemble(
             folder, keys[split], labels[split], index,
-            os.path.join(self.embedding_dir, f'{name}-{split}.spill')))
+            tempfile.mkdtemp(prefix=f'hubpipe-{name}-{split}-spill-')))
       found = index.find(keys[split])
       used.update(index.segments[i][0] for i in np.unique(
           index.owners[found]))
@@ -364,6 +373,11 @@ class _Training:
         'seq_length': (self.config.module.seq_length
                        if self.config.modality == 'text' else None),
         'dtype_policy': tf_keras.mixed_precision.global_policy().name,
+        # Decoding, resizing and the kernels are the libraries': a new
+        # image with another TensorFlow computes features anew.
+        'libraries': {'tensorflow': tf.__version__,
+                      'tensorflow_hub': hub.__version__,
+                      'tensorflow_transform': tft.__version__},
     }
 
   def _raw_input_dataset(self, files, with_everything: bool):
@@ -431,18 +445,21 @@ class _Training:
     with self.strategy.scope():
       model_lib.compile_for_training(model, learning_rate)
     validation = self.dataset('validation')
-    fitted = model.fit(
-        self.dataset('train', training=True), epochs=epochs,
-        steps_per_epoch=self.steps_per_epoch(epochs),
-        validation_data=validation,
-        validation_steps=self.fn_args.eval_steps or None,
-        class_weight=training.class_weights(self.train_labels, self.num_classes,
-                                   self.config.training.class_weight),
-        callbacks=_callbacks(self.config, self.checkpoint_dir, name,
-                             [self.tensorboard, self.steps]),
-        verbose=2)
-    return fitted.history, float(model.evaluate(
-        validation, steps=self.fn_args.eval_steps or None, verbose=0)[1])
+    with model_lib.keras_internals_unconverted():
+      fitted = model.fit(
+          self.dataset('train', training=True), epochs=epochs,
+          steps_per_epoch=self.steps_per_epoch(epochs),
+          validation_data=validation,
+          validation_steps=self.fn_args.eval_steps or None,
+          class_weight=training.class_weights(
+              self.train_labels, self.num_classes,
+              self.config.training.class_weight),
+          callbacks=_callbacks(self.config, self.checkpoint_dir, name,
+                               [self.tensorboard, self.steps]),
+          verbose=2)
+      accuracy = float(model.evaluate(
+          validation, steps=self.fn_args.eval_steps or None, verbose=0)[1])
+    return fitted.history, accuracy
 
 
 def _train_head_on_frozen_module(t: _Training, report: dict):
