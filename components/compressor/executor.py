@@ -38,6 +38,7 @@ from hubpipe.components.compressor import text_model
 from hubpipe.components.modeling import export as export_lib
 from hubpipe.components.modeling import inputs
 from hubpipe.components.modeling import measure
+from hubpipe.components.modeling import model as model_lib
 from hubpipe.components.modeling import modules
 from hubpipe.pipeline.config import from_handoff
 
@@ -382,9 +383,10 @@ class Executor(base_executor.BaseExecutor):
           inputs.factory_for(examples),
           inputs.split_patterns(examples, 'train'),
           transform_output.raw_metadata.schema, config.input_feature)
-    reference, rows, variants = compress(model, train_x, train_y, samples,
-                                         settings, log=logging.info,
-                                         content_size=content_size)
+    with model_lib.keras_internals_unconverted():
+      reference, rows, variants = compress(model, train_x, train_y, samples,
+                                           settings, log=logging.info,
+                                           content_size=content_size)
     decision = policy.choose(rows, settings['max_accuracy_drop'],
                              settings['max_size_ratio'],
                              settings['max_latency_ms'],

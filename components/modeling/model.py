@@ -22,8 +22,9 @@ import tf_keras
 def keras_internals_unconverted():
   """Within it, AutoGraph does not transpile tf_keras's own code, as it
   never transpiles `keras` (TF 2.16's CONVERSION_RULES list `keras`, not
-  `tf_keras`, the same Keras 2 code under its new name). hubpipe's own
-  `fit` and `evaluate` calls run in it: the first trace of a training step
+  `tf_keras`, the same Keras 2 code under its new name). The Trainer's
+  step, the Compressor's variants and the selector's probe fits run in it
+  (hubpipe's code only): the first trace of a training step
   otherwise rewrites some 2500 Keras and optimizer functions (the demo
   model made trainable: first step 18.3 s -> 5.4 s). Layers' `call`
   methods are still converted (Keras converts each itself); a model's own

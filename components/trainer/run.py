@@ -562,7 +562,10 @@ def _control_accuracy(t: _Training) -> float:
 def run_fn(fn_args):
   """Trains the model as the config's integration mode says; exports it."""
   try:
-    _train_and_export(fn_args)
+    # Only hubpipe's code runs here: AutoGraph can leave tf_keras's
+    # internals alone for the whole step (embedding, fits, export).
+    with model_lib.keras_internals_unconverted():
+      _train_and_export(fn_args)
   finally:
     # A local run executes the later components in this process: they must
     # not inherit the Trainer's mixed-precision policy.
