@@ -32,6 +32,7 @@ from tfx.dsl.placeholder import placeholder as ph
 from hubpipe.components.anomaly_gate.component import AnomalyGate
 from hubpipe.components.compressor.component import Compressor
 from hubpipe.components.data_snapshot.component import DataSnapshot
+from hubpipe.components.evaluator.component import Evaluator
 from hubpipe.components.module_selector.component import ModuleSelector
 from hubpipe.components.pushed_baseline.component import LatestPushedModel
 from hubpipe.components.snapshot_example_gen.component import SnapshotExampleGen
@@ -330,12 +331,13 @@ def create_pipeline(config: Config, pipeline_root: str, input_base: str,
       eval_args=tfx.proto.EvalArgs(splits=[VALIDATION_SPLIT]),
       custom_config=_trainer_handoff(config, pipeline_root))
 
-  # Nothing pushed yet: the candidate stands in, so only the floor gates.
+  # Nothing pushed yet: the candidate stands in (the channel is never empty),
+  # and the Evaluator leaves it out, so only the floor gates.
   pushed_baseline = LatestPushedModel(
       pushed_version=baseline_version, model=trainer.outputs['model']).with_id(
           'latest_pushed_model')
 
-  evaluator = tfx.components.Evaluator(
+  evaluator = Evaluator(
       examples=examples.outputs['examples'],
       model=trainer.outputs['model'],
       baseline_model=pushed_baseline.outputs['baseline_model'],

@@ -164,6 +164,32 @@ def test_int8_selective_adds_the_ops_that_restore_agreement(trained, toy):
   assert again.accuracy == result.trace[0]['accuracy']
 
 
+def test_conversions_export_once_and_share_int8_calibration(trained, converted,
+                                                          toy):
+  """`Conversions`: every mode from one SavedModel export; plain int8 from
+  the debugger int8_selective uses, the same model as `to_tflite` makes, and
+  again all int8 after a selective candidate has kept an op in float."""
+  (x, _), _ = toy
+  ex, ey = _toy_data(200, 5, signal=0.1)
+  with techniques.Conversions(trained, x[:64]) as conversions:
+    folder = conversions.saved_model_dir
+    assert tf.io.gfile.exists(f'{folder}/saved_model.pb')
+    for mode in techniques.MODES:
+      tflite = conversions.tflite(mode)
+      np.testing.assert_allclose(measure.tflite_predict(tflite, ex),
+                                 measure.tflite_predict(converted[mode], ex),
+                                 atol=1e-5, err_msg=mode)
+    assert techniques.float_compute_ops(conversions.tflite('int8')) == []
+    selective = techniques.int8_selective(
+        trained, x[:64], ex, ey, budget=-1.0, max_float_layers=1,
+        max_size_ratio=None, debugger=conversions.debugger)
+    assert len(selective.float_ops) == 1
+    assert techniques.float_compute_ops(selective.tflite)
+    # The shared debugger's options were reset: plain int8 again.
+    assert techniques.float_compute_ops(conversions.tflite('int8')) == []
+  assert not tf.io.gfile.exists(folder)
+
+
 def test_prune_reaches_the_target_sparsity_and_compresses(trained, toy):
   (x, y), (ex, ey) = toy
   before = [w.copy() for w in trained.get_weights()]

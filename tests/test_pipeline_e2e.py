@@ -97,7 +97,8 @@ def test_summary_has_its_fields(first_run):
   assert metrics['sparse_categorical_accuracy'] >= 0.3
   assert len(written['evaluation']['per_class_accuracy']) == 10
   assert written['baseline_model'] is None
-  # The candidate stood in for the baseline: no baseline figures reported.
+  # The candidate stood in for the baseline and the Evaluator left it out:
+  # TFMA evaluated one model, so there are no baseline figures.
   assert written['evaluation']['baseline_metrics'] == {}
   # The data snapshot the run ingested: the train and eval files, and the
   # classes.txt that names the classes.

@@ -62,3 +62,30 @@ def test_nothing_pushed(tmp_path):
   assert out.get_string_custom_property('baseline_source') == 'candidate'
   assert (tmp_path / 'out' / 'Format-Serving' / 'saved_model.pb'
           ).read_bytes() == b'candidate'
+
+
+def test_the_evaluator_leaves_out_a_stand_in_baseline(tmp_path, monkeypatch):
+  """The Evaluator hands TFX's executor the pushed baseline, and no baseline
+  when the candidate stood in (or nothing was there): TFMA then evaluates
+  the candidate once."""
+  from tfx.components.evaluator import executor as tfx_evaluator  # pylint: disable=g-import-not-at-top
+  from hubpipe.components.evaluator import executor as evaluator
+  seen = []
+  monkeypatch.setattr(tfx_evaluator.Executor, 'Do',
+                      lambda self, inputs, outputs, props: seen.append(
+                          sorted(inputs)))
+  candidate = tmp_path / 'candidate'
+  (candidate / 'Format-Serving').mkdir(parents=True)
+  (candidate / 'Format-Serving' / 'saved_model.pb').write_bytes(b'm')
+  serving = tmp_path / 'serving'
+  for name, pushed, model in (('pushed', _push(serving, 3), None),
+                              ('candidate', '', str(candidate)),
+                              ('none', '', None)):
+    baseline = _run(tmp_path / name, pushed, model)
+    assert evaluator.baseline_source(baseline) == name
+    evaluator.Executor().Do({'model': [standard_artifacts.Model()],
+                             'baseline_model': [baseline]}, {}, {})
+  assert seen == [['baseline_model', 'model'], ['model'], ['model']]
+  unknown = standard_artifacts.Model()
+  unknown.uri = str(tmp_path / 'elsewhere')
+  assert evaluator.baseline_source(unknown) == 'unknown'

@@ -182,12 +182,15 @@ def compress(model, train_x, train_y, samples, settings, log=print,
     rows[-1]['seconds'] = round(time.time() - start, 1)
     log(f'  {name}: {rows[-1]["seconds"]:.1f} s')
 
-  add('float32', lambda: techniques.to_tflite(model, 'float32'),
+  # One SavedModel export for the model's conversions, and one int8
+  # calibration for plain and selective int8 (`techniques.Conversions`).
+  conversions = techniques.Conversions(model, calibration)
+  add('float32', lambda: conversions.tflite('float32'),
       'TFLite reference, no quantization')
   text = text_model.is_text(model)
   for mode in ('dynamic_range', 'float16', 'int8'):
     if mode in techs:
-      add(mode, lambda m=mode: techniques.to_tflite(model, m, calibration),
+      add(mode, lambda m=mode: conversions.tflite(m),
           'int8 where TFLite has an int8 kernel; the tokenizer\'s string '
           'and index ops as they are' if text and mode == 'int8' else '')
   if 'int8_selective' in techs:
@@ -201,7 +204,8 @@ def compress(model, train_x, train_y, samples, settings, log=print,
           budget=settings['max_accuracy_drop'] / 2,
           max_float_layers=settings['max_float_layers'],
           max_size_ratio=min(limits) if limits else None,
-          float_tflite=variants.get('float32'))
+          float_tflite=variants.get('float32'),
+          debugger=conversions.debugger)
       for step in result.trace:
         log(f'    float {", ".join(step["float_layers"]) or "none"}: '
             f'agreement {step["agreement"]:.4f}, drop '
@@ -238,6 +242,7 @@ def compress(model, train_x, train_y, samples, settings, log=print,
               {'parameters': student.count_params(),
                'teacher_parameters': model.count_params()})
     add('distilled', distilled)
+  conversions.close()
   start = time.time()
   _add_latencies(rows, variants, validation_x)
   log(f'  latency, {len(variants)} variants side by side: '

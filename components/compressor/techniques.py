@@ -24,6 +24,9 @@ latency, the two extra ops included) compare like for like.
 Conversion tries `TFLiteConverter.from_keras_model` first (it handles a
 hub.KerasLayer) and falls back to `from_concrete_functions` on a tf.function of
 the model with a fixed input signature (batch dimension left free).
+`from_keras_model` writes the model out as a SavedModel on every call; a
+`Conversions` object exports it once for all modes and calibrates int8 once
+for both plain and selective int8 (what the Compressor uses).
 
 `int8_selective` keeps a few of the ops the TFLite quantization debugger finds
 most sensitive in float, chosen one at a time by how much they bring the int8
@@ -36,9 +39,11 @@ import os
 
 os.environ.setdefault('TF_USE_LEGACY_KERAS', '1')
 
-import csv  # pylint: disable=g-import-not-at-top
+import contextlib  # pylint: disable=g-import-not-at-top
+import csv
 import io
 import math
+import tempfile
 from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
@@ -89,23 +94,28 @@ def _concrete_function(model: tf_keras.Model):
   return fn.get_concrete_function(signature)
 
 
-def _converters(model: tf_keras.Model):
-  """Fresh converters for the model: from_keras_model, then the fallback."""
+def _converters(model: tf_keras.Model, saved_model_dir: Optional[str] = None):
+  """Fresh converters for the model: from its SavedModel export when one is
+  given (`Conversions`), from_keras_model, then the fallback."""
+  if saved_model_dir:
+    yield lambda: tf.lite.TFLiteConverter.from_saved_model(saved_model_dir)
   yield lambda: tf.lite.TFLiteConverter.from_keras_model(model)
   yield lambda: tf.lite.TFLiteConverter.from_concrete_functions(
       [_concrete_function(model)], model)
 
 
-def _with_converter(model: tf_keras.Model, use: Callable):
-  """use(converter) with from_keras_model's converter, else the fallback's."""
+def _with_converter(model: tf_keras.Model, use: Callable,
+                    saved_model_dir: Optional[str] = None):
+  """use(converter) with the first converter that works (`_converters`)."""
   errors = []
-  for make in _converters(model):
+  for make in _converters(model, saved_model_dir):
     try:
       return use(make())
     except Exception as e:  # pylint: disable=broad-except
       errors.append(f'{type(e).__name__}: {e}')
-  raise RuntimeError('TFLite conversion failed both from the Keras model and '
-                     'from a concrete function:\n' + '\n'.join(errors))
+  raise RuntimeError('TFLite conversion failed from every source (the '
+                     'SavedModel export when given, the Keras model, a '
+                     'concrete function):\n' + '\n'.join(errors))
 
 
 def _configure(converter, mode: str, representative, text: bool = False):
@@ -127,7 +137,8 @@ def _configure(converter, mode: str, representative, text: bool = False):
 
 def to_tflite(model: tf_keras.Model, mode: str,
               representative: Optional[np.ndarray] = None,
-              keep_float_ops: Optional[Sequence[str]] = None) -> bytes:
+              keep_float_ops: Optional[Sequence[str]] = None,
+              saved_model_dir: Optional[str] = None) -> bytes:
   """The model as a TFLite flatbuffer.
 
   Args:
@@ -142,6 +153,8 @@ def to_tflite(model: tf_keras.Model, mode: str,
       name (e.g. 'conv_pw_1'; see `op_layer_name`). The int8 model is then
       made through the quantization debugger with these ops denylisted, and
       float ops are allowed next to int8 ones.
+    saved_model_dir: the model already exported as a SavedModel (image models;
+      `Conversions` does this once for all modes).
   """
   if mode not in MODES:
     raise ValueError(f'mode must be one of {MODES}, not {mode!r}')
@@ -155,12 +168,107 @@ def to_tflite(model: tf_keras.Model, mode: str,
   if keep_float_ops:
     if mode != 'int8':
       raise ValueError("keep_float_ops applies to mode 'int8' only")
-    debugger = _int8_debugger(model, representative, debug_examples=8)
+    debugger = _int8_debugger(model, representative, debug_examples=8,
+                              saved_model_dir=saved_model_dir)
     stats = layer_statistics(debugger)
     nodes = resolve_ops(keep_float_ops, [s['tensor_name'] for s in stats])
     return _quantize_with_denylist(debugger, nodes)
   return _with_converter(
-      model, lambda c: _configure(c, mode, representative).convert())
+      model, lambda c: _configure(c, mode, representative).convert(),
+      saved_model_dir)
+
+
+class Conversions:
+  """Every TFLite mode of one model, exported once and calibrated once.
+
+  `from_keras_model` writes the model as a SavedModel on each call (seconds
+  for a Hub module), and plain int8 and int8_selective would each calibrate
+  on the same examples. Here an image model is exported once (a local
+  temporary folder, removed by `close`) and calibrated once, in a
+  QuantizationDebugger (`debugger`): plain int8 is that calibration with no
+  op kept in float (`full_int8`), the same model `to_tflite(model, 'int8')`
+  makes; int8_selective ranks and re-quantizes from the same debugger.
+  A text model converts through `to_tflite` as before (its tokenizer
+  takes another path, `text_model`).
+  """
+
+  def __init__(self, model: tf_keras.Model, representative: np.ndarray,
+               debug_examples: int = 64):
+    self.model = model
+    self.representative = representative
+    self.debug_examples = debug_examples
+    self.text = text_model.is_text(model)
+    self._stack = contextlib.ExitStack()
+    self._saved_model_dir = None
+    self._debugger = None
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.close()
+
+  def close(self):
+    self._stack.close()
+    self._saved_model_dir = self._debugger = None
+
+  @property
+  def saved_model_dir(self) -> Optional[str]:
+    """The export every image conversion starts from (None for text)."""
+    if self.text:
+      return None
+    if self._saved_model_dir is None:
+      folder = self._stack.enter_context(
+          tempfile.TemporaryDirectory(prefix='hubpipe-tflite-'))
+      tf.saved_model.save(self.model, folder)
+      self._saved_model_dir = folder
+    return self._saved_model_dir
+
+  @property
+  def debugger(self):
+    """The QuantizationDebugger calibrated on `representative` (image models)."""
+    if self.text:
+      raise ValueError('the quantization debugger is for image models only')
+    if self._debugger is None:
+      self._debugger = _int8_debugger(self.model, self.representative,
+                                      self.debug_examples,
+                                      saved_model_dir=self.saved_model_dir)
+    return self._debugger
+
+  def tflite(self, mode: str) -> bytes:
+    """The model in `mode` (MODES), as `to_tflite` makes it."""
+    if mode == 'int8' and not self.text:
+      return full_int8(self.debugger)
+    return to_tflite(self.model, mode, self.representative,
+                     saved_model_dir=self.saved_model_dir)
+
+
+def float_compute_ops(tflite_bytes: bytes) -> List[str]:
+  """The ops of a quantized flatbuffer that compute in float: any op but the
+  QUANTIZE / DEQUANTIZE at the float32 interface with a float32 input."""
+  interpreter = tf.lite.Interpreter(
+      model_content=tflite_bytes,
+      experimental_op_resolver_type=(
+          tf.lite.experimental.OpResolverType
+          .BUILTIN_WITHOUT_DEFAULT_DELEGATES))
+  interpreter.allocate_tensors()
+  dtypes = {t['index']: t['dtype'] for t in interpreter.get_tensor_details()}
+  return [op['op_name'] for op in interpreter._get_ops_details()  # pylint: disable=protected-access
+          if op['op_name'] not in ('QUANTIZE', 'DEQUANTIZE')
+          and any(dtypes.get(t) == np.float32 for t in op['inputs'] if t >= 0)]
+
+
+def full_int8(debugger) -> bytes:
+  """Full-integer int8 from a calibrated debugger (`Conversions.debugger`):
+  no op denylisted. Refused, as TFLITE_BUILTINS_INT8 refuses it in
+  `to_tflite`, when an op has no int8 kernel and stays in float."""
+  tflite = _quantize_with_denylist(debugger, [])
+  left = float_compute_ops(tflite)
+  if left:
+    raise ValueError(f'full int8 is not possible: these ops have no int8 '
+                     f'kernel and stay in float: {sorted(set(left))} '
+                     '(int8_selective and dynamic_range allow float ops)')
+  return tflite
 
 
 # ---------------------------------------------------------------------------
@@ -191,7 +299,8 @@ def resolve_ops(names: Sequence[str], tensor_names: Sequence[str]) -> List[str]:
 
 
 def _int8_debugger(model: tf_keras.Model, representative: np.ndarray,
-                   debug_examples: int = 64):
+                   debug_examples: int = 64,
+                   saved_model_dir: Optional[str] = None):
   """A QuantizationDebugger holding the model calibrated once on `representative`."""
   debug_data = representative_dataset(representative, debug_examples)
 
@@ -201,7 +310,7 @@ def _int8_debugger(model: tf_keras.Model, representative: np.ndarray,
     return tf.lite.experimental.QuantizationDebugger(
         converter=converter, debug_dataset=debug_data)
 
-  return _with_converter(model, make)
+  return _with_converter(model, make, saved_model_dir)
 
 
 def layer_statistics(debugger) -> List[Dict]:
@@ -238,9 +347,13 @@ def rank_sensitive_ops(stats: Sequence[Dict],
 
 
 def _quantize_with_denylist(debugger, nodes: Sequence[str]) -> bytes:
-  if nodes:
+  """The debugger's calibrated model quantized with `nodes` kept in float.
+  The options are set whenever they differ from the last call's, empty
+  included: one debugger serves plain int8 and every selective candidate."""
+  nodes = list(nodes)
+  if list(debugger.options.denylisted_nodes or []) != nodes:
     debugger.options = tf.lite.experimental.QuantizationDebugOptions(
-        denylisted_nodes=list(nodes))
+        denylisted_nodes=nodes or None)
   return debugger.get_nondebug_quantized_model()
 
 
@@ -264,8 +377,8 @@ def int8_selective(model: tf_keras.Model, representative: np.ndarray,
                    budget: float = 0.01, max_float_layers: int = 6,
                    max_size_ratio: Optional[float] = 0.30,
                    candidates: int = 8, debug_examples: int = 64,
-                   threads: int = 2, float_tflite: Optional[bytes] = None
-                   ) -> SelectiveInt8:
+                   threads: int = 2, float_tflite: Optional[bytes] = None,
+                   debugger=None) -> SelectiveInt8:
   """Full-integer int8 with a few quantization-sensitive ops kept in float,
   within a size limit.
 
@@ -287,7 +400,9 @@ def int8_selective(model: tf_keras.Model, representative: np.ndarray,
 
   Returns the last step's model; met_budget says whether it is within budget.
   Deterministic: fixed calibration order, ranking tie-breaks, evaluation.
-  `float_tflite`: the model's float32 TFLite file, when already converted.
+  `float_tflite`: the model's float32 TFLite file, when already converted;
+  `debugger`: the model's calibrated debugger (`Conversions.debugger`), when
+  already made (with `representative` and `debug_examples`).
   """
   float_tflite = float_tflite or to_tflite(model, 'float32')
   float_pred = np.argmax(measure.tflite_predict(float_tflite, select_x,
@@ -296,7 +411,7 @@ def int8_selective(model: tf_keras.Model, representative: np.ndarray,
   reference_accuracy = float(np.mean(float_pred == labels))
   limit = None if max_size_ratio is None else max_size_ratio * len(float_tflite)
 
-  debugger = _int8_debugger(model, representative, debug_examples)
+  debugger = debugger or _int8_debugger(model, representative, debug_examples)
   ranking = rank_sensitive_ops(layer_statistics(debugger))[:candidates]
 
   def score(nodes):
