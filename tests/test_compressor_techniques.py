@@ -294,8 +294,20 @@ def test_variants_are_timed_side_by_side_and_a_wide_spread_is_flagged(
   assert len(calls) == 4 * 2 * 4 * 2
   for figures in noisy.values():
     assert figures['ms'] == pytest.approx(3000.0)  # the median: 3 units
+    assert figures['rounds_ms'] == pytest.approx([2000.0, 4000.0] * 2)
     assert figures['spread'] == pytest.approx(2 / 3)
     assert figures['unstable']
+
+
+def test_speedups_pair_the_rounds():
+  """Twice as fast as the reference in the same round, while load slowed
+  rounds 4 and 5 (both variants) and the variant's turn in round 3: paired,
+  2x; the ratio of the overall medians would say 3x slower."""
+  reference = {'ms': 1.0, 'rounds_ms': [1.0, 1.0, 1.0, 6.0, 6.0]}
+  variant = {'ms': 3.0, 'rounds_ms': [0.5, 0.5, 3.0, 3.0, 3.0]}
+  assert measure.paired_speedup(reference, variant) == pytest.approx(2.0)
+  # Rounds that do not pair up (no per-round figures): the medians' ratio.
+  assert measure.paired_speedup({'ms': 1.0}, {'ms': 3.0}) == pytest.approx(1 / 3)
 
 
 def test_the_image_student_works_at_the_images_own_size():

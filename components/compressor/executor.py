@@ -84,9 +84,11 @@ def _row(name, tflite_bytes, samples, reference, note='', threads=2):
 def _add_latencies(rows, variants, x, threads=2) -> None:
   """Latency at batch 1 and LATENCY_BATCH, every variant measured side by
   side (measure.tflite_latencies: contention hits them alike), and the
-  ratios to the float32 row. A variant whose timing rounds spread widely
-  is flagged (`latency_unstable`; the printed summary marks it): its
-  figures are the machine's load as much as the model's."""
+  ratios to the float32 row: sizes as they are, speed-ups paired round by
+  round (`measure.paired_speedup`), which the policy's "not slower than
+  float32" rule reads. A variant whose timing rounds spread widely is
+  flagged (`latency_unstable`; the printed summary marks it): its figures
+  are the machine's load as much as the model's."""
   measured = {batch: measure.tflite_latencies(
       variants, x, batch, threads=threads,
       **({'rounds': 10, 'runs': 5} if batch == 1 else
@@ -116,8 +118,9 @@ def _add_latencies(rows, variants, x, threads=2) -> None:
     ref = base or row
     row['size_ratio'] = row['size_bytes'] / ref['size_bytes']
     row['gzip_ratio'] = row['gzip_bytes'] / ref['gzip_bytes']
-    row['speedup_b1'] = ref['latency_ms_b1'] / row['latency_ms_b1']
-    row['speedup_b32'] = ref['latency_ms_b32'] / row['latency_ms_b32']
+    for batch, key in ((1, 'speedup_b1'), (LATENCY_BATCH, 'speedup_b32')):
+      row[key] = measure.paired_speedup(measured[batch][ref['name']],
+                                        measured[batch][row['name']])
 
 
 # Techniques for image models only: int8_selective keeps conv / dense ops in

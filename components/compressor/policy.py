@@ -56,8 +56,11 @@ def choose(rows: Sequence[Dict], max_accuracy_drop: float,
   # kernels under XNNPACK, say) is a poor trade unless nothing else passes.
   reference = next((r for r in rows if r['name'] == 'float32'
                     and not r.get('error')), None)
-  not_slower = [r for r in passing if reference is None or
-                r['latency_ms_b1'] <= reference['latency_ms_b1'] * 1.1]
+  # Round by round (speedup_b1, paired: `measure.paired_speedup`) when the
+  # row has it.
+  not_slower = [r for r in passing if reference is None or (
+      r['speedup_b1'] >= 1 / 1.1 if 'speedup_b1' in r else
+      r['latency_ms_b1'] <= reference['latency_ms_b1'] * 1.1)]
   if passing:
     best = min(not_slower or passing,
                key=lambda r: (r['size_bytes'], r['latency_ms_b1']))

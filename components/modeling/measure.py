@@ -158,10 +158,12 @@ def tflite_latencies(variants: Dict[str, bytes], x: np.ndarray,
   variant in that round alike, so the ratios between variants hold even when
   the absolute figures do not.
 
-  Returns {name: {'ms': the median over all timed invokes, 'spread': the
-  interquartile range of the per-round medians over their median,
-  'unstable': spread > LATENCY_SPREAD_LIMIT}}, or {name: {'error': why}}
-  for a variant that does not run at this batch size. The batch is the
+  Returns {name: {'ms': the median over all timed invokes, 'rounds_ms':
+  each round's median (per example; `paired_speedup` compares variants
+  round by round), 'spread': the interquartile range of the per-round
+  medians over their median, 'unstable': spread > LATENCY_SPREAD_LIMIT}},
+  or {name: {'error': why}} for a variant that does not run at this batch
+  size (or fails in a round: then it has no figures). The batch is the
   first `batch_size` rows of x (repeated if x is shorter).
   """
   x = np.asarray(x)
@@ -205,8 +207,21 @@ def tflite_latencies(variants: Dict[str, bytes], x: np.ndarray,
     q1, q2, q3 = np.percentile(medians, [25, 50, 75])
     spread = float((q3 - q1) / q2) if q2 > 0 else 0.0
     out[name] = {'ms': float(np.median(per_round)) * 1000.0 / batch_size,
+                 'rounds_ms': [float(m) * 1000.0 / batch_size for m in medians],
                  'spread': spread, 'unstable': spread > LATENCY_SPREAD_LIMIT}
   return out
+
+
+def paired_speedup(reference: Dict, variant: Dict) -> float:
+  """How many times faster `variant` runs than `reference` (two entries of
+  one `tflite_latencies` result): the median over rounds of the ratio of
+  their medians in the same round, so a burst of load that slows one round
+  cancels out of the ratio. The ratio of the overall medians when the
+  rounds do not pair up."""
+  ref, var = reference.get('rounds_ms') or [], variant.get('rounds_ms') or []
+  if ref and len(ref) == len(var) and all(v > 0 for v in var):
+    return float(np.median(np.asarray(ref) / np.asarray(var)))
+  return reference['ms'] / variant['ms']
 
 
 # ---------------------------------------------------------------------------

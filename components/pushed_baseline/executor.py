@@ -5,9 +5,9 @@ folders, as TF Serving reads them). The version to hand on comes as the
 `pushed_version` parameter (the DataSnapshot's choice). It is copied into the
 output Model artifact's serving folder, where the Evaluator (and the
 Trainer's warm start) read a Model. Nothing pushed yet: with a `model`
-input, that model stands in (the Evaluator's change threshold then compares
-it with itself and only the absolute floor gates); without one, the output
-holds no model and the warm start says so.
+input, that model stands in (hubpipe's Evaluator then leaves it out, and
+only the absolute floor gates); without one, the output holds no model and
+the warm start says so. The record file (RECORD_FILE) says which.
 """
 
 import json
