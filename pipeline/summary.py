@@ -225,8 +225,12 @@ def collect(metadata_path: str, pipeline_name: str, label_key: str,
         out['pushed_model'] = _prop(artifact, 'pushed_destination')
         tflite = os.path.join(out['pushed_model'] or '', 'model.tflite')
         out['pushed_tflite'] = tflite if fileio.exists(tflite) else None
-  # Nothing pushed yet: the candidate stood in for the baseline and the
-  # Evaluator left it out (components/evaluator), so no baseline figures.
+  evaluation = out.get('evaluation') or {}
+  if evaluation.get('baseline_metrics') and not out.get('baseline_model'):
+    # Nothing pushed yet: the candidate stood in for the baseline. The
+    # Evaluator leaves it out (components/evaluator); a run recorded before
+    # it did has the candidate's own figures here, not a baseline's.
+    evaluation['baseline_metrics'] = {}
   return out
 
 

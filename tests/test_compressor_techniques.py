@@ -164,16 +164,24 @@ def test_int8_selective_adds_the_ops_that_restore_agreement(trained, toy):
   assert again.accuracy == result.trace[0]['accuracy']
 
 
-def test_conversions_export_once_and_share_int8_calibration(trained, converted,
-                                                          toy):
-  """`Conversions`: every mode from one SavedModel export; plain int8 from
-  the debugger int8_selective uses, the same model as `to_tflite` makes, and
-  again all int8 after a selective candidate has kept an op in float."""
+def test_conversions_export_once_and_share_int8_calibration(
+    trained, converted, toy, monkeypatch):
+  """`Conversions`: every mode from one SavedModel export (from_keras_model
+  is never needed); plain int8 from the debugger int8_selective uses, the
+  same model as `to_tflite` makes, and all int8 again after a selective
+  candidate has kept an op in float."""
   (x, _), _ = toy
   ex, ey = _toy_data(200, 5, signal=0.1)
+  saves = []
+  save = tf.saved_model.save
+  monkeypatch.setattr(tf.saved_model, 'save',
+                      lambda *a, **k: (saves.append(a[1]), save(*a, **k)))
+
+  def refuse(*_):
+    raise AssertionError('from_keras_model: the export was not used')
+
+  monkeypatch.setattr(tf.lite.TFLiteConverter, 'from_keras_model', refuse)
   with techniques.Conversions(trained, x[:64]) as conversions:
-    folder = conversions.saved_model_dir
-    assert tf.io.gfile.exists(f'{folder}/saved_model.pb')
     for mode in techniques.MODES:
       tflite = conversions.tflite(mode)
       np.testing.assert_allclose(measure.tflite_predict(tflite, ex),
@@ -185,9 +193,31 @@ def test_conversions_export_once_and_share_int8_calibration(trained, converted,
         max_size_ratio=None, debugger=conversions.debugger)
     assert len(selective.float_ops) == 1
     assert techniques.float_compute_ops(selective.tflite)
-    # The shared debugger's options were reset: plain int8 again.
+    # The shared debugger's options were reset: plain int8 again, and a
+    # second ranking sees every op (none left in float from the last call).
     assert techniques.float_compute_ops(conversions.tflite('int8')) == []
-  assert not tf.io.gfile.exists(folder)
+    conversions.tflite('float16')
+    again = techniques.int8_selective(
+        trained, x[:64], ex, ey, budget=-1.0, max_float_layers=1,
+        max_size_ratio=None, debugger=conversions.debugger)
+    assert again.ranking == selective.ranking
+  assert len(saves) == 1 and not tf.io.gfile.exists(saves[0])
+
+
+def test_plain_int8_names_the_ops_left_in_float(toy):
+  """An op without an int8 kernel stays in float in plain int8 (the
+  quantizer does not refuse it); `float_compute_ops` names it."""
+  (x, _), _ = toy
+  inputs = tf_keras.Input((SIZE, SIZE, 3))
+  hidden = tf_keras.layers.Conv2D(4, 3)(inputs)
+  hidden = tf_keras.layers.Lambda(tf.math.sin)(hidden)
+  logits = tf_keras.layers.Dense(CLASSES)(
+      tf_keras.layers.GlobalAveragePooling2D()(hidden))
+  model = tf_keras.Model(inputs, logits)
+  with techniques.Conversions(model, x[:16], debug_examples=4) as conversions:
+    assert techniques.float_compute_ops(conversions.tflite('int8')) == ['SIN']
+  assert techniques.float_compute_ops(
+      techniques.to_tflite(model, 'int8', x[:16])) == ['SIN']
 
 
 def test_prune_reaches_the_target_sparsity_and_compresses(trained, toy):

@@ -93,6 +93,12 @@ def test_every_component_runs_in_the_image_with_hubpipes_entrypoint(
                                  'hubpipe.components.trainer.executor.Executor']
   assert _container(spec, 'Compressor')['args'][1] == (
       'hubpipe.components.compressor.executor.Executor')
+  # TFX's Evaluator with hubpipe's executor (a stand-in baseline left out),
+  # still given Beam's arguments.
+  evaluator = _container(spec, 'Evaluator')['args']
+  assert evaluator[:2] == ['--executor_class_path',
+                           'hubpipe.components.evaluator.executor.Executor']
+  assert '--direct_num_workers=0' in evaluator
 
 
 def test_trainer_requests_a_gpu_in_both_field_styles(default_compiled):

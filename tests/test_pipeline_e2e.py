@@ -11,6 +11,7 @@ import os
 import numpy as np
 import pytest
 import tensorflow as tf
+import tensorflow_model_analysis as tfma
 from PIL import Image
 
 from hubpipe.pipeline import code_version
@@ -98,8 +99,13 @@ def test_summary_has_its_fields(first_run):
   assert len(written['evaluation']['per_class_accuracy']) == 10
   assert written['baseline_model'] is None
   # The candidate stood in for the baseline and the Evaluator left it out:
-  # TFMA evaluated one model, so there are no baseline figures.
+  # TFMA evaluated one model, with no name (not 'candidate' and 'baseline').
   assert written['evaluation']['baseline_metrics'] == {}
+  evaluation, = (workdir / 'pipeline_root' / 'Evaluator' / 'evaluation'
+                 ).iterdir()
+  assert {key.model_name
+          for sliced in tfma.load_metrics(str(evaluation))
+          for key in (kv.key for kv in sliced.metric_keys_and_values)} == {''}
   # The data snapshot the run ingested: the train and eval files, and the
   # classes.txt that names the classes.
   assert written['data_snapshot']['fingerprint']['files'] == 3

@@ -86,6 +86,15 @@ def test_the_evaluator_leaves_out_a_stand_in_baseline(tmp_path, monkeypatch):
     evaluator.Executor().Do({'model': [standard_artifacts.Model()],
                              'baseline_model': [baseline]}, {}, {})
   assert seen == [['baseline_model', 'model'], ['model'], ['model']]
+  # Without the record, the custom property says; without either, the
+  # baseline is kept and evaluated as it is.
+  unknown = standard_artifacts.Model()
+  unknown.uri = str(tmp_path / 'elsewhere')
+  unknown.set_string_custom_property('baseline_source', 'candidate')
+  assert evaluator.baseline_source(unknown) == 'candidate'
   unknown = standard_artifacts.Model()
   unknown.uri = str(tmp_path / 'elsewhere')
   assert evaluator.baseline_source(unknown) == 'unknown'
+  evaluator.Executor().Do({'model': [standard_artifacts.Model()],
+                           'baseline_model': [unknown]}, {}, {})
+  assert seen[-1] == ['baseline_model', 'model']

@@ -186,40 +186,51 @@ def compress(model, train_x, train_y, samples, settings, log=print,
     log(f'  {name}: {rows[-1]["seconds"]:.1f} s')
 
   # One SavedModel export for the model's conversions, and one int8
-  # calibration for plain and selective int8 (`techniques.Conversions`).
-  conversions = techniques.Conversions(model, calibration)
-  add('float32', lambda: conversions.tflite('float32'),
-      'TFLite reference, no quantization')
+  # calibration for plain and selective int8 (`techniques.Conversions`),
+  # released before pruning and distillation.
   text = text_model.is_text(model)
-  for mode in ('dynamic_range', 'float16', 'int8'):
-    if mode in techs:
-      add(mode, lambda m=mode: conversions.tflite(m),
-          'int8 where TFLite has an int8 kernel; the tokenizer\'s string '
-          'and index ops as they are' if text and mode == 'int8' else '')
-  if 'int8_selective' in techs:
-    def selective():
-      # Ops are chosen on the validation sample, as the policy chooses
-      # variants; half the budget there leaves room for sampling noise.
-      limits = [r for r in (settings['selective_max_size_ratio'],
-                            settings['max_size_ratio']) if r is not None]
-      result = techniques.int8_selective(
-          model, calibration, validation_x, validation_y,
-          budget=settings['max_accuracy_drop'] / 2,
-          max_float_layers=settings['max_float_layers'],
-          max_size_ratio=min(limits) if limits else None,
-          float_tflite=variants.get('float32'),
-          debugger=conversions.debugger)
-      for step in result.trace:
-        log(f'    float {", ".join(step["float_layers"]) or "none"}: '
-            f'agreement {step["agreement"]:.4f}, drop '
-            f'{100 * step["drop"]:+.2f} pt, size {step["size_ratio"]:.3f}')
-      note = ('float: ' + ', '.join(result.float_layers)
-              if result.float_layers else 'all int8')
-      if result.over_size_limit:
-        note += (' (over the size limit in float: ' +
-                 ', '.join(result.over_size_limit) + ')')
-      return result.tflite, note
-    add('int8_selective', selective)
+  with techniques.Conversions(
+      model, calibration,
+      share_int8_calibration='int8_selective' in techs) as conversions:
+    add('float32', lambda: conversions.tflite('float32'),
+        'TFLite reference, no quantization')
+    for mode in ('dynamic_range', 'float16'):
+      if mode in techs:
+        add(mode, lambda m=mode: conversions.tflite(m))
+    if 'int8' in techs:
+      def int8():
+        tflite = conversions.tflite('int8')
+        if text:
+          return (tflite, 'int8 where TFLite has an int8 kernel; the '
+                  'tokenizer\'s string and index ops as they are')
+        left = sorted(set(techniques.float_compute_ops(tflite)))
+        return tflite, ('ops without an int8 kernel, left in float: ' +
+                        ', '.join(left) if left else '')
+      add('int8', int8)
+    if 'int8_selective' in techs:
+      def selective():
+        # Ops are chosen on the validation sample, as the policy chooses
+        # variants; half the budget there leaves room for sampling noise.
+        limits = [r for r in (settings['selective_max_size_ratio'],
+                              settings['max_size_ratio']) if r is not None]
+        result = techniques.int8_selective(
+            model, calibration, validation_x, validation_y,
+            budget=settings['max_accuracy_drop'] / 2,
+            max_float_layers=settings['max_float_layers'],
+            max_size_ratio=min(limits) if limits else None,
+            float_tflite=variants.get('float32'),
+            debugger=conversions.debugger)
+        for step in result.trace:
+          log(f'    float {", ".join(step["float_layers"]) or "none"}: '
+              f'agreement {step["agreement"]:.4f}, drop '
+              f'{100 * step["drop"]:+.2f} pt, size {step["size_ratio"]:.3f}')
+        note = ('float: ' + ', '.join(result.float_layers)
+                if result.float_layers else 'all int8')
+        if result.over_size_limit:
+          note += (' (over the size limit in float: ' +
+                   ', '.join(result.over_size_limit) + ')')
+        return result.tflite, note
+      add('int8_selective', selective)
   if 'pruning' in techs:
     def pruned():
       stripped, sparsity = techniques.prune(
@@ -245,7 +256,6 @@ def compress(model, train_x, train_y, samples, settings, log=print,
               {'parameters': student.count_params(),
                'teacher_parameters': model.count_params()})
     add('distilled', distilled)
-  conversions.close()
   start = time.time()
   _add_latencies(rows, variants, validation_x)
   log(f'  latency, {len(variants)} variants side by side: '

@@ -21,12 +21,13 @@ So every variant takes the same float32 [N, H, W, 3] images and returns float32
 logits, the served interface does not change, and measurements (accuracy and
 latency, the two extra ops included) compare like for like.
 
-Conversion tries `TFLiteConverter.from_keras_model` first (it handles a
-hub.KerasLayer) and falls back to `from_concrete_functions` on a tf.function of
-the model with a fixed input signature (batch dimension left free).
-`from_keras_model` writes the model out as a SavedModel on every call; a
-`Conversions` object exports it once for all modes and calibrates int8 once
-for both plain and selective int8 (what the Compressor uses).
+Conversion starts from the model's SavedModel export when it is given one
+(`Conversions`), else `TFLiteConverter.from_keras_model` (it handles a
+hub.KerasLayer), and falls back to `from_concrete_functions` on a
+tf.function of the model with a fixed input signature (batch dimension left
+free). `from_keras_model` writes the model out as a SavedModel on every
+call; a `Conversions` object, what the Compressor uses, exports it once for
+all modes and calibrates int8 once for both plain and selective int8.
 
 `int8_selective` keeps a few of the ops the TFLite quantization debugger finds
 most sensitive in float, chosen one at a time by how much they bring the int8
@@ -42,6 +43,7 @@ os.environ.setdefault('TF_USE_LEGACY_KERAS', '1')
 import contextlib  # pylint: disable=g-import-not-at-top
 import csv
 import io
+import logging
 import math
 import tempfile
 from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
@@ -184,21 +186,24 @@ class Conversions:
   `from_keras_model` writes the model as a SavedModel on each call (seconds
   for a Hub module), and plain int8 and int8_selective would each calibrate
   on the same examples. Here an image model is exported once (a local
-  temporary folder, removed by `close`) and calibrated once, in a
-  QuantizationDebugger (`debugger`): plain int8 is that calibration with no
-  op kept in float (`full_int8`), the same model `to_tflite(model, 'int8')`
-  makes; int8_selective ranks and re-quantizes from the same debugger.
-  A text model converts through `to_tflite` as before (its tokenizer
-  takes another path, `text_model`).
+  temporary folder, removed by `close`), and with `share_int8_calibration`
+  calibrated once, in a QuantizationDebugger (`debugger`) configured as
+  `to_tflite` configures int8: plain int8 is that calibration with no op
+  kept in float (`plain_int8`), and int8_selective ranks and re-quantizes
+  from the same debugger. If the export or the debugger fails, conversion
+  goes the way `to_tflite` goes alone. A text model converts through
+  `to_tflite` as before (its tokenizer takes another path, `text_model`).
   """
 
   def __init__(self, model: tf_keras.Model, representative: np.ndarray,
-               debug_examples: int = 64):
+               debug_examples: int = 64, share_int8_calibration: bool = True):
     self.model = model
     self.representative = representative
     self.debug_examples = debug_examples
+    self.share_int8_calibration = share_int8_calibration
     self.text = text_model.is_text(model)
     self._stack = contextlib.ExitStack()
+    self._exported = False
     self._saved_model_dir = None
     self._debugger = None
 
@@ -214,14 +219,20 @@ class Conversions:
 
   @property
   def saved_model_dir(self) -> Optional[str]:
-    """The export every image conversion starts from (None for text)."""
-    if self.text:
-      return None
-    if self._saved_model_dir is None:
-      folder = self._stack.enter_context(
-          tempfile.TemporaryDirectory(prefix='hubpipe-tflite-'))
+    """The export every image conversion starts from (None for text, or if
+    the export failed: conversions then start from the Keras model)."""
+    if self.text or self._exported:
+      return self._saved_model_dir
+    self._exported = True
+    folder = self._stack.enter_context(
+        tempfile.TemporaryDirectory(prefix='hubpipe-tflite-'))
+    try:
       tf.saved_model.save(self.model, folder)
       self._saved_model_dir = folder
+    except Exception as err:  # pylint: disable=broad-except
+      logging.warning('SavedModel export for TFLite conversion failed (%s: '
+                      '%s); each conversion starts from the Keras model',
+                      type(err).__name__, err)
     return self._saved_model_dir
 
   @property
@@ -237,8 +248,15 @@ class Conversions:
 
   def tflite(self, mode: str) -> bytes:
     """The model in `mode` (MODES), as `to_tflite` makes it."""
-    if mode == 'int8' and not self.text:
-      return full_int8(self.debugger)
+    if mode == 'int8' and not self.text and self.share_int8_calibration:
+      try:
+        debugger = self.debugger
+      except Exception as err:  # pylint: disable=broad-except
+        logging.warning('int8 calibration in the quantization debugger '
+                        'failed (%s: %s); plain int8 calibrates on its own',
+                        type(err).__name__, err)
+      else:
+        return plain_int8(debugger)
     return to_tflite(self.model, mode, self.representative,
                      saved_model_dir=self.saved_model_dir)
 
@@ -258,17 +276,12 @@ def float_compute_ops(tflite_bytes: bytes) -> List[str]:
           and any(dtypes.get(t) == np.float32 for t in op['inputs'] if t >= 0)]
 
 
-def full_int8(debugger) -> bytes:
-  """Full-integer int8 from a calibrated debugger (`Conversions.debugger`):
-  no op denylisted. Refused, as TFLITE_BUILTINS_INT8 refuses it in
-  `to_tflite`, when an op has no int8 kernel and stays in float."""
-  tflite = _quantize_with_denylist(debugger, [])
-  left = float_compute_ops(tflite)
-  if left:
-    raise ValueError(f'full int8 is not possible: these ops have no int8 '
-                     f'kernel and stay in float: {sorted(set(left))} '
-                     '(int8_selective and dynamic_range allow float ops)')
-  return tflite
+def plain_int8(debugger) -> bytes:
+  """int8 from a calibrated debugger (`Conversions.debugger`) with no op
+  denylisted: what `to_tflite(model, 'int8')` makes, without calibrating
+  again (the converter's quantizer leaves an op without an int8 kernel in
+  float either way; `float_compute_ops` names them)."""
+  return _quantize_with_denylist(debugger, [])
 
 
 # ---------------------------------------------------------------------------
@@ -305,10 +318,11 @@ def _int8_debugger(model: tf_keras.Model, representative: np.ndarray,
   debug_data = representative_dataset(representative, debug_examples)
 
   def make(converter):
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.representative_dataset = representative_dataset(representative)
+    # Configured as plain int8 is (`_configure`), so the debugger's
+    # quantized model with no op denylisted is that model.
     return tf.lite.experimental.QuantizationDebugger(
-        converter=converter, debug_dataset=debug_data)
+        converter=_configure(converter, 'int8', representative),
+        debug_dataset=debug_data)
 
   return _with_converter(model, make, saved_model_dir)
 
@@ -317,7 +331,10 @@ def layer_statistics(debugger) -> List[Dict]:
   """Per quantized op: op_name, tensor_name, tensor_idx, scale, the debugger's
   error metrics, and 'rmse/scale' (root mean squared quantization error in units
   of the op's output quantization step; about 0.29 is pure rounding error), on
-  the debugger's debug dataset."""
+  the debugger's debug dataset. Every quantized op: ops a previous
+  `_quantize_with_denylist` kept in float are quantized again first."""
+  if debugger.options.denylisted_nodes:
+    debugger.options = tf.lite.experimental.QuantizationDebugOptions()
   debugger.run()
   buffer = io.StringIO()
   debugger.layer_statistics_dump(buffer)

@@ -16,12 +16,15 @@ BASELINE_KEY = standard_component_specs.BASELINE_MODEL_KEY
 def baseline_source(artifact) -> str:
   """What LatestPushedModel put in the baseline artifact: 'pushed',
   'candidate' or 'none'. Read from its record file, which is there on every
-  orchestrator (a custom property may not travel through KFP's metadata)."""
+  orchestrator, else from the artifact's custom property; 'unknown' when
+  neither says (the baseline is then evaluated as it is)."""
   path = f'{artifact.uri.rstrip("/")}/{pushed_baseline.RECORD_FILE}'
-  if not tf.io.gfile.exists(path):
-    return 'unknown'
-  with tf.io.gfile.GFile(path) as f:
-    return json.load(f).get('baseline_source', 'unknown')
+  if tf.io.gfile.exists(path):
+    with tf.io.gfile.GFile(path) as f:
+      return json.load(f).get('baseline_source') or 'unknown'
+  if artifact.has_custom_property('baseline_source'):
+    return artifact.get_string_custom_property('baseline_source') or 'unknown'
+  return 'unknown'
 
 
 class Executor(tfx_evaluator.Executor):
@@ -31,6 +34,10 @@ class Executor(tfx_evaluator.Executor):
     baselines = input_dict.get(BASELINE_KEY) or []
     if len(baselines) == 1:
       source = baseline_source(artifact_utils.get_single_instance(baselines))
+      if source == 'unknown':
+        logging.warning('Evaluator: the baseline artifact does not say where '
+                        'it came from (no %s): it is evaluated as the '
+                        'baseline.', pushed_baseline.RECORD_FILE)
       if source in ('candidate', 'none'):
         logging.info('Evaluator: no model pushed yet (baseline %s): the '
                      'candidate is evaluated once, against the absolute '
