@@ -428,7 +428,8 @@ def int8_selective(model: tf_keras.Model, representative: np.ndarray,
   reference_accuracy = float(np.mean(float_pred == labels))
   limit = None if max_size_ratio is None else max_size_ratio * len(float_tflite)
 
-  debugger = debugger or _int8_debugger(model, representative, debug_examples)
+  if debugger is None:
+    debugger = _int8_debugger(model, representative, debug_examples)
   ranking = rank_sensitive_ops(layer_statistics(debugger))[:candidates]
 
   def score(nodes):

@@ -10,6 +10,10 @@ LatestPushedModel's record says the candidate stood in: TFMA runs one model,
 and the change threshold is ignored without a baseline (TFX passes
 rubber_stamp=True), so the blessing is the one the stand-in gave, at half the
 cost. Same spec, inputs and outputs as `tfx.components.Evaluator`.
+
+Its code is not in the steps' code digests (pipeline/code_version.py):
+TFX's Evaluator spec has no parameter to carry one, so an edit here does
+not rerun an evaluation ML Metadata has cached.
 """
 
 from tfx import v1 as tfx
