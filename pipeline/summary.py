@@ -310,6 +310,17 @@ def render(summary: dict) -> str:
                  f'{training.get("strategy")} '
                  f'x{training.get("replicas")}, validation accuracy '
                  f'{training.get("validation_accuracy", 0):.4f}')
+    cache = {name: stats for name, stats in
+             (training.get('embedding_cache') or {}).items()
+             if isinstance(stats, dict) and 'embedded_now' in stats}
+    if cache:
+      stale = any(c['name'] == 'Trainer' and c['state'] == 'cached'
+                  for c in summary.get('components') or [])
+      lines.append('  embedding cache' + (' (the cached Trainer\'s run)'
+                                          if stale else '') + ': ' + '; '.join(
+          f'{name} {stats["embedded_now"]} embedded now, '
+          f'{stats.get("from_cache", 0)} from the cache'
+          for name, stats in cache.items()))
     if training.get('classes_without_validation_examples'):
       lines.append('  warning: no validation examples of class(es) '
                    f'{training["classes_without_validation_examples"]}: add '

@@ -26,3 +26,24 @@ def test_a_missed_change_says_change_and_allowed_drop():
       metric_threshold { change_threshold { absolute { value: -0.01 } } }''')
   assert summary._failed_threshold(failure) == (
       'change -0.0421 against the baseline, allowed -0.0100')
+
+
+def test_the_printed_summary_says_what_the_embedding_cache_held():
+  training = {'num_classes': 3, 'epochs': 2, 'integration': 'feature_extraction',
+              'strategy': 'DefaultStrategy', 'replicas': 1,
+              'validation_accuracy': 0.5,
+              'embedding_cache': {
+                  'module': {'examples': 180, 'embedded_now': 90,
+                             'from_cache': 90},
+                  'control': {'examples': 180, 'embedded_now': 180,
+                              'from_cache': 0}}}
+  run = {'status': 'succeeded', 'training': training,
+         'components': [{'name': 'Trainer', 'state': 'complete',
+                         'seconds': 1.0}]}
+  assert ('  embedding cache: module 90 embedded now, 90 from the cache; '
+          'control 180 embedded now, 0 from the cache') in (
+              summary.render(run).splitlines())
+  # A rerun that reused the Trainer shows the figures of the run that made it.
+  run['components'][0]['state'] = 'cached'
+  assert any(line.startswith("  embedding cache (the cached Trainer's run): ")
+             for line in summary.render(run).splitlines())
