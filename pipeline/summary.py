@@ -314,7 +314,7 @@ def render(summary: dict) -> str:
              (training.get('embedding_cache') or {}).items()
              if isinstance(stats, dict) and 'embedded_now' in stats}
     if cache:
-      stale = any(c['name'] == 'Trainer' and c['state'] == 'cached'
+      stale = any(c.get('name') == 'Trainer' and c.get('state') == 'cached'
                   for c in summary.get('components') or [])
       lines.append('  embedding cache' + (' (the cached Trainer\'s run)'
                                           if stale else '') + ': ' + '; '.join(
