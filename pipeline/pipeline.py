@@ -35,6 +35,7 @@ from hubpipe.components.data_snapshot.component import DataSnapshot
 from hubpipe.components.evaluator.component import Evaluator
 from hubpipe.components.module_selector.component import ModuleSelector
 from hubpipe.components.pushed_baseline.component import LatestPushedModel
+from hubpipe.components.pusher.component import Pusher
 from hubpipe.components.snapshot_example_gen.component import SnapshotExampleGen
 from hubpipe.components.trainer.component import Trainer
 from hubpipe.pipeline import code_version
@@ -360,7 +361,7 @@ def create_pipeline(config: Config, pipeline_root: str, input_base: str,
     push_model = compressor.outputs['compressed_model']
     push_blessing = compressor.outputs['push_blessing']
 
-  pusher = tfx.components.Pusher(
+  pusher = Pusher(
       model=push_model,
       model_blessing=push_blessing,
       push_destination=tfx.proto.PushDestination(

@@ -1,0 +1,1 @@
+"""TFX's Pusher, with an atomic and idempotent push (see component.py)."""

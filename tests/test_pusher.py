@@ -1,0 +1,124 @@
+"""hubpipe's Pusher, in process: a push is whole or absent, and a rerun of
+a push that already happened does not push again."""
+
+import json
+import os
+
+import pytest
+from tfx.proto import pusher_pb2
+from tfx.types import standard_artifacts
+from tfx.utils import proto_utils
+
+from hubpipe.components.pusher import executor
+
+
+def _model(root, name='model', content=b'graph'):
+  model = standard_artifacts.Model()
+  model.uri = str(root / name)
+  serving = root / name / 'Format-Serving'
+  (serving / 'variables').mkdir(parents=True)
+  (serving / 'variables' / 'variables.index').write_bytes(b'index')
+  (serving / 'model.tflite').write_bytes(b'tflite')
+  (serving / 'saved_model.pb').write_bytes(content)
+  return model
+
+
+def _blessing(root, blessed=True):
+  blessing = standard_artifacts.ModelBlessing()
+  blessing.uri = str(root / 'blessing')
+  blessing.set_int_custom_property('blessed', int(blessed))
+  return blessing
+
+
+def _do(root, model, serving, blessed=True):
+  out = standard_artifacts.PushedModel()
+  out.uri = str(root / f'pushed-{len(list(root.glob("pushed-*")))}')
+  destination = pusher_pb2.PushDestination(
+      filesystem=pusher_pb2.PushDestination.Filesystem(
+          base_directory=str(serving)))
+  executor.Executor().Do(
+      {'model': [model], 'model_blessing': [_blessing(root, blessed)]},
+      {'pushed_model': [out]},
+      {'push_destination': proto_utils.proto_to_json(destination)})
+  return out
+
+
+def test_a_push_is_one_whole_version_with_its_record(tmp_path):
+  serving = tmp_path / 'serving'
+  out = _do(tmp_path, _model(tmp_path), serving)
+  assert out.get_int_custom_property('pushed') == 1
+  version = out.get_string_custom_property('pushed_version')
+  assert os.listdir(serving) == [version]
+  folder = serving / version
+  assert out.get_string_custom_property('pushed_destination') == str(folder)
+  assert sorted(os.listdir(folder)) == ['model.tflite', 'push_record.json',
+                                        'saved_model.pb', 'variables']
+  record = json.loads((folder / 'push_record.json').read_text())
+  assert record['source'] == str(tmp_path / 'model')
+  assert record['saved_model_sha256'] == executor.digest(
+      str(folder / 'saved_model.pb'))
+
+
+def test_a_rerun_of_the_same_push_does_not_push_again(tmp_path):
+  serving = tmp_path / 'serving'
+  model = _model(tmp_path)
+  first = _do(tmp_path, model, serving)
+  again = _do(tmp_path, model, serving)
+  assert len(os.listdir(serving)) == 1
+  assert (again.get_string_custom_property('pushed_version') ==
+          first.get_string_custom_property('pushed_version'))
+  # Another model is pushed, after the newest, within the same second too.
+  other = _do(tmp_path, _model(tmp_path, 'other', b'other graph'), serving)
+  versions = sorted(int(v) for v in os.listdir(serving))
+  assert len(versions) == 2
+  assert other.get_string_custom_property('pushed_version') == str(versions[1])
+
+
+def test_an_unblessed_model_is_not_pushed(tmp_path):
+  serving = tmp_path / 'serving'
+  out = _do(tmp_path, _model(tmp_path), serving, blessed=False)
+  assert out.get_int_custom_property('pushed') == 0
+  assert not serving.exists() or os.listdir(serving) == []
+
+
+def test_a_push_killed_midway_leaves_no_version(tmp_path, monkeypatch):
+  """The copy fails halfway (a kill, a full disk): no numbered folder is
+  there; the next push succeeds, and removes the leftover once stale."""
+  serving = tmp_path / 'serving'
+  model = _model(tmp_path)
+  copied = []
+  real_copy = executor.io_utils.fileio.copy
+
+  def copy_then_die(src, dst, *args, **kwargs):
+    if copied:
+      raise OSError(28, 'No space left on device', dst)
+    copied.append(dst)
+    return real_copy(src, dst, *args, **kwargs)
+
+  monkeypatch.setattr(executor.io_utils.fileio, 'copy', copy_then_die)
+  with pytest.raises(OSError, match='No space left'):
+    _do(tmp_path, model, serving)
+  monkeypatch.undo()
+  left = os.listdir(serving)
+  assert len(left) == 1 and left[0].startswith(executor.ASIDE_PREFIX)
+  assert executor.versions(str(serving)) == {}
+  # The rerun pushes one version; the leftover is young, so it stays ...
+  out = _do(tmp_path, model, serving)
+  version = out.get_string_custom_property('pushed_version')
+  assert sorted(os.listdir(serving)) == sorted([version, left[0]])
+  # ... until it is an hour old.
+  removed = executor.remove_stale_asides(
+      str(serving), now=float(version) + executor.STALE_ASIDE_SECONDS)
+  assert removed == [str(serving / left[0])]
+  assert os.listdir(serving) == [version]
+
+
+def test_a_half_written_numbered_folder_is_skipped_not_overwritten(tmp_path):
+  """A numbered folder without saved_model.pb (TFX's Pusher killed midway):
+  not a version, and the next push numbers itself after it."""
+  serving = tmp_path / 'serving'
+  (serving / '9999999999').mkdir(parents=True)
+  (serving / '9999999999' / 'model.tflite').write_bytes(b'half')
+  assert executor.versions(str(serving)) == {}
+  out = _do(tmp_path, _model(tmp_path), serving)
+  assert out.get_string_custom_property('pushed_version') == '10000000000'
