@@ -38,7 +38,15 @@ def _load(path):
 
 def cmd_run(args) -> int:
   from hubpipe.pipeline import local_runner, summary
-  config = _load(args.config)
+  from hubpipe.pipeline.config import ConfigError, load_config
+  try:
+    config = load_config(args.config)
+  except ConfigError as err:
+    print(f'hubpipe: bad config: {err}', file=sys.stderr)
+    if args.workdir:  # without it, the work dir is the config's to name
+      local_runner.record_failure(args.workdir, args.config, 'config',
+                                  f'config: {err}')
+    return 2
   from hubpipe.pipeline import workdir_lock
   workdir = args.workdir or os.path.join('work', config.name)
   try:
@@ -49,7 +57,10 @@ def cmd_run(args) -> int:
     return workdir_lock.EXIT_BUSY
   print()
   print(summary.render(result))
-  return 0 if result['status'] in ('succeeded', 'not_blessed') else 1
+  if result['status'] in ('succeeded', 'not_blessed'):
+    return 0
+  # 2: what the config names is wrong, nothing ran; 1: a step failed.
+  return 2 if result.get('failed_step') in local_runner.BEFORE_THE_DAG else 1
 
 
 def cmd_assets(args) -> int:

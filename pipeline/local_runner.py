@@ -263,13 +263,14 @@ def _run_holding(config: Config, workdir: str, echo, pipeline_root) -> dict:
     tfx.orchestration.LocalDagRunner().run(pipeline)
     result['status'] = 'succeeded'
   except ConfigError as err:
-    result.update(status='failed', error=f'config: {err}')
+    result.update(status='failed', failed_step='config', error=f'config: {err}')
   except snapshot_lib.SnapshotError as err:
-    result.update(status='failed', error=f'data: {err}')
+    result.update(status='failed', failed_step='data', error=f'data: {err}')
   except storage.StorageError as err:
-    result.update(status='failed', error=f'storage: {err}')
+    result.update(status='failed', failed_step='storage',
+                  error=f'storage: {err}')
   except ModuleError + (AssetError,) as err:
-    result.update(status='failed', error=f'module: {err}')
+    result.update(status='failed', failed_step='module', error=f'module: {err}')
   except Exception as err:  # pylint: disable=broad-except
     logging.exception('run failed')
     result.update(status='failed', error=_explain(err))
@@ -292,10 +293,39 @@ def _run_holding(config: Config, workdir: str, echo, pipeline_root) -> dict:
   failed = [c['name'] for c in result.get('components', [])
             if c['state'] == 'failed']
   if failed:
-    result['failed_component'] = failed[0]
+    result['failed_component'] = result['failed_step'] = failed[0]
+  elif result['status'] == 'failed' and 'failed_step' not in result:
+    # Failed in the DAG without an execution marked failed (the
+    # orchestrator itself): the step is the one that was running.
+    running = [c['name'] for c in result.get('components', [])
+               if c['state'] not in ('complete', 'cached')]
+    result['failed_step'] = running[0] if running else 'pipeline'
   if result['status'] == 'succeeded' and result.get('blessed') is False:
     result['status'] = 'not_blessed'
   summary_lib.write(result, summary_path)
+  return result
+
+
+# The steps that fail before the DAG starts: what the config names (its
+# keys, its data, its modules, its storage) is wrong. `hubpipe run` exits
+# with status 2 for these, 1 for a failed component.
+BEFORE_THE_DAG = ('config', 'data', 'module', 'storage')
+
+
+def record_failure(workdir: str, config_path: Optional[str], step: str,
+                   error: str) -> Optional[dict]:
+  """Writes summary.json for a run that stopped before it could start (a
+  config that does not load), unless another run holds the work dir (its
+  summary is not this one's to overwrite). Returns the summary written."""
+  workdir = os.path.abspath(workdir)
+  result = {'status': 'failed', 'failed_step': step, 'error': error,
+            'config': config_path, 'workdir': workdir, 'pushed': False,
+            'summary_path': os.path.join(workdir, 'summary.json')}
+  try:
+    with workdir_lock.hold(workdir, config_path):
+      summary_lib.write(result, result['summary_path'])
+  except workdir_lock.WorkdirBusy:
+    return None
   return result
 
 

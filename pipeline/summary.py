@@ -246,7 +246,9 @@ def _tflite_variant(summary: dict) -> str:
 
 def render(summary: dict) -> str:
   """A readable, terminal-width rendering of the summary."""
+  step = summary.get('failed_step')
   lines = [f'hubpipe run: {summary["status"].upper()}'
+           f'{" at " + step if step else ""}'
            f'{"  (" + summary["error"] + ")" if summary.get("error") else ""}']
   lines.append(f'  config: {summary.get("config")}')
   module = summary.get('module', {})

@@ -1,5 +1,6 @@
 """The hubpipe command line: bad configs stop before anything runs."""
 
+import json
 import subprocess
 import sys
 
@@ -16,7 +17,15 @@ def test_bad_config_exits_2_naming_the_key(tmp_path):
   assert result.returncode == 2
   assert 'training.strategy' in result.stderr
   assert 'multi_worker_mirrored' in result.stderr
-  assert not (tmp_path / 'w').exists()
+  # Nothing ran; the work dir holds the summary of why (and the work dir's
+  # lock file), nothing else.
+  written = sorted(p.name for p in (tmp_path / 'w').iterdir())
+  assert written == ['.lock', 'summary.json']
+  summary = json.loads((tmp_path / 'w' / 'summary.json').read_text())
+  assert summary['status'] == 'failed'
+  assert summary['failed_step'] == 'config'
+  assert 'training.strategy' in summary['error']
+  assert summary['pushed'] is False
 
 
 def test_unknown_command_is_refused():
