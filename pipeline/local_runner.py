@@ -11,10 +11,12 @@ Layout of a work dir:
 """
 
 import dataclasses
+import errno
 import importlib
 import json
 import logging
 import os
+import re
 import time
 from typing import Callable, Optional
 
@@ -302,7 +304,13 @@ def _run_holding(config: Config, workdir: str, echo, pipeline_root) -> dict:
     result['failed_step'] = running[0] if running else 'pipeline'
   if result['status'] == 'succeeded' and result.get('blessed') is False:
     result['status'] = 'not_blessed'
-  summary_lib.write(result, summary_path)
+  try:
+    summary_lib.write(result, summary_path)
+  except Exception as err:  # pylint: disable=broad-except
+    # A full work dir must not hide why the run failed: the caller still
+    # has the summary (the CLI prints it).
+    result['summary_error'] = f'could not write {summary_path}: {err}'
+    echo(f'hubpipe: {result["summary_error"]}')
   return result
 
 
@@ -337,11 +345,27 @@ def _snapshot_summary(snapshot: dict) -> dict:
           'baseline': snapshot['baseline'] or None}
 
 
+_FULL = ('No space left on device', 'Disk quota exceeded',
+         'database or disk is full')
+
+
+def _storage_full(err: BaseException) -> bool:
+  return (getattr(err, 'errno', None) in (errno.ENOSPC, errno.EDQUOT) or
+          any(text in str(err) for text in _FULL))
+
+
 def _explain(err: Exception) -> str:
   """The root cause of a component failure, without the traceback."""
   seen = err
   while (seen.__cause__ or seen.__context__) not in (None, seen):
     seen = seen.__cause__ or seen.__context__
+  if _storage_full(seen):
+    # TF names the file it could not write; its op's name is noise here.
+    detail = re.sub(r'\{\{function_node [^}]*\}\}\s*', '', str(seen)).strip()
+    return (f'storage full: {detail}. Free space on that file system, or '
+            'give the run a larger one (--pipeline-root, --workdir, '
+            'push.serving_dir), and run again: the steps that completed are '
+            'reused.')
   if type(seen).__name__ == 'FutureTimeoutError':  # gRPC: nobody answered
     return ('FutureTimeoutError: a gRPC connection timed out; with a portable '
             'Beam runner, check that the job endpoint in beam.extra_args '

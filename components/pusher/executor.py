@@ -15,6 +15,8 @@ from tfx.types import standard_component_specs
 from tfx.utils import io_utils
 from tfx.utils import proto_utils
 
+from hubpipe.components import faults
+
 RECORD_FILE = 'push_record.json'
 SAVED_MODEL = 'saved_model.pb'
 ASIDE_PREFIX = '.push-'
@@ -123,9 +125,19 @@ def push(model_path: str, serving_dir: str, source: str,
   target = _join(serving_dir, version)
   aside = _join(serving_dir,
                 f'{ASIDE_PREFIX}{int(now)}-{version}-{uuid.uuid4().hex[:8]}')
-  io_utils.copy_dir(model_path, aside)
-  with tf.io.gfile.GFile(_join(aside, RECORD_FILE), 'w') as f:
-    json.dump({**record, 'version': version, 'pushed_at': now}, f)
+  try:
+    io_utils.copy_dir(model_path, aside,
+                      deny_regex_patterns=[r'saved_model\.pb$'])
+    faults.pause_point('pusher_mid_copy')
+    io_utils.copy_file(pb, _join(aside, SAVED_MODEL))
+    with tf.io.gfile.GFile(_join(aside, RECORD_FILE), 'w') as f:
+      json.dump({**record, 'version': version, 'pushed_at': now}, f)
+  except Exception:
+    # A failed copy (a full disk) frees what it wrote; a killed one is
+    # removed by a later push, once stale.
+    if tf.io.gfile.exists(aside):
+      tf.io.gfile.rmtree(aside)
+    raise
   if _is_local(serving_dir):
     # One rename: the version folder appears whole or not at all.
     tf.io.gfile.rename(aside, target)
@@ -133,6 +145,7 @@ def push(model_path: str, serving_dir: str, source: str,
     # No atomic rename on object storage: the files go into the version
     # folder with saved_model.pb last, the mark of a whole version.
     io_utils.copy_dir(aside, target, deny_regex_patterns=[r'saved_model\.pb$'])
+    faults.pause_point('pusher_publishing')
     io_utils.copy_file(_join(aside, SAVED_MODEL), _join(target, SAVED_MODEL))
     tf.io.gfile.rmtree(aside)
   logging.info('Pusher: model written to %s', target)
@@ -159,10 +172,12 @@ class Executor(tfx_pusher.Executor):
                                 '(push_destination.filesystem) only')
     model = artifact_utils.get_single_instance(
         input_dict[standard_component_specs.MODEL_KEY])
+    # Archived in the output, as TFX's Pusher does; first, so that a
+    # pipeline root too full to hold it stops the Pusher before the push.
+    io_utils.copy_dir(model_path, model_push.uri)
     version, target, _ = push(model_path,
                               destination.filesystem.base_directory,
                               source=model.uri)
-    # Archived in the output, as TFX's Pusher does.
-    io_utils.copy_dir(model_path, model_push.uri)
+    faults.pause_point('pusher_renamed')
     self._MarkPushed(model_push, pushed_destination=target,
                      pushed_version=version)

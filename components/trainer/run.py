@@ -45,6 +45,7 @@ import tensorflow_hub as hub
 import tensorflow_transform as tft
 import tf_keras
 
+from hubpipe.components import faults
 from hubpipe.components.modeling import export as export_lib
 from hubpipe.components.modeling import inputs
 from hubpipe.components.modeling import model as model_lib
@@ -90,7 +91,21 @@ def _callbacks(config, checkpoint_dir, name, extra=()):
     callbacks.append(tf_keras.callbacks.EarlyStopping(
         monitor='val_accuracy', mode='max', restore_best_weights=True,
         patience=config.training.early_stopping_patience))
+  if faults.armed('trainer_mid_epoch'):
+    callbacks.append(_PauseMidEpoch())
   return callbacks
+
+
+class _PauseMidEpoch(tf_keras.callbacks.Callback):
+  """components/faults.py's `trainer_mid_epoch`: the first batch of the
+  second epoch, the first one saved by BackupAndRestore."""
+
+  def on_epoch_begin(self, epoch, logs=None):
+    self._epoch = epoch
+
+  def on_train_batch_end(self, batch, logs=None):
+    if self._epoch >= 1 and batch == 0:
+      faults.pause_point('trainer_mid_epoch')
 
 
 def _warm_start(model, base_model_dir, name, module: modules.ModuleChoice,

@@ -1,0 +1,276 @@
+"""Fault injection: `hubpipe run` SIGKILLed in each component in turn, then rerun.
+
+One tiny DAG, one work dir. Each run is killed (SIGKILL to its process
+group, as a node losing a pod) while the next component on the list is
+executing, and the next run is the same command again; the last run is left
+to finish. A component is caught while it runs either by ML Metadata (its
+execution is RUNNING in this run) or, where the moment matters (mid-epoch,
+mid-copy), at a pause point (components/faults.py). After each kill and each
+rerun the test checks what a scheduler relies on:
+
+- the killed component's execution never completed, and the rerun executes
+  it again;
+- every component that had completed in an earlier run is a cache hit, and
+  the artifacts of completed executions are all still there;
+- the serving dir never holds a numbered folder without a saved_model.pb
+  (what a model server would try to load half written), and the whole chain
+  pushes exactly one version, of the model the Evaluator blessed.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import tensorflow as tf
+
+from hubpipe.components.pusher import executor as pusher
+from hubpipe.pipeline import summary as summary_lib
+
+import reliability
+
+NAME = 'fault-chain'
+CONFIG = f'''\
+name: {NAME}
+data:
+  source: fashion_mnist
+  train_examples: 200
+  eval_examples: 100
+  seed: 0
+module:
+  input_size: [32, 32]
+model:
+  integration: feature_extraction
+training:
+  epochs: 4
+  learning_rate: 0.01
+  batch_size: 32
+evaluation:
+  min_accuracy: 0.2
+compression:
+  techniques: [dynamic_range]
+  calibration_examples: 50
+  validation_examples: 100
+  eval_examples: 100
+  fine_tune_examples: 100
+  pruning_epochs: 1
+  max_accuracy_drop: 0.1
+beam:
+  direct_running_mode: in_memory
+'''
+
+# (component, pause point or None: killed once ML Metadata shows it RUNNING)
+KILL_POINTS = [
+    ('SnapshotExampleGen', None),
+    ('StatisticsGen', None),
+    ('Transform', None),
+    ('Trainer', 'trainer_mid_epoch'),
+    ('Evaluator', None),
+    ('Compressor', None),
+    ('Pusher', 'pusher_mid_copy'),
+    ('Pusher', 'pusher_renamed'),
+]
+RUN_TIMEOUT_S = 600
+DONE = ('complete', 'cached')
+
+
+def _executions(metadata_path):
+  """{execution id: (node, state)} of the pipeline's executions so far."""
+  if not os.path.exists(metadata_path):
+    return {}
+  try:
+    store = summary_lib.sqlite_store(metadata_path)
+    out = {}
+    for context in store.get_contexts_by_type('node'):
+      if not context.name.startswith(NAME + '.'):
+        continue
+      node = context.name[len(NAME) + 1:]
+      for e in store.get_executions_by_context(context.id):
+        out[e.id] = (node, summary_lib.STATES.get(e.last_known_state, '?'))
+    return out
+  except Exception:  # pylint: disable=broad-except
+    return {}  # the run is creating or writing the database; read again
+
+
+def _serving_state(serving_dir):
+  """(whole versions, numbered folders without saved_model.pb, hidden
+  folders) under the serving dir."""
+  if not os.path.isdir(serving_dir):
+    return {}, [], []
+  names = os.listdir(serving_dir)
+  whole = pusher.versions(serving_dir)
+  half = [n for n in names if n.isdigit() and int(n) not in whole]
+  hidden = [n for n in names if n.startswith('.')]
+  return whole, half, hidden
+
+
+def _run_log_has(workdir, since, text):
+  logs = os.path.join(workdir, 'logs')
+  if not os.path.isdir(logs):
+    return False
+  for name in os.listdir(logs):
+    path = os.path.join(logs, name)
+    if os.path.getmtime(path) >= since:
+      with open(path, errors='ignore') as f:
+        if text in f.read():
+          return True
+  return False
+
+
+def _start(config_file, workdir, pause=None):
+  env = dict(os.environ)
+  env.pop('HUBPIPE_PAUSE_AT', None)
+  if pause:
+    env['HUBPIPE_PAUSE_AT'] = pause
+  return subprocess.Popen(
+      [sys.executable, '-m', 'hubpipe.pipeline.cli', 'run', '--config',
+       str(config_file), '--workdir', str(workdir)],
+      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
+      start_new_session=True)
+
+
+def _kill_in(config_file, workdir, node, pause):
+  """Starts a run and SIGKILLs it while `node` executes; returns the ids of
+  the executions this run made, {id: (node, state)} after the kill."""
+  metadata = os.path.join(workdir, 'metadata.sqlite')
+  before = set(_executions(metadata))
+  started = time.time()
+  process = _start(config_file, workdir, pause)
+  caught = False
+  while time.time() - started < RUN_TIMEOUT_S and process.poll() is None:
+    if pause:
+      caught = _run_log_has(workdir, started, f'paused at {pause}')
+    else:
+      caught = any(n == node and s == 'running' and i not in before
+                   for i, (n, s) in _executions(metadata).items())
+    if caught:
+      break
+    time.sleep(0.1)
+  if process.poll() is None:
+    os.killpg(process.pid, signal.SIGKILL)
+  _, stderr = process.communicate(timeout=60)
+  assert caught, (f'the run ended (status {process.returncode}) before it '
+                  f'could be killed in {node}: {stderr[-2000:]}')
+  return {i: v for i, v in _executions(metadata).items() if i not in before}
+
+
+def _output_uris(metadata_path, execution_ids):
+  store = summary_lib.sqlite_store(metadata_path)
+  outputs = [e.artifact_id for e in store.get_events_by_execution_ids(
+      list(execution_ids)) if e.type in (e.OUTPUT, e.DECLARED_OUTPUT)]
+  return [a.uri for a in store.get_artifacts_by_id(outputs)]
+
+
+def _checkpoints(workdir):
+  """The Trainer's saved epochs (BackupAndRestore folders) now."""
+  root = os.path.join(workdir, 'pipeline_root', 'Trainer', 'checkpoints')
+  return sorted(os.path.relpath(path, root)
+                for path, _, files in os.walk(root) if files)
+
+
+@pytest.fixture(scope='module')
+def chain(tmp_path_factory):
+  root = tmp_path_factory.mktemp('faults')
+  config_file = root / 'config.yaml'
+  config_file.write_text(CONFIG)
+  workdir = root / 'work'
+  serving_dir = str(workdir / 'serving' / NAME)
+  metadata = str(workdir / 'metadata.sqlite')
+  kills = []
+  for node, pause in KILL_POINTS:
+    executions = _kill_in(config_file, workdir, node, pause)
+    kills.append({'node': node, 'pause': pause, 'executions': executions,
+                  'serving': _serving_state(serving_dir),
+                  'checkpoints': _checkpoints(workdir)})
+  started = time.time()
+  process = _start(config_file, workdir)
+  _, stderr = process.communicate(timeout=RUN_TIMEOUT_S)
+  with open(workdir / 'summary.json') as f:
+    final = json.load(f)
+  return {'kills': kills, 'final': final, 'returncode': process.returncode,
+          'checkpoints': _checkpoints(workdir),
+          'stderr': stderr, 'metadata': metadata, 'serving_dir': serving_dir,
+          'final_seconds': time.time() - started}
+
+
+def _states(executions):
+  return {node: state for node, state in executions.values()}
+
+
+def test_each_kill_lands_in_its_component_and_each_rerun_resumes(chain):
+  completed = set()  # nodes that completed in some earlier run
+  runs = [k['executions'] for k in chain['kills']]
+  runs.append({i: (c['name'], c['state'])
+               for i, c in enumerate(chain['final']['components'])})
+  for index, executions in enumerate(runs):
+    states = _states(executions)
+    if index < len(chain['kills']):
+      node = chain['kills'][index]['node']
+      # Killed mid-execution: the execution is RUNNING, never finished.
+      assert states.get(node) == 'running', (node, states)
+    for done in completed:
+      # What an earlier run completed is reused, not run again.
+      assert states.get(done) == 'cached', (index, done, states)
+    if index:
+      previous = chain['kills'][index - 1]['node']
+      # The component killed last time ran again (and completed, unless
+      # this run was killed in it too).
+      assert states.get(previous) in ('complete', 'running'), (previous,
+                                                               states)
+    completed |= {n for n, s in states.items() if s in DONE}
+  # Killed mid-epoch, the Trainer had saved its first epoch (what the
+  # rerun resumes from: tests/test_resume.py); once the model is exported,
+  # the checkpoints are gone.
+  trainer_kill, = [k for k in chain['kills'] if k['node'] == 'Trainer']
+  assert any(c.split(os.sep)[1:2] == ['head'] for c in
+             trainer_kill['checkpoints']), trainer_kill['checkpoints']
+  assert not chain['checkpoints'], chain['checkpoints']
+  final = chain['final']
+  assert chain['returncode'] == 0, chain['stderr'][-3000:]
+  assert final['status'] == 'succeeded'
+  # Only the components killed last re-executed in the final run.
+  ran = {c['name'] for c in final['components'] if c['state'] == 'complete'}
+  assert ran == {'Pusher'}, ran
+  pushed = len(_serving_state(chain['serving_dir'])[0])
+  for kill in chain['kills']:
+    reliability.record_fault(
+        kill['node'] + (f' ({kill["pause"]})' if kill['pause'] else ''),
+        recovered=True, versions_pushed=pushed,
+        half_written=len(kill['serving'][1]))
+
+
+def test_nothing_half_written_and_one_blessed_version_pushed(chain):
+  for kill in chain['kills']:
+    whole, half, hidden = kill['serving']
+    assert not half, (kill['node'], kill['pause'], half)
+    if kill['pause'] == 'pusher_mid_copy':
+      # The half-written copy is a hidden folder a model server skips.
+      assert not whole and len(hidden) == 1, kill['serving']
+    if kill['pause'] == 'pusher_renamed':
+      # Whole in place before ML Metadata knew: the rerun must not push again.
+      assert len(whole) == 1, kill['serving']
+  whole, half, _ = _serving_state(chain['serving_dir'])
+  assert not half
+  assert len(whole) == 1, whole
+  final = chain['final']
+  assert final['blessed'] is True and final['pushed'] is True
+  (version, folder), = whole.items()
+  record = pusher.read_record(folder)
+  # The version holds the model the final run's Pusher was handed.
+  assert os.path.realpath(final['pushed_model']) == os.path.realpath(folder)
+  assert record['saved_model_sha256'] == pusher.digest(
+      os.path.join(folder, 'saved_model.pb'))
+  loaded = tf.saved_model.load(folder)
+  assert 'serving_default' in loaded.signatures
+
+
+def test_no_artifact_of_a_completed_execution_is_lost(chain):
+  store_states = _executions(chain['metadata'])
+  completed = [i for i, (_, s) in store_states.items() if s == 'complete']
+  uris = _output_uris(chain['metadata'], completed)
+  assert uris
+  missing = [u for u in uris if not tf.io.gfile.exists(u)]
+  assert not missing, missing
