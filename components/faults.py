@@ -6,9 +6,9 @@ at a chosen, reproducible place (mid-epoch, mid-copy) rather than after a
 guessed delay. Without the variable, a pause point does nothing. The points:
 
   trainer_mid_epoch   the Trainer, in its second epoch (the first is saved)
-  pusher_mid_copy     the Pusher, with the version half written aside
-  pusher_publishing   the Pusher on object storage, with the version folder
-                      written but for its saved_model.pb
+  pusher_mid_copy     the Pusher, with the version written but for its
+                      saved_model.pb (aside on a file system, in place on
+                      object storage)
   pusher_renamed      the Pusher, after the version is in place, before ML
                       Metadata records the push
 """

@@ -1,13 +1,16 @@
 """The whole DAG with its data, pipeline root and serving dir on object
 storage: an S3 server (moto) on loopback, read and written through
 TensorFlow's S3 filesystem (tensorflow-io) and Beam's (boto3), as on a
-cluster's bucket. Run twice, as `hubpipe run` in a subprocess: the first run
-ingests, trains, gates, compresses and pushes; the second, with the same
-data, reuses every step and pushes nothing, its snapshot state read back from
-the bucket."""
+cluster's bucket. Run three times, as `hubpipe run` in a subprocess: the
+first ingests, trains, gates and compresses, and is SIGKILLed in the middle
+of its push; the second, the same command, reuses every step, finishes the
+push (the same version) and nothing else; the third, with the same data,
+reuses every step and pushes nothing, its snapshot state read back from the
+bucket."""
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -17,7 +20,10 @@ import boto3
 import pytest
 
 from hubpipe.components import assets
+from hubpipe.components import faults
 from hubpipe.components.datasets import fashion_mnist
+
+import reliability
 
 BUCKET = 'hubpipe'
 TIMEOUT_S = 900
@@ -100,14 +106,42 @@ def _keys(client, prefix):
   return keys
 
 
-def _hubpipe_run(env, config, workdir):
+def _command(env, config, workdir):
   full = dict(os.environ, TF_USE_LEGACY_KERAS='1', TF_CPP_MIN_LOG_LEVEL='2',
               HUBPIPE_DATA_DIR=str(assets.data_dir()), **env)
-  process = subprocess.run(
-      [sys.executable, '-c', 'from hubpipe.pipeline.cli import entry; entry()',
-       'run', '--config', str(config), '--workdir', str(workdir),
-       '--pipeline-root', f's3://{BUCKET}/root'],
-      env=full, capture_output=True, text=True, timeout=TIMEOUT_S, check=False)
+  full.pop(faults.PAUSE_ENV, None)
+  return full, [
+      sys.executable, '-c', 'from hubpipe.pipeline.cli import entry; entry()',
+      'run', '--config', str(config), '--workdir', str(workdir),
+      '--pipeline-root', f's3://{BUCKET}/root']
+
+
+def _killed_mid_push(env, config, workdir):
+  """Runs until the Pusher has copied all but saved_model.pb into the
+  version folder (components/faults.py), then SIGKILLs the run."""
+  full, command = _command(env, config, workdir)
+  full[faults.PAUSE_ENV] = 'pusher_mid_copy'
+  process = subprocess.Popen(command, env=full, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, start_new_session=True)
+  deadline = time.time() + TIMEOUT_S
+  try:
+    while time.time() < deadline and process.poll() is None:
+      log = workdir / 'run.log'
+      if log.exists() and 'paused at pusher_mid_copy' in log.read_text(
+          errors='ignore'):
+        return True
+      time.sleep(0.2)
+    return False
+  finally:
+    if process.poll() is None:
+      os.killpg(process.pid, signal.SIGKILL)
+    process.wait(timeout=60)
+
+
+def _hubpipe_run(env, config, workdir):
+  full, command = _command(env, config, workdir)
+  process = subprocess.run(command, env=full, capture_output=True, text=True,
+                           timeout=TIMEOUT_S, check=False)
   assert process.returncode == 0, (
       f'hubpipe run exited {process.returncode}:\n{process.stdout[-3000:]}\n'
       f'{process.stderr[-3000:]}\n'
@@ -127,9 +161,19 @@ def test_whole_dag_on_object_storage(s3, tmp_path):
   config.write_text(CONFIG)
   workdir = tmp_path / 'work'
 
+  assert _killed_mid_push(env, config, workdir), (
+      (workdir / 'run.log').read_text()[-5000:])
+  # Killed mid-push: the version folder has no saved_model.pb yet, so it
+  # is no version a model server would load.
+  half = _keys(client, 'serving/s3-tiny/')
+  assert half and not any(k.endswith('/saved_model.pb') for k in half)
+  assert len({k.split('/')[2] for k in half}) == 1
+
   first = _hubpipe_run(env, config, workdir)
   assert first['status'] == 'succeeded', first.get('error')
-  assert all(c['state'] == 'complete' for c in first['components'])
+  states = {c['name']: c['state'] for c in first['components']}
+  assert states.pop('Pusher') == 'complete'
+  assert set(states.values()) == {'cached'}, states
   examples = first['examples']
   assert examples['train'] + examples['validation'] == 150
   assert examples['eval'] == 60 and examples['validation'] >= 10
@@ -138,6 +182,8 @@ def test_whole_dag_on_object_storage(s3, tmp_path):
   pushed = first['pushed_model']
   assert pushed.startswith(f's3://{BUCKET}/serving/s3-tiny/')
   version = pushed.rsplit('/', 1)[1]
+  # The rerun finished the version the killed push had begun.
+  assert version == half[0].split('/')[2]
   served = _keys(client, f'serving/s3-tiny/{version}/')
   assert f'serving/s3-tiny/{version}/saved_model.pb' in served
   assert f'serving/s3-tiny/{version}/model.tflite' in served
@@ -146,6 +192,8 @@ def test_whole_dag_on_object_storage(s3, tmp_path):
   written = {key.split('/')[1] for key in _keys(client, 'root/')}
   assert {c['name'] for c in first['components']} - {'AnomalyGate'} <= written
   assert not (workdir / 'pipeline_root').exists()
+  reliability.record_fault('Pusher on object storage (pusher_mid_copy)',
+                           recovered=True, versions_pushed=1, half_written=0)
 
   # The same data again: every step is reused, nothing new is pushed.
   second = _hubpipe_run(env, config, workdir)

@@ -81,22 +81,49 @@ def test_an_unblessed_model_is_not_pushed(tmp_path):
   assert not serving.exists() or os.listdir(serving) == []
 
 
-def test_a_push_killed_midway_leaves_no_version(tmp_path, monkeypatch):
-  """The copy fails halfway (a kill, a full disk): no numbered folder is
-  there; the next push succeeds, and removes the leftover once stale."""
+class _Killed(BaseException):
+  """Stands for SIGKILL: nothing in the Pusher may catch it."""
+
+
+def _die_at(point):
+  def pause_point(name):
+    if name == point:
+      raise _Killed(name)
+  return pause_point
+
+
+def test_a_failed_copy_leaves_nothing(tmp_path, monkeypatch):
+  """The copy fails halfway (a full disk): no version, no leftover; the
+  next push succeeds."""
   serving = tmp_path / 'serving'
   model = _model(tmp_path)
   copied = []
-  real_copy = executor.io_utils.fileio.copy
+  real_copy = executor.tf.io.gfile.copy
 
   def copy_then_die(src, dst, *args, **kwargs):
-    if copied:
-      raise OSError(28, 'No space left on device', dst)
-    copied.append(dst)
+    if str(serving) in dst:  # the serving dir fills up after one file
+      if copied:
+        raise OSError(28, 'No space left on device', dst)
+      copied.append(dst)
     return real_copy(src, dst, *args, **kwargs)
 
-  monkeypatch.setattr(executor.io_utils.fileio, 'copy', copy_then_die)
+  monkeypatch.setattr(executor.tf.io.gfile, 'copy', copy_then_die)
   with pytest.raises(OSError, match='No space left'):
+    _do(tmp_path, model, serving)
+  monkeypatch.undo()
+  assert copied and os.listdir(serving) == []
+  out = _do(tmp_path, model, serving)
+  assert os.listdir(serving) == [out.get_string_custom_property('pushed_version')]
+
+
+def test_a_push_killed_midway_leaves_no_version(tmp_path, monkeypatch):
+  """Killed mid-copy: only a hidden folder is left, no numbered one; the
+  rerun pushes one version and removes the leftover once it is stale."""
+  serving = tmp_path / 'serving'
+  model = _model(tmp_path)
+  monkeypatch.setattr(executor.faults, 'pause_point',
+                      _die_at('pusher_mid_copy'))
+  with pytest.raises(_Killed):
     _do(tmp_path, model, serving)
   monkeypatch.undo()
   left = os.listdir(serving)
@@ -111,6 +138,41 @@ def test_a_push_killed_midway_leaves_no_version(tmp_path, monkeypatch):
       str(serving), now=float(version) + executor.STALE_ASIDE_SECONDS)
   assert removed == [str(serving / left[0])]
   assert os.listdir(serving) == [version]
+
+
+def test_on_object_storage_a_killed_push_is_finished_by_the_rerun(
+    tmp_path, monkeypatch):
+  """Object storage (no atomic rename; emulated on a local folder): the
+  version folder is written in place, saved_model.pb last. Killed before
+  it, the folder is no version; the rerun of the same model finishes that
+  version, and a different model numbers itself after it."""
+  serving = tmp_path / 'serving'
+  model = _model(tmp_path)
+  monkeypatch.setattr(executor, '_is_local', lambda path: False)
+  with monkeypatch.context() as patch:
+    patch.setattr(executor.faults, 'pause_point', _die_at('pusher_mid_copy'))
+    with pytest.raises(_Killed):
+      _do(tmp_path, model, serving)
+  half, = os.listdir(serving)
+  assert executor.versions(str(serving)) == {}
+  assert not (serving / half / 'saved_model.pb').exists()
+  assert (serving / half / 'variables' / 'variables.index').exists()
+  out = _do(tmp_path, model, serving)
+  assert out.get_string_custom_property('pushed_version') == half
+  assert list(executor.versions(str(serving))) == [int(half)]
+  assert (serving / half / 'saved_model.pb').read_bytes() == b'graph'
+  assert executor.read_record(str(serving / half))['source'] == model.uri
+  # Another model's unfinished folder is not this model's to finish.
+  other = _model(tmp_path, 'other', content=b'other graph')
+  with monkeypatch.context() as patch:
+    patch.setattr(executor.faults, 'pause_point', _die_at('pusher_mid_copy'))
+    with pytest.raises(_Killed):
+      _do(tmp_path, other, serving)
+  third = _model(tmp_path, 'third', content=b'third graph')
+  out = _do(tmp_path, third, serving)
+  assert int(out.get_string_custom_property('pushed_version')) == int(half) + 2
+  assert sorted(executor.versions(str(serving))) == [int(half),
+                                                     int(half) + 2]
 
 
 def test_a_half_written_numbered_folder_is_skipped_not_overwritten(tmp_path):

@@ -120,34 +120,83 @@ def push(model_path: str, serving_dir: str, source: str,
       logging.info('Pusher: version %d already holds this model (%s); not '
                    'pushed again', newest, source)
       return str(newest), existing[newest], False
+  if not _is_local(serving_dir):
+    return _push_to_object_storage(model_path, serving_dir, record, now)
   # After every numbered folder, whole or not (a rename onto one fails).
   version = str(max([int(now)] + [v + 1 for v in numbered(serving_dir)]))
   target = _join(serving_dir, version)
   aside = _join(serving_dir,
                 f'{ASIDE_PREFIX}{int(now)}-{version}-{uuid.uuid4().hex[:8]}')
   try:
-    io_utils.copy_dir(model_path, aside,
-                      deny_regex_patterns=[r'saved_model\.pb$'])
+    _copy_tree(model_path, aside, skip=SAVED_MODEL)
     faults.pause_point('pusher_mid_copy')
     io_utils.copy_file(pb, _join(aside, SAVED_MODEL))
-    with tf.io.gfile.GFile(_join(aside, RECORD_FILE), 'w') as f:
-      json.dump({**record, 'version': version, 'pushed_at': now}, f)
+    _write_record(aside, record, version, now)
   except Exception:
     # A failed copy (a full disk) frees what it wrote; a killed one is
     # removed by a later push, once stale.
     if tf.io.gfile.exists(aside):
       tf.io.gfile.rmtree(aside)
     raise
-  if _is_local(serving_dir):
-    # One rename: the version folder appears whole or not at all.
-    tf.io.gfile.rename(aside, target)
+  # One rename: the version folder appears whole or not at all.
+  tf.io.gfile.rename(aside, target)
+  logging.info('Pusher: model written to %s', target)
+  return version, target, True
+
+
+def _copy_tree(src: str, dst: str, skip: str) -> None:
+  """Copies the files under `src` to `dst`, but `src`/`skip`, over what
+  `dst` holds. (io_utils.copy_dir removes `dst` first, and with it the
+  record that marks an unfinished version as this model's.)"""
+  src = src.rstrip('/')
+  for folder, _, files in tf.io.gfile.walk(src):
+    relative = folder[len(src):].strip('/')
+    into = _join(dst, relative) if relative else dst
+    tf.io.gfile.makedirs(into)
+    for name in files:
+      if relative or name != skip:
+        tf.io.gfile.copy(_join(folder, name), _join(into, name),
+                         overwrite=True)
+
+
+def _write_record(folder: str, record: dict, version: str, now: float):
+  with tf.io.gfile.GFile(_join(folder, RECORD_FILE), 'w') as f:
+    json.dump({**record, 'version': version, 'pushed_at': now}, f)
+
+
+def _unfinished(serving_dir: str, record: dict) -> Optional[str]:
+  """The version a killed push of this same model left unfinished (its
+  record, no saved_model.pb), newest first, if any."""
+  for number in sorted(numbered(serving_dir), reverse=True):
+    folder = _join(serving_dir, str(number))
+    if tf.io.gfile.exists(_join(folder, SAVED_MODEL)):
+      continue
+    held = read_record(folder) or {}
+    if all(held.get(k) == v for k, v in record.items()):
+      return str(number)
+  return None
+
+
+def _push_to_object_storage(model_path: str, serving_dir: str, record: dict,
+                            now: float) -> Tuple[str, str, bool]:
+  """Object storage has no atomic rename. The version folder gets its record
+  first, then the files, saved_model.pb last: a version is there once its
+  saved_model.pb is (TFX's and TF Serving's convention). A push killed
+  midway leaves a folder without one; the next push of the same model
+  finishes that version rather than numbering another."""
+  version = _unfinished(serving_dir, record)
+  if version:
+    logging.warning('Pusher: finishing version %s, which a killed push of '
+                    'this model left without its %s', version, SAVED_MODEL)
   else:
-    # No atomic rename on object storage: the files go into the version
-    # folder with saved_model.pb last, the mark of a whole version.
-    io_utils.copy_dir(aside, target, deny_regex_patterns=[r'saved_model\.pb$'])
-    faults.pause_point('pusher_publishing')
-    io_utils.copy_file(_join(aside, SAVED_MODEL), _join(target, SAVED_MODEL))
-    tf.io.gfile.rmtree(aside)
+    version = str(max([int(now)] + [v + 1 for v in numbered(serving_dir)]))
+  target = _join(serving_dir, version)
+  tf.io.gfile.makedirs(target)
+  _write_record(target, record, version, now)
+  _copy_tree(model_path, target, skip=SAVED_MODEL)
+  faults.pause_point('pusher_mid_copy')
+  io_utils.copy_file(_join(model_path, SAVED_MODEL), _join(target, SAVED_MODEL),
+                     overwrite=True)
   logging.info('Pusher: model written to %s', target)
   return version, target, True
 
