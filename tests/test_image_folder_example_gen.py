@@ -352,9 +352,10 @@ def test_do_corrupt_images_skip(tmp_path):
 
 
 def test_do_all_corrupt_with_skip_raises(tmp_path):
-  (tmp_path / 'images' / 'cat').mkdir(parents=True)
-  (tmp_path / 'images' / 'cat' / 'a.png').write_bytes(b'')
-  with pytest.raises(ifeg.NoImagesError, match='all 1 image files'):
+  for name in ('cat', 'dog'):
+    (tmp_path / 'images' / name).mkdir(parents=True)
+    (tmp_path / 'images' / name / 'a.png').write_bytes(b'')
+  with pytest.raises(ifeg.NoImagesError, match='all 2 image files'):
     _run(tmp_path, _exec_properties(
         tmp_path / 'images', [('all', '*')], [('train', 1)],
         custom_config=json.dumps({'on_corrupt': 'skip'})))

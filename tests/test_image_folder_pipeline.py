@@ -82,16 +82,3 @@ def test_image_folder_runs_through_the_dag(tmp_path):
   labels = Path(summary['pushed_model']) / 'labels.txt'
   assert labels.read_text().split() == sorted(COLOURS)
   assert summary['pushed_tflite']
-
-
-def test_corrupt_images_stop_the_run_with_their_paths(tmp_path):
-  _make_folder(tmp_path / 'images', per_class=3)
-  bad = tmp_path / 'images' / 'green' / 'broken.png'
-  bad.write_bytes(b'\x89PNG\r\n\x1a\n not really')
-  summary = local_runner.run(_config(tmp_path), str(tmp_path / 'work'),
-                             echo=lambda _: None)
-  assert summary['status'] == 'failed'
-  assert str(bad) in summary['error']
-  assert 'data.on_corrupt: skip' in summary['error']
-  assert not summary['pushed']
-  assert 'Trainer' not in {c['name'] for c in summary['components']}

@@ -1,4 +1,6 @@
-"""End to end: the whole DAG on a tiny Fashion-MNIST config, then again, then on bad data.
+"""End to end: the whole DAG on a tiny Fashion-MNIST config, then again.
+
+Bad data: tests/test_bad_inputs.py.
 
 These run the real components (LocalDagRunner, Beam DirectRunner in
 multi-process mode, the real pretrained MobileNetV1) on a few hundred examples.
@@ -220,32 +222,3 @@ def test_an_edit_to_the_trainer_code_retrains(first_run, monkeypatch):
     assert states[name] == 'cached', states
   assert states['Trainer'] == 'complete', states
   assert states['Evaluator'] == 'complete', states
-
-
-def test_schema_anomaly_stops_the_run_before_transform(tmp_path):
-  # Labels stored as text: the curated schema says INT.
-  data = tmp_path / 'data'
-  png = io.BytesIO()
-  Image.fromarray(np.zeros((28, 28), dtype=np.uint8)).save(png, format='PNG')
-  for split in ('train', 'eval'):
-    (data / split).mkdir(parents=True)
-    with tf.io.TFRecordWriter(str(data / split / 'data.tfrecord')) as writer:
-      for i in range(20):
-        label = tf.train.Feature(bytes_list=tf.train.BytesList(
-            value=[str(i % 2).encode()]))
-        writer.write(_example(png.getvalue(), label))
-  config_file = tmp_path / 'bad.yaml'
-  config_file.write_text(
-      'name: bad-labels\n'
-      'data:\n  source: tfrecord\n  path: data\n'
-      'module:\n  input_size: [32, 32]\n'
-      'beam:\n  direct_running_mode: in_memory\n')
-  config = load_config(str(config_file))
-  summary = local_runner.run(config, str(tmp_path / 'work'), echo=lambda _: None)
-  assert summary['status'] == 'failed'
-  assert summary['failed_component'] == 'AnomalyGate'
-  assert 'feature "label"' in summary['error']
-  assert 'schema' in summary['error']
-  ran = {c['name'] for c in summary['components']}
-  assert 'Transform' not in ran and 'Trainer' not in ran
-  assert not summary['pushed']

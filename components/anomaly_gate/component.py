@@ -46,6 +46,26 @@ def _labels_are_names(anomalies_by_split: dict, label_feature: str) -> bool:
   return False
 
 
+# Anomalies that mean some examples lack a value of the feature.
+_MISSING_VALUES = frozenset((
+    'FEATURE_TYPE_LOW_FRACTION_PRESENT', 'FEATURE_TYPE_LOW_NUMBER_PRESENT',
+    'FEATURE_TYPE_NOT_PRESENT', 'FEATURE_TYPE_NO_VALUES',
+    'FEATURE_TYPE_LOW_NUMBER_VALUES', 'SCHEMA_MISSING_COLUMN',
+    'INVALID_FEATURE_SHAPE'))
+
+
+def _without_values(anomalies_by_split: dict) -> list:
+  """The features some examples hold no value of (an empty CSV cell, a
+  tf.Example without the feature), sorted."""
+  names = set()
+  for anomalies in anomalies_by_split.values():
+    for feature, info in anomalies.anomaly_info.items():
+      if any(anomalies_pb2.AnomalyInfo.Type.Name(r.type) in _MISSING_VALUES
+             for r in info.reason):
+        names.add(feature)
+  return sorted(names)
+
+
 def describe(anomalies_by_split: dict, schema_hint: str = '',
              label_feature: str = '') -> str:
   """A readable report of the anomalies, or '' when there are none."""
@@ -66,6 +86,11 @@ def describe(anomalies_by_split: dict, schema_hint: str = '',
             'names, set data.label_type: string in the config (its curated '
             'schema takes them as text; a schema of your own must declare '
             'the label as BYTES).')
+  missing = _without_values(anomalies_by_split)
+  if missing:
+    hint += (f'\nSome examples hold no value of {", ".join(missing)} (an empty '
+             'CSV cell gives none, as does a tf.Example without the feature): '
+             'fill them in, or leave those examples out.')
   return ('the examples do not match the schema ' + schema_hint + ':\n' +
           '\n'.join(lines) + hint +
           '\nFix the data, or if the data is right and the schema is out of '

@@ -86,15 +86,50 @@ def list_spans(input_base: str, span_pattern: str) -> Dict[int, str]:
 
 
 def _files(pattern: str) -> List[str]:
-  return sorted(p for p in tf.io.gfile.glob(pattern)
-                if not tf.io.gfile.isdir(p))
+  try:
+    return sorted(p for p in tf.io.gfile.glob(pattern)
+                  if not tf.io.gfile.isdir(p))
+  except tf.errors.OpError as err:  # a folder it may not list
+    raise _unreadable(posixpath.dirname(pattern), err) from None
+
+
+def _unreadable(folder: str, err: Exception) -> SnapshotError:
+  reason = getattr(err, 'message', None) or str(err)
+  return SnapshotError(
+      f'{folder} cannot be read ({reason}): give the user that runs hubpipe '
+      f'read access to the data (e.g. chmod -R a+rX {folder}), or point '
+      'data.path / --data-root at a copy it can read.')
+
+
+def _check_readable(folder: str) -> None:
+  try:
+    tf.io.gfile.listdir(folder)
+  except tf.errors.OpError as err:
+    raise _unreadable(folder, err) from None
 
 
 def _walk_files(root: str) -> List[str]:
   out = []
-  for folder, _, files in tf.io.gfile.walk(root):
-    out.extend(_join(folder, f) for f in files)
+  try:
+    for folder, _, files in tf.io.gfile.walk(root):
+      out.extend(_join(folder, f) for f in files)
+  except tf.errors.OpError as err:  # a sub-folder it may not list
+    raise _unreadable(root, err) from None
   return sorted(out)
+
+
+def _check_image_folder(input_base: str) -> None:
+  """The layout the image folder ExampleGen reads (class folders, images in
+  each, two classes or more), checked before any step runs."""
+  # Imported here: the snapshot of TFRecord and CSV data needs no TFX.
+  from hubpipe.components.image_folder_example_gen import component  # pylint: disable=g-import-not-at-top
+  from hubpipe.components.image_folder_example_gen import executor  # pylint: disable=g-import-not-at-top
+  try:
+    input_config, _ = component.split_configs(input_base)
+    executor.check_layout(input_base,
+                          [(s.name, s.pattern) for s in input_config.splits])
+  except ValueError as err:
+    raise SnapshotError(str(err)) from None
 
 
 def fingerprint(files: List[str], base: str) -> Dict:
@@ -128,12 +163,15 @@ def examples_snapshot(input_base: str, source: str = 'tfrecord',
   files (and optionally validation/), or span folders that each hold them.
   source 'csv': the same with CSV files, or (no train/ folder, no spans)
   the `*.csv` files at the root, one split (ALL_ROWS) that a column routes.
-  source 'image_folder': the whole folder is fingerprinted; the image
-  ExampleGen reads its layout.
+  source 'image_folder': the whole folder is fingerprinted; its layout is
+  checked as the image ExampleGen reads it (class folders, images in each,
+  two classes or more), so that a wrong one stops the run before any step.
+  A data root (or a folder in it) that cannot be listed is a SnapshotError.
   """
   if not tf.io.gfile.isdir(input_base):
     raise SnapshotError(f'data root {input_base} is not a folder (or cannot '
                         'be read): check data.path / --data-root.')
+  _check_readable(input_base)
   snapshot = {'input_base': input_base, 'source': source, 'spans': None,
               'span': 0, 'splits': None}
   if not span_pattern and not _ready(input_base, ready_marker):
@@ -144,6 +182,7 @@ def examples_snapshot(input_base: str, source: str = 'tfrecord',
   if source == 'image_folder':
     if not _walk_files(input_base):
       raise SnapshotError(f'data root {input_base} holds no files.')
+    _check_image_folder(input_base)
     snapshot['fingerprint'] = refingerprint(snapshot)
     return snapshot, []
 

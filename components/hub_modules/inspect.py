@@ -241,6 +241,13 @@ def check_compatible(info: ModuleInfo, config) -> None:
             f'{_side(info)} takes BERT inputs (word ids, mask, type ids) and '
             'names no preprocessing companion; set module.preprocessor to the '
             "encoder's preprocessing model.")
+      longest = info.metadata.get('max_seq_length')
+      if longest and config.module.seq_length > longest:
+        raise IncompatibleModule(
+            f'{_side(info)} takes at most {longest} tokens (its position '
+            f'embeddings), but module.seq_length is '
+            f'{config.module.seq_length}. Set module.seq_length to {longest} '
+            'or less.')
     else:
       spec = next(iter(info.inputs.values()))
       if len(info.inputs) != 1 or spec['dtype'] != 'string':

@@ -17,6 +17,9 @@ order (case-sensitive) and numbered 0..K-1. Every input split must have the same
 of class folder names, otherwise `ClassMismatchError`; so the ids mean the same in
 every split. The names in id order are written to `classes.txt` in the output
 artifact's folder and to its custom property `class_names` (a JSON list).
+A class folder without image files, or a single class, is an error
+(`NoImagesError`, `TooFewClassesError`): the model would have an output it never
+learns, or nothing to tell apart.
 
 Files. Only files directly inside a class folder are read, and only those whose name
 ends in .png, .jpg or .jpeg (any case). Anything else (other files, hidden files such
@@ -28,7 +31,8 @@ image feature (default `image`) and the class id as int64 under the label featur
 (default `label`).
 
 Corrupt images. Every file is read and fully decoded with PIL; one that is empty,
-truncated, unreadable or not a PNG/JPEG image is never dropped silently. With
+truncated, unreadable, not a PNG/JPEG image or larger than MAX_IMAGE_PIXELS (checked
+from its header, before it is decoded) is never dropped silently. With
 `on_corrupt='fail'` (default) the executor raises `CorruptImagesError` naming them;
 with `on_corrupt='skip'` they are left out and listed (`path<TAB>reason`, one a line)
 in `corrupt_images.txt` in the output artifact's folder, which is always written in
@@ -53,7 +57,9 @@ os.environ.setdefault('TF_USE_LEGACY_KERAS', '1')
 import dataclasses
 import io
 import json
+import re
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+import warnings
 
 from absl import logging
 import apache_beam as beam
@@ -74,6 +80,11 @@ ON_CORRUPT_CHOICES = ('fail', 'skip')
 REPORT_FILE = 'corrupt_images.txt'
 CLASSES_FILE = 'classes.txt'
 MAX_LISTED = 20
+# An image with more pixels than this is refused (listed as corrupt) before it
+# is decoded: PIL's own decompression-bomb threshold. Decoded to float RGB in
+# the Transform, such an image takes over 1 GB; the module sees it at a few
+# hundred pixels a side anyway.
+MAX_IMAGE_PIXELS = 89_478_485
 # Scratch folder inside the output artifact, removed after the run.
 _SCRATCH_DIR = '.image_folder_example_gen'
 _CORRUPT_TAG = 'corrupt'
@@ -103,6 +114,10 @@ class ClassMismatchError(ValueError):
 
 class NoImagesError(ValueError):
   """No class folders or no image files where the split patterns point."""
+
+
+class TooFewClassesError(ValueError):
+  """A single class folder: nothing to tell apart."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -262,8 +277,15 @@ def check_image_bytes(data: bytes) -> str:
     raise ValueError('empty file (0 bytes)')
   image_format = None
   try:
-    with Image.open(io.BytesIO(data)) as image:
+    with warnings.catch_warnings():
+      # Sizes up to twice PIL's limit only warn; they are refused below.
+      warnings.simplefilter('ignore', Image.DecompressionBombWarning)
+      image = Image.open(io.BytesIO(data))
+    with image:
       image_format = image.format
+      width, height = image.size
+      if width * height > MAX_IMAGE_PIXELS:
+        raise _TooLarge(f'{width}x{height}')
       if image_format in IMAGE_FORMATS:
         image.verify()
     if image_format in IMAGE_FORMATS:
@@ -271,12 +293,25 @@ def check_image_bytes(data: bytes) -> str:
         image.load()
   except UnidentifiedImageError:
     raise ValueError('not a PNG or JPEG image (unrecognized data)') from None
+  except (_TooLarge, Image.DecompressionBombError) as e:
+    # PIL refuses the largest sizes itself when it opens them (its message
+    # says how many pixels).
+    size = str(e) if isinstance(e, _TooLarge) else re.sub(
+        r'^Image size \((\d+) pixels\).*', r'\1 pixels', str(e))
+    raise ValueError(
+        f'too large: {size}, more than the {MAX_IMAGE_PIXELS:,} pixels an '
+        'image may have (a decompression bomb?); scale it down (the module '
+        'sees images at a few hundred pixels a side) or remove it') from None
   except Exception as e:  # pylint: disable=broad-except
     raise ValueError(f'cannot be decoded as {image_format or "an image"}: '
                      f'{type(e).__name__}: {e}') from None
   if image_format not in IMAGE_FORMATS:
     raise ValueError(f'a {image_format} image, not PNG or JPEG')
   return image_format
+
+
+class _TooLarge(Exception):
+  """An image over MAX_IMAGE_PIXELS (its size in the message)."""
 
 
 def build_example(image_bytes: bytes, label: int, image_feature: str = 'image',
@@ -387,6 +422,7 @@ def _plan(input_base: str,
           'label ids number the sorted class folder names.')
   ids = class_ids(reference.class_folders)
   for plan in plans:
+    empty = []
     for name, folders in plan.class_folders.items():
       count = 0
       for folder in folders:
@@ -395,8 +431,15 @@ def _plan(input_base: str,
         plan.ignored.extend(ignored)
         count += len(images)
       if not count:
-        logging.warning("Image folder ExampleGen: class folder(s) %s of split '%s' "
-                        'hold no .png/.jpg/.jpeg files.', folders, plan.name)
+        empty.extend(folders)
+    if empty:
+      # A class without examples would still get an id and an output the
+      # model never learns.
+      raise NoImagesError(
+          f"class folder(s) {', '.join(empty)} of split '{plan.name}' hold no "
+          '.png/.jpg/.jpeg files (images must lie directly inside the class '
+          'folder). Put the images of that class in it, or remove the folder '
+          '(from every split) if the class is not wanted.')
     if plan.ignored:
       logging.info(
           "Image folder ExampleGen: split '%s' (pattern '%s'): ignored %d entries "
@@ -411,7 +454,22 @@ def _plan(input_base: str,
     logging.info("Image folder ExampleGen: split '%s' (pattern '%s'): %d images in %d "
                  'classes.', plan.name, plan.pattern, len(plan.files),
                  len(plan.class_folders))
+  if len(ids) < 2:
+    raise TooFewClassesError(
+        f'input_base {input_base} holds one class folder ({", ".join(ids)}): a '
+        'classifier needs two or more classes. Put each class in a sub-folder '
+        f'of its own beside it (e.g. {os.path.join(input_base, "<class>")}/), '
+        'or train/ and eval/ folders that each hold the class folders.')
   return list(ids), plans
+
+
+def check_layout(input_base: str, splits: Sequence[Tuple[str, str]]) -> List[str]:
+  """The class names of an image folder, after the checks the executor makes
+  before it reads a file (class folders, images in each, the same classes in
+  every split, two classes or more); raises the executor's errors. For a
+  check before the pipeline starts (the data snapshot)."""
+  class_names, _ = _plan(input_base, splits)
+  return class_names
 
 
 @dataclasses.dataclass

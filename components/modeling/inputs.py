@@ -281,6 +281,7 @@ def num_classes(tf_transform_output) -> int:
   if names is not None:
     if not names:
       raise ValueError('the training data holds no labels.')
+    _two_or_more(names)
     return len(names)
   values = tf_transform_output.vocabulary_by_name(LABEL_VOCABULARY)
   ids = sorted(int(v) for v in values)
@@ -288,11 +289,20 @@ def num_classes(tf_transform_output) -> int:
     raise ValueError('the training data holds no labels.')
   if ids[0] < 0:
     raise ValueError(f'labels must be class ids 0..K-1; the data has {ids[0]}.')
+  _two_or_more(ids)
   missing = sorted(set(range(ids[-1] + 1)) - set(ids))
   if missing:
     logging.warning('class ids %s never occur in the data; the head still has '
                     '%d outputs', missing, ids[-1] + 1)
   return ids[-1] + 1
+
+
+def _two_or_more(classes) -> None:
+  if len(classes) < 2:
+    raise ValueError(
+        f'the training data holds one class only (label {classes[0]}): a '
+        'classifier needs examples of two or more classes. Add examples of '
+        'the other classes to the data (train/ holds what the model learns).')
 
 
 # What an ExampleGen that knows the class names (the image-folder one)

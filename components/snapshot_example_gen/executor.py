@@ -199,6 +199,48 @@ class ImageFolderExecutor(_FromSnapshot, image_executor.Executor,
   """The image folder ExampleGen's executor, on the snapshot's data root."""
 
 
+class NotUtf8Error(ValueError):
+  """A CSV file that is not UTF-8 text."""
+
+
+def first_non_utf8_line(path: str):
+  """(line number from 1, the line) of the first line of `path` that is
+  not UTF-8, or None."""
+  with tf.io.gfile.GFile(path, 'rb') as f:
+    for number, line in enumerate(f, 1):
+      try:
+        line.decode('utf-8')
+      except UnicodeDecodeError:
+        return number, line
+  return None
+
+
+class _ReadUtf8CsvRecords(csv_executor._ReadCsvRecordsFromTextFile):  # pylint: disable=protected-access
+  """TFX's CSV record reader; a file that is not UTF-8 fails naming the
+  file, the line and the fix instead of a bare UnicodeDecodeError."""
+
+  def process(self, csv_filepath: str):
+    records = super().process(csv_filepath)
+    while True:
+      try:
+        record = next(records)
+      except StopIteration:
+        return
+      except UnicodeDecodeError:
+        break
+      yield record
+    # Raised outside the except clause: the error reported is this one.
+    raise NotUtf8Error(_not_utf8_message(
+        csv_filepath, first_non_utf8_line(csv_filepath)))
+
+
+def _not_utf8_message(path: str, found) -> str:
+  where = f'line {found[0]} ({found[1][:80]!r})' if found else 'a line'
+  return (f'{path} is not UTF-8 text: {where} holds bytes that are not '
+          'UTF-8. Save the CSV files as UTF-8 (e.g. `iconv -f latin1 -t utf-8 '
+          'in.csv > out.csv` for a Latin-1 file), or remove the line.')
+
+
 @beam.ptransform_fn
 @beam.typehints.with_input_types(beam.Pipeline)
 @beam.typehints.with_output_types(tf.train.Example)
@@ -235,8 +277,7 @@ def _ReadCsvFiles(pipeline: beam.Pipeline, exec_properties: Dict[str, Any],  # p
   # pylint: disable=protected-access  (TFX's CSV reading, as CsvExampleGen's)
   lines = (pipeline
            | 'Files' >> beam.Create(files)
-           | 'ReadRecords' >> beam.ParDo(
-               csv_executor._ReadCsvRecordsFromTextFile())
+           | 'ReadRecords' >> beam.ParDo(_ReadUtf8CsvRecords())
            | 'ParseLines' >> beam.ParDo(csv_decoder.ParseCSVLine(delimiter=','))
            | 'Cells' >> beam.Keys())
   column_infos = beam.pvalue.AsSingleton(
@@ -270,14 +311,21 @@ def split_column_values(files, column: str) -> Dict[str, int]:
           f'{"/".join(SPLIT_VALUES)}, or put the files in train/ and eval/ '
           'folders.')
     index = header.index(column)
-    with tf.io.gfile.GFile(path, 'r') as lines:
-      rows = csv.reader(lines)
-      next(rows, None)  # the header
-      for row in rows:
-        if not row:
-          continue  # a blank line, as the ExampleGen skips it
-        value = row[index].strip() if index < len(row) else ''
-        counts[value] = counts.get(value, 0) + 1
+    try:
+      with tf.io.gfile.GFile(path, 'r') as lines:
+        rows = csv.reader(lines)
+        next(rows, None)  # the header
+        for row in rows:
+          if not row:
+            continue  # a blank line, as the ExampleGen skips it
+          value = row[index].strip() if index < len(row) else ''
+          counts[value] = counts.get(value, 0) + 1
+    except UnicodeDecodeError:
+      pass
+    else:
+      continue
+    # Raised outside the except clause: the error reported is this one.
+    raise NotUtf8Error(_not_utf8_message(path, first_non_utf8_line(path)))
   return counts
 
 
