@@ -66,7 +66,10 @@ def prepare_data(config: Config) -> str:
     return bundled_data(config)
   input_base = config.resolve_path(data.path)
   if '://' not in input_base and not os.path.isdir(input_base):
-    raise ConfigError(f'data.path: {input_base} is not a folder.')
+    raise ConfigError(
+        f'data.path: {input_base} is not a folder. Point data.path at the '
+        'folder that holds the data (a relative path is read from the '
+        "config file's folder).")
   # What the folder holds (train/ and eval/ files, span folders, a ready
   # marker) is checked by the data snapshot, as on a cluster.
   return input_base

@@ -212,10 +212,10 @@ def _no_data_path(folder, module):
 
 
 def _missing_data_folder(folder, module):
-  # The fix (point data.path at the data, relative to the config file) is
-  # implied only: local_runner.prepare_data words this message.
   return (_image_config(folder, module, '  source: tfrecord\n  path: nowhere\n'),
-          ['data.path', str(folder / 'nowhere'), 'is not a folder'])
+          ['data.path', str(folder / 'nowhere'), 'is not a folder',
+           'Point data.path at the folder that holds the data',
+           "read from the config file's folder"])
 
 
 def _empty_data_folder(folder, module):
