@@ -4,6 +4,8 @@ ExampleGen that ingests it."""
 
 import json
 import os
+import pathlib
+import re
 import shutil
 import time
 
@@ -11,6 +13,7 @@ import pytest
 import tensorflow as tf
 from tfx.types import standard_artifacts
 
+import reliability
 from hubpipe.components.data_snapshot import snapshot
 from hubpipe.components.snapshot_example_gen import executor as gen_executor
 
@@ -117,13 +120,28 @@ def test_bad_data_roots_name_the_problem(tmp_path):
     snapshot.examples_snapshot(str(tmp_path), 'tfrecord', 'span-{SPAN}', 2)
 
 
-def _push(serving, version):
-  (serving / str(version)).mkdir(parents=True)
-  (serving / str(version) / 'saved_model.pb').write_bytes(b'm')
-  return str(serving / str(version))
+@pytest.fixture(scope='module')
+def tiny_saved_model(tmp_path_factory):
+  """A SavedModel with one variable: a push the baseline check loads."""
+  folder = tmp_path_factory.mktemp('tiny_saved_model') / 'model'
+  module = tf.Module()
+  module.weights = tf.Variable(tf.range(1000, dtype=tf.float32))
+  module.serve = tf.function(lambda x: x * module.weights,
+                             input_signature=[tf.TensorSpec([], tf.float32)])
+  tf.saved_model.save(module, str(folder))
+  return folder
 
 
-def test_baseline_is_the_push_in_service_when_the_data_arrived(tmp_path):
+@pytest.fixture
+def push(tiny_saved_model):
+  def push(serving, version):
+    shutil.copytree(tiny_saved_model, serving / str(version))
+    return str(serving / str(version))
+  return push
+
+
+def test_baseline_is_the_push_in_service_when_the_data_arrived(tmp_path,
+                                                                push):
   serving, state = tmp_path / 'serving', str(tmp_path / 'state')
   _records(tmp_path / 'data' / 'train' / 'a.tfrecord', [0])
   _records(tmp_path / 'data' / 'eval' / 'a.tfrecord', [0])
@@ -135,7 +153,7 @@ def test_baseline_is_the_push_in_service_when_the_data_arrived(tmp_path):
 
   assert snapshot.latest_version(str(serving)) is None
   assert baseline() == ''  # nothing pushed yet
-  v100 = _push(serving, 100)  # the first run's push
+  v100 = push(serving, 100)  # the first run's push
   (serving / '200').mkdir()  # a push still being written: no saved_model.pb
   # Same data, same pipeline: the same baseline as the run before, so that
   # run's results are reused and nothing new is pushed.
@@ -148,7 +166,7 @@ def test_baseline_is_the_push_in_service_when_the_data_arrived(tmp_path):
   # even once this data's own model is pushed.
   _records(tmp_path / 'data' / 'train' / 'b.tfrecord', [1])
   assert baseline('pipeline-2') == v100
-  v300 = _push(serving, 300)
+  v300 = push(serving, 300)
   assert baseline('pipeline-2') == v100
   # The data put back as it was: the model in service is measured again.
   os.remove(tmp_path / 'data' / 'train' / 'b.tfrecord')
@@ -156,7 +174,7 @@ def test_baseline_is_the_push_in_service_when_the_data_arrived(tmp_path):
   # The recorded push deleted: the newest one there.
   _records(tmp_path / 'data' / 'train' / 'c.tfrecord', [1])
   assert baseline('pipeline-2') == v300
-  v400 = _push(serving, 400)
+  v400 = push(serving, 400)
   shutil.rmtree(v300)
   assert baseline('pipeline-2') == v400
   assert snapshot.latest_version(str(serving)) == v400
@@ -254,3 +272,94 @@ def test_a_validation_folder_is_ingested_as_the_validation_split(tmp_path):
   snap, _ = snapshot.examples_snapshot(str(tmp_path / 'spans3'), 'tfrecord',
                                        'span-{SPAN}', 2)
   assert 'validation' not in snap['splits']
+
+
+def _damage(path, how):
+  data = bytearray(path.read_bytes())
+  if how == 'truncated':
+    data = data[:-5]  # a copy that stopped inside the last record
+  else:
+    data[30] ^= 0xff  # a byte changed inside the first record
+  path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize('how', ['truncated', 'corrupt'])
+def test_example_gen_names_a_truncated_or_corrupt_file(tmp_path, how):
+  _records(tmp_path / 'train' / 'a.tfrecord', list(range(10)))
+  _records(tmp_path / 'train' / 'b.tfrecord', list(range(10)))
+  _records(tmp_path / 'eval' / 'a.tfrecord', [0, 1])
+  _damage(tmp_path / 'train' / 'b.tfrecord', how)
+  taken = json.dumps(snapshot.examples_snapshot(str(tmp_path))[0])
+  examples = standard_artifacts.Examples()
+  examples.uri = str(tmp_path / 'out')
+  with pytest.raises(gen_executor.CorruptInputError) as raised:
+    gen_executor.TFRecordExecutor().Do(
+        {}, {'examples': [examples]},
+        {'snapshot': taken, 'output_config': '{}',
+         'output_data_format': 6, 'output_file_format': 5})
+  message = str(raised.value)
+  bad = str(tmp_path / 'train' / 'b.tfrecord')
+  assert f'{bad}: {how}' in message
+  assert ('ends inside record 10' if how == 'truncated'
+          else 'record 1 fails its checksum') in message
+  assert 'a.tfrecord' not in message  # the intact files are not named
+  assert 'delivered again' in message
+  # The run's summary reports the innermost exception: this one.
+  assert raised.value.__cause__ is None and raised.value.__context__ is None
+  reliability.record_bad_input(f'input: a {how} TFRecord shard', 'clear_error')
+
+
+def _break(folder, how):
+  folder = pathlib.Path(folder)
+  if how == 'truncated saved_model.pb':
+    graph = folder / 'saved_model.pb'
+    graph.write_bytes(graph.read_bytes()[:-100])
+  elif how == 'empty saved_model.pb':
+    (folder / 'saved_model.pb').write_bytes(b'')
+  elif how == 'variables deleted':
+    shutil.rmtree(folder / 'variables')
+  elif how == 'truncated variables':
+    data, = (folder / 'variables').glob('variables.data-*')
+    data.write_bytes(data.read_bytes()[:-100])
+  else:  # a changed byte in the variables
+    data, = (folder / 'variables').glob('variables.data-*')
+    changed = bytearray(data.read_bytes())
+    changed[len(changed) // 2] ^= 0xff
+    data.write_bytes(bytes(changed))
+
+
+BROKEN = {'truncated saved_model.pb': 'does not parse',
+          'empty saved_model.pb': 'holds no graph',
+          'variables deleted': 'variables (variables/variables.index) are missing',
+          'truncated variables': 'do not read back',
+          'corrupt variables': 'do not read back'}
+
+
+@pytest.mark.parametrize('how', list(BROKEN))
+def test_a_broken_baseline_push_stops_the_snapshot(tmp_path, push, how):
+  """The newest push does not load: the run stops before anything is
+  trained or measured, naming the folder and the fix; once that folder is
+  removed, the push before it is the baseline."""
+  serving, state = tmp_path / 'serving', str(tmp_path / 'state')
+  _records(tmp_path / 'data' / 'train' / 'a.tfrecord', [0])
+  _records(tmp_path / 'data' / 'eval' / 'a.tfrecord', [0])
+  data = str(tmp_path / 'data')
+  v1 = push(serving, 1)
+  v2 = push(serving, 2)
+  _break(v2, how)
+  with pytest.raises(snapshot.BrokenBaselineError) as raised:
+    snapshot.take(data, 'tfrecord', None, 1, str(serving), state, 'p')
+  message = str(raised.value)
+  assert f'the pushed model {v2}' in message
+  assert BROKEN[how] in message
+  assert 'Remove that version folder' in message
+  # Not recorded: the next run looks again.
+  assert not os.path.exists(os.path.join(state, snapshot.LAST_SNAPSHOT))
+  shutil.rmtree(v2)
+  assert snapshot.take(data, 'tfrecord', None, 1, str(serving), state,
+                       'p')['baseline'] == v1
+  # A kept baseline broken since: the same error.
+  _break(v1, how)
+  with pytest.raises(snapshot.BrokenBaselineError, match=re.escape(v1)):
+    snapshot.take(data, 'tfrecord', None, 1, str(serving), state, 'p')
+  reliability.record_bad_input(f'baseline push: {how}', 'clear_error')

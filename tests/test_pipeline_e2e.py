@@ -9,6 +9,8 @@ multi-process mode, the real pretrained MobileNetV1) on a few hundred examples.
 import io
 import json
 import os
+import re
+import shutil
 
 import numpy as np
 import pytest
@@ -16,6 +18,7 @@ import tensorflow as tf
 import tensorflow_model_analysis as tfma
 from PIL import Image
 
+import reliability
 from hubpipe.pipeline import code_version
 from hubpipe.pipeline import local_runner
 from hubpipe.pipeline.config import load_config
@@ -151,6 +154,106 @@ def test_pushed_model_predicts_from_raw_image_bytes(first_run):
   assert out['probabilities'].shape == (1, 10)
 
 
+def _png(size=(28, 28)):
+  buffer = io.BytesIO()
+  Image.fromarray(np.zeros(size, dtype=np.uint8)).save(buffer, format='PNG')
+  return buffer.getvalue()
+
+
+BAD_REQUESTS = {
+    # name: (the request's serialized examples, what the error must say)
+    'bytes that are not a tf.Example': (
+        [b'\xff\xfe\x00 not a proto'], 'are not serialized tf.Examples'),
+    'an image sent without its tf.Example': (
+        [_png()], 'are not serialized tf.Examples'),
+    'a tf.Example cut short': ([_example(_png())[:-3]],
+                               'are not serialized tf.Examples'),
+    'an empty serialized string': ([b''], 'are empty strings'),
+    'a tf.Example without the image': (
+        [tf.train.Example(features=tf.train.Features(feature={
+            'photo': tf.train.Feature(bytes_list=tf.train.BytesList(
+                value=[_png()]))})).SerializeToString()],
+        'Feature: image (data type: string) is required'),
+    'a tf.Example whose image is not an image': (
+        [_example(b'hello')], 'Unknown image file format'),
+    'a tf.Example whose image is empty': (
+        [_example(b'')], 'have an empty feature `image`'),
+    'a truncated PNG': ([_example(_png()[:30])], 'PNG'),
+    'a batch mixing good and bad': (
+        [_example(_png()), b'', _example(_png())],
+        '[examples] [1] [are empty strings'),
+}
+
+
+@pytest.mark.parametrize('name', list(BAD_REQUESTS))
+def test_a_bad_request_fails_with_an_error_and_the_model_serves_on(
+    first_run, name):
+  """Through the pushed model's signature: the request fails with a TF
+  error that says what is wrong (not a crash, not a made-up prediction),
+  and the same loaded model serves the next good request."""
+  _, _, summary, _ = first_run
+  served = _loaded(summary['pushed_model'])
+  predict = served.signatures['serving_default']
+  batch, says = BAD_REQUESTS[name]
+  with pytest.raises(tf.errors.InvalidArgumentError, match=re.escape(says)):
+    predict(examples=tf.constant(batch, dtype=tf.string))
+  out = predict(examples=tf.constant([_example(_png())] * 2))
+  assert out['probabilities'].shape == (2, 10)
+  reliability.record_bad_input(f'serving: {name}', 'clear_error')
+
+
+_LOADED = {}
+
+
+def _loaded(path):
+  """The pushed SavedModel, loaded once for the bad requests."""
+  if path not in _LOADED:
+    _LOADED[path] = tf.saved_model.load(path)
+  return _LOADED[path]
+
+
+def test_the_pushed_tflite_refuses_a_wrong_shaped_input(first_run):
+  _, _, summary, _ = first_run
+  interpreter = tf.lite.Interpreter(model_path=summary['pushed_tflite'])
+  interpreter.allocate_tensors()
+  inp, = interpreter.get_input_details()
+  with pytest.raises(ValueError, match='Dimension mismatch'):
+    interpreter.set_tensor(inp['index'], np.zeros([1, 32, 32, 3], np.float32))
+  with pytest.raises(ValueError):
+    interpreter.set_tensor(inp['index'], np.zeros(inp['shape'], np.uint8))
+  interpreter.set_tensor(inp['index'], np.zeros(inp['shape'], np.float32))
+  interpreter.invoke()
+  reliability.record_bad_input('tflite: a wrong-shaped input', 'clear_error')
+
+
+@pytest.mark.parametrize('how', ['truncated saved_model.pb',
+                                 'variables deleted'])
+def test_a_broken_pushed_baseline_stops_the_next_run(first_run, tmp_path, how):
+  """The push the next run would be measured against is broken (here a
+  copy of the first run's push, damaged): the run stops before the DAG,
+  naming the folder and the fix, and pushes nothing (no blessing against
+  a broken or substituted baseline)."""
+  _, _, first, _ = first_run
+  serving = tmp_path / 'serving'
+  broken = serving / os.path.basename(first['pushed_model'])
+  shutil.copytree(first['pushed_model'], broken)
+  if how == 'variables deleted':
+    shutil.rmtree(broken / 'variables')
+  else:
+    graph = broken / 'saved_model.pb'
+    graph.write_bytes(graph.read_bytes()[:-1000])
+  config = load_config(None, {**TINY, 'push.serving_dir': str(serving)})
+  summary = local_runner.run(config, str(tmp_path / 'work'), echo=lambda _: None)
+  assert summary['status'] == 'failed'
+  assert summary['failed_step'] == 'data'  # the data snapshot, before the DAG
+  assert f'the pushed model {broken}' in summary['error']
+  assert 'Remove that version folder' in summary['error']
+  assert not summary.get('components')  # nothing ran
+  assert summary['pushed'] is False
+  assert sorted(p.name for p in serving.iterdir()) == [broken.name]
+  reliability.record_bad_input(f'run: baseline push with {how}', 'clear_error')
+
+
 def test_compressor_measures_variants_and_pushes_the_chosen_tflite(first_run):
   config, _, summary, _ = first_run
   compression = summary['compression']
@@ -222,3 +325,49 @@ def test_an_edit_to_the_trainer_code_retrains(first_run, monkeypatch):
     assert states[name] == 'cached', states
   assert states['Trainer'] == 'complete', states
   assert states['Evaluator'] == 'complete', states
+
+
+def test_a_truncated_or_corrupt_shard_stops_the_run_at_example_gen(tmp_path):
+  """A train shard cut short, another with a changed byte: the run stops at
+  its first step naming both files and what to do, and pushes nothing."""
+  data = tmp_path / 'data'
+  for split, shards in (('train', 3), ('eval', 1)):
+    (data / split).mkdir(parents=True)
+    for shard in range(shards):
+      with tf.io.TFRecordWriter(
+          str(data / split / f'part-{shard}.tfrecord')) as writer:
+        for i in range(10):
+          label = tf.train.Feature(int64_list=tf.train.Int64List(value=[i % 2]))
+          writer.write(_example(_png(), label))
+  truncated = data / 'train' / 'part-1.tfrecord'
+  truncated.write_bytes(truncated.read_bytes()[:-40])
+  corrupt = data / 'train' / 'part-2.tfrecord'
+  flipped = bytearray(corrupt.read_bytes())
+  flipped[100] ^= 0xff
+  corrupt.write_bytes(bytes(flipped))
+  config_file = tmp_path / 'damaged.yaml'
+  config_file.write_text(
+      'name: damaged-shards\n'
+      'data:\n  source: tfrecord\n  path: data\n'
+      'module:\n  input_size: [32, 32]\n'
+      'beam:\n  direct_running_mode: in_memory\n')
+  config = load_config(str(config_file))
+  summary = local_runner.run(config, str(tmp_path / 'work'), echo=lambda _: None)
+  assert summary['status'] == 'failed'
+  assert summary['failed_step'] == 'SnapshotExampleGen'
+  error = summary['error']
+  assert error.startswith('CorruptInputError: ')
+  assert f'{truncated}: truncated' in error
+  assert f'{corrupt}: corrupt' in error
+  assert 'part-0' not in error
+  assert 'delivered again' in error
+  with open(tmp_path / 'work' / 'summary.json') as f:
+    written = json.load(f)
+  assert written['status'] == 'failed'
+  assert written['failed_step'] == 'SnapshotExampleGen'
+  assert summary['pushed'] is False
+  serving = tmp_path / 'work' / 'serving' / 'damaged-shards'
+  assert not serving.exists() or not any(
+      p.name.isdigit() for p in serving.iterdir())
+  reliability.record_bad_input('run: truncated and corrupt TFRecord shards',
+                               'clear_error')

@@ -8,11 +8,13 @@ documented interpreter; and a module that does not fit the data.
 """
 
 import os
+import re
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
+import reliability
 from hubpipe.components.compressor import text_model
 from hubpipe.pipeline import local_runner
 from hubpipe.pipeline import summary as summary_lib
@@ -50,6 +52,31 @@ def _check_served_model(summary):
       summary['evaluation']['metrics']['sparse_categorical_accuracy'], abs=1e-4)
 
 
+def _check_bad_requests(model_dir):
+  """Bad requests fail with a TF error that says what is wrong, and the
+  same loaded model serves the next good one."""
+  predict = tf.saved_model.load(model_dir).signatures['serving_default']
+  good = tf.train.Example(features=tf.train.Features(feature={
+      'text': tf.train.Feature(bytes_list=tf.train.BytesList(
+          value=[b'a fine film']))})).SerializeToString()
+  other = tf.train.Example(features=tf.train.Features(feature={
+      'review': tf.train.Feature(bytes_list=tf.train.BytesList(
+          value=[b'a fine film']))})).SerializeToString()
+  for name, batch, says in (
+      ('bytes that are not a tf.Example', [b'\xff\xfe junk'],
+       'are not serialized tf.Examples'),
+      ('the text sent without its tf.Example', [b'a fine film'],
+       'are not serialized tf.Examples'),
+      ('an empty serialized string', [good, b''], '[examples] [1] [are empty'),
+      ('a tf.Example without the text', [other],
+       'Feature: text (data type: string) is required')):
+    with pytest.raises(tf.errors.InvalidArgumentError, match=re.escape(says)):
+      predict(examples=tf.constant(batch))
+    assert predict(examples=tf.constant([good]))['probabilities'].shape == (
+        1, 2)
+    reliability.record_bad_input(f'serving text: {name}', 'clear_error')
+
+
 def test_frozen_glove_with_bag_of_words_reference(tmp_path):
   config = load_config(
       str(REPO_ROOT / 'pipeline/configs/rotten_tomatoes_glove.yaml'),
@@ -71,6 +98,7 @@ def test_frozen_glove_with_bag_of_words_reference(tmp_path):
       round(bow * examples['validation']))
   assert summary['blessed'] and summary['pushed']
   _check_served_model(summary)
+  _check_bad_requests(summary['pushed_model'])
   # GloVe tokenizes with TF string ops over a lookup table: no TFLite
   # variant, said so, and the SavedModel pushed alone.
   compression = summary['compression']

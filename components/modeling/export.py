@@ -67,10 +67,17 @@ def export(model: tf_keras.Model, tf_transform_output, input_key: str,
     raise ValueError(f'{len(names)} class names for a model of {num_classes} '
                      'classes')
 
+  spec = model.inputs[0]
+  # Images: the core takes [N, H, W, 3]; text: [N] strings.
+  image_input = len(spec.shape) == 4
+
   @tf.function(input_signature=[
       tf.TensorSpec(shape=[None], dtype=tf.string, name='examples')])
   def serve_tf_examples(serialized):
+    serialized = check_serialized_examples(serialized, input_key)
     raw = tf.io.parse_example(serialized, raw_spec)
+    if image_input:
+      raw[input_key] = check_encoded_images(raw[input_key], input_key)
     transformed = model.tft_layer(raw)
     probabilities = tf.nn.softmax(model(transformed[input_key], training=False))
     class_id = tf.argmax(probabilities, axis=-1)
@@ -81,7 +88,6 @@ def export(model: tf_keras.Model, tf_transform_output, input_key: str,
             'all_classes': tf.tile(all_names[tf.newaxis],
                                    [tf.shape(class_id)[0], 1])}
 
-  spec = model.inputs[0]
   @tf.function(input_signature=[tf.TensorSpec(
       shape=[None, *spec.shape[1:]], dtype=spec.dtype, name=input_key)])
   def core(transformed):
@@ -94,6 +100,72 @@ def export(model: tf_keras.Model, tf_transform_output, input_key: str,
             'core_signature': CORE_SIGNATURE}
   write_record(export_dir, record)
   return record
+
+
+def _indices(bad: tf.Tensor) -> tf.Tensor:
+  """The positions where `bad` [N] is true: which requests to name."""
+  return tf.reshape(tf.where(bad), [-1])
+
+
+def check_serialized_examples(serialized: tf.Tensor,
+                              input_key: str) -> tf.Tensor:
+  """`serialized` [N], once it is checked that each looks like a serialized
+  tf.Example; else the request fails with an InvalidArgumentError naming the
+  positions and what the signature takes.
+
+  Checked on the wire format, before parsing: ParseExample's own error
+  quotes the bytes it could not parse, which TF's Python error translation
+  cannot decode when they are not UTF-8 (an image sent without its
+  tf.Example), so a Python caller would get a UnicodeDecodeError instead.
+  A serialized tf.Example starts with its `features` field: tag 0x0a, then
+  the field's length (a varint) that must fit in what follows. Bytes that
+  pass are left to ParseExample."""
+  # (No quotes in an Assert's strings: its message escapes them.)
+  takes = ('the signature takes serialized tf.train.Example protos, each '
+           f'with the feature `{input_key}`')
+  length = tf.strings.length(serialized)
+  empty = tf.equal(length, 0)
+  # The first 6 bytes (zero-padded): the tag and up to 5 varint bytes.
+  head = tf.io.decode_raw(
+      tf.strings.substr(serialized + b'\0' * 6, 0, 6), tf.uint8,
+      fixed_length=6)
+  head = tf.cast(tf.reshape(head, [-1, 6]), tf.int64)
+  declared = tf.zeros_like(length, tf.int64)
+  header = tf.ones_like(length, tf.int64)
+  going = tf.ones_like(empty)
+  for k in range(1, 6):
+    byte = head[:, k]
+    declared += tf.where(going, tf.bitwise.left_shift(
+        tf.bitwise.bitwise_and(byte, 0x7f), 7 * (k - 1)), 0)
+    header += tf.cast(going, tf.int64)
+    going = tf.logical_and(going, tf.bitwise.bitwise_and(byte, 0x80) > 0)
+  example = (tf.equal(head[:, 0], 0x0a) & tf.logical_not(going)
+             & (header + declared <= tf.cast(length, tf.int64)))
+  not_example = tf.logical_and(tf.logical_not(empty),
+                               tf.logical_not(example))
+  checks = [
+      tf.debugging.Assert(tf.logical_not(tf.reduce_any(empty)), [
+          'examples', _indices(empty), f'are empty strings: {takes}.'],
+                          summarize=10),
+      tf.debugging.Assert(tf.logical_not(tf.reduce_any(not_example)), [
+          'examples', _indices(not_example),
+          f'are not serialized tf.Examples ({takes}: the input goes in '
+          'that feature of a tf.Example, not on its own).'], summarize=10)]
+  with tf.control_dependencies(checks):
+    return tf.identity(serialized)
+
+
+def check_encoded_images(encoded: tf.Tensor, input_key: str) -> tf.Tensor:
+  """`encoded` (the parsed image feature), once it is checked that none is
+  empty (the decoder would say only "Input is empty."); what is not an
+  image, the decoder names ("Unknown image file format")."""
+  empty = tf.equal(tf.strings.length(tf.reshape(encoded, [-1])), 0)
+  check = tf.debugging.Assert(tf.logical_not(tf.reduce_any(empty)), [
+      'examples', _indices(empty),
+      f'have an empty feature `{input_key}`: it holds the encoded image '
+      '(JPEG, PNG, GIF or BMP bytes).'], summarize=10)
+  with tf.control_dependencies([check]):
+    return tf.identity(encoded)
 
 
 def write_record(export_dir: str, record: dict) -> None:

@@ -24,7 +24,7 @@ import csv
 import hashlib
 import json
 import os
-from typing import Any, Dict
+from typing import Any, Dict, List, Tuple
 
 from absl import logging
 import apache_beam as beam
@@ -72,7 +72,26 @@ class _FromSnapshot:
                                               pattern=json.dumps(files))
                   for name, files in snapshot_lib.files_of(snap).items()]))
     self.input_bytes = int(snap['fingerprint']['bytes'])
-    super().Do(input_dict, output_dict, props)
+    damaged = []
+    try:
+      super().Do(input_dict, output_dict, props)
+    except Exception as err:  # pylint: disable=broad-except
+      # Beam's TFRecord reader says "Not a valid TFRecord" and shows bytes,
+      # not the file: find the damaged files (only now: the normal path
+      # reads each file once) and say which, and what to do.
+      if snap.get('source') != 'tfrecord' or 'TFRecord' not in _messages(err):
+        raise
+      damaged = damaged_tfrecords(snapshot_lib.files_of(snap))
+      if not damaged:
+        raise
+    if damaged:
+      # Raised here, not in the except block: the error is the cause (a
+      # failed run's summary reports the innermost exception of the chain).
+      raise CorruptInputError(
+          'these input files are truncated or corrupt: '
+          + '; '.join(f'{path}: {what}' for path, what in damaged)
+          + '. Nothing was ingested. Have the file(s) delivered again (or '
+          'remove them from the data root), then run again.')
     # A file that changed while Beam read it: what was read is not what the
     # fingerprint says; fail rather than publish it.
     _check_unchanged(snap, 'while this run read them')
@@ -158,6 +177,47 @@ class _WriteInContentOrder(base_example_gen_executor.BaseExampleGenExecutor):
         f'in shards of about {content_order.SHARD_BYTES >> 20} MB before '
         'compression')
     logging.info('Examples generated.')
+
+
+class CorruptInputError(RuntimeError):
+  """An input TFRecord file is truncated or corrupt."""
+
+
+def _messages(err: BaseException) -> str:
+  """The messages of `err` and the exceptions it was raised from."""
+  seen, out = set(), []
+  while err is not None and id(err) not in seen:
+    seen.add(id(err))
+    out.append(str(err))
+    err = err.__cause__ or err.__context__
+  return '\n'.join(out)
+
+
+def damaged_tfrecords(files_by_split: Dict[str, List[str]]
+                      ) -> List[Tuple[str, str]]:
+  """[(path, what is wrong)] of the TFRecord files that do not read to the
+  end: a record cut short (the file was truncated: a copy or upload that
+  stopped), or one whose checksum does not match (the bytes changed). Read
+  with TF's reader (which checks the records' CRCs) through tf.io.gfile's
+  file systems; a .gz file as GZIP."""
+  out = []
+  for path in sorted({f for files in files_by_split.values() for f in files}):
+    records = 0
+    try:
+      for _ in tf.data.TFRecordDataset(
+          path, compression_type='GZIP' if path.endswith('.gz') else ''):
+        records += 1
+    except tf.errors.OpError as err:
+      message = getattr(err, 'message', str(err))
+      where = f'record {records + 1}'
+      if 'truncated' in message:
+        what = f'truncated: the file ends inside {where}'
+      elif 'corrupted' in message:
+        what = f'corrupt: {where} fails its checksum'
+      else:
+        what = f'unreadable at {where}: {message.strip().splitlines()[-1]}'
+      out.append((path, what))
+  return out
 
 
 def _check_unchanged(snap, when: str) -> None:
