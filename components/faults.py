@@ -32,8 +32,9 @@ def pause_point(name: str) -> None:
   """Waits here when HUBPIPE_PAUSE_AT names this point (tests only)."""
   if not armed(name):
     return
-  logging.warning('hubpipe: paused at %s (%s=%s): waiting %d s to be killed',
-                  name, PAUSE_ENV, name, PAUSE_SECONDS)
+  logging.error('hubpipe: paused at %s (%s=%s, for fault-injection tests '
+                'only): waiting %d s to be killed', name, PAUSE_ENV, name,
+                PAUSE_SECONDS)
   for handler in logging.getLogger().handlers:
     handler.flush()
   time.sleep(PAUSE_SECONDS)

@@ -59,8 +59,8 @@ def cmd_run(args) -> int:
   print(summary.render(result))
   if result['status'] in ('succeeded', 'not_blessed'):
     return 0
-  # 2: what the config names is wrong, nothing ran; 1: a step failed.
-  return 2 if result.get('failed_step') in local_runner.BEFORE_THE_DAG else 1
+  # 2: the config or its module is wrong; 1: the data, storage or a step.
+  return 2 if result.get('failed_step') in local_runner.CONFIG_ERRORS else 1
 
 
 def cmd_assets(args) -> int:

@@ -317,10 +317,11 @@ def _run_holding(config: Config, workdir: str, echo, pipeline_root) -> dict:
   return result
 
 
-# The steps that fail before the DAG starts: what the config names (its
-# keys, its data, its modules, its storage) is wrong. `hubpipe run` exits
-# with status 2 for these, 1 for a failed component.
-BEFORE_THE_DAG = ('config', 'data', 'module', 'storage')
+# The failed steps for which `hubpipe run` exits with status 2: the config,
+# or the module it names, is wrong, and running again cannot help. A
+# failure at the data snapshot (data not yet delivered), in storage or in a
+# component exits with 1.
+CONFIG_ERRORS = ('config', 'module')
 
 
 def record_failure(workdir: str, config_path: Optional[str], step: str,

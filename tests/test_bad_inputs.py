@@ -1,17 +1,18 @@
 """A table of bad inputs, each a test (issue 18).
 
 Every row is one bad input and ends either in a message that names the
-problem and the fix (`hubpipe run` exits 2 when what the config names is
-wrong, 1 when a step failed; summary.json records the failed step and the
-reason; nothing is pushed), or, where the right answer is to take it, in the
-input being handled.
+problem and the fix (`hubpipe run` exits 2 when the config or the module
+it names is wrong, 1 when the data, the storage or a step failed;
+summary.json records the failed step and the reason; nothing is pushed),
+or, where the right answer is to take it, in the input being handled.
 
 For speed, `hubpipe run` is called in this process (cli.main), the image
 rows use a tiny SavedModel as the module (the DAG rows stop before any step
 loads it), and rows whose problem shows in the same step share one run
 (module-scoped fixtures): each row still asserts its own message.
 
-  config rows   fail on load or before the DAG starts (exit 2);
+  config rows   fail on load or before the DAG starts (exit 2 for the
+                config and the module, 1 for the data);
   DAG rows      fail at the step that finds the problem (exit 1);
   handled rows  grayscale, RGBA, CMYK and 16-bit images, odd text in
                 TFRecords: taken and decoded where the pipeline decodes them;
@@ -161,8 +162,7 @@ def _hubpipe_run(config: str, workdir: Path) -> Ran:
 def _assert_stopped(ran: Ran, step: str, fragments, name: str):
   """Exit status by the step, the message in what was printed and in
   summary.json, and nothing pushed."""
-  before_the_dag = step in ('config', 'data', 'module', 'storage')
-  assert ran.rc == (2 if before_the_dag else 1), ran.output
+  assert ran.rc == (2 if step in ('config', 'module') else 1), ran.output
   assert ran.summary['status'] == 'failed'
   assert ran.summary['failed_step'] == step, ran.summary.get('error')
   for fragment in fragments:

@@ -187,7 +187,12 @@ def chain(tmp_path_factory):
                   'checkpoints': _checkpoints(workdir)})
   started = time.time()
   process = _start(config_file, workdir)
-  _, stderr = process.communicate(timeout=RUN_TIMEOUT_S)
+  try:
+    _, stderr = process.communicate(timeout=RUN_TIMEOUT_S)
+  finally:
+    if process.poll() is None:  # timed out: no run left behind
+      os.killpg(process.pid, signal.SIGKILL)
+      process.wait()
   with open(workdir / 'summary.json') as f:
     final = json.load(f)
   return {'kills': kills, 'final': final, 'returncode': process.returncode,
@@ -200,7 +205,26 @@ def _states(executions):
   return {node: state for node, state in executions.values()}
 
 
-def test_each_kill_lands_in_its_component_and_each_rerun_resumes(chain):
+def _pushers_inputs(metadata_path):
+  """{input key: artifact} of the last Pusher execution that completed."""
+  store = summary_lib.sqlite_store(metadata_path)
+  context = store.get_context_by_type_and_name('node', f'{NAME}.Pusher')
+  done = [e for e in store.get_executions_by_context(context.id)
+          if summary_lib.STATES.get(e.last_known_state) == 'complete']
+  execution = max(done, key=lambda e: e.id)
+  events = [e for e in store.get_events_by_execution_ids([execution.id])
+            if e.type == e.INPUT]
+  artifacts = {a.id: a for a in store.get_artifacts_by_id(
+      [e.artifact_id for e in events])}
+  return {e.path.steps[0].key: artifacts[e.artifact_id] for e in events}
+
+
+def test_every_kill_is_recovered_with_one_blessed_version_and_nothing_lost(
+    chain):
+  """One test, so that the reliability table counts the kills only when
+  every check below passed."""
+  # 1. Each kill landed in its component; each rerun re-executed it and
+  # took every step that had completed before from the cache.
   completed = set()  # nodes that completed in some earlier run
   runs = [k['executions'] for k in chain['kills']]
   runs.append({i: (c['name'], c['state'])
@@ -231,18 +255,12 @@ def test_each_kill_lands_in_its_component_and_each_rerun_resumes(chain):
   final = chain['final']
   assert chain['returncode'] == 0, chain['stderr'][-3000:]
   assert final['status'] == 'succeeded'
-  # Only the components killed last re-executed in the final run.
+  # Only the component killed last re-executed in the final run.
   ran = {c['name'] for c in final['components'] if c['state'] == 'complete'}
   assert ran == {'Pusher'}, ran
-  pushed = len(_serving_state(chain['serving_dir'])[0])
-  for kill in chain['kills']:
-    reliability.record_fault(
-        kill['node'] + (f' ({kill["pause"]})' if kill['pause'] else ''),
-        recovered=True, versions_pushed=pushed,
-        half_written=len(kill['serving'][1]))
 
-
-def test_nothing_half_written_and_one_blessed_version_pushed(chain):
+  # 2. Never a numbered folder without its saved_model.pb; one version in
+  # the end, of the model the Pusher was handed on a positive blessing.
   for kill in chain['kills']:
     whole, half, hidden = kill['serving']
     assert not half, (kill['node'], kill['pause'], half)
@@ -255,22 +273,33 @@ def test_nothing_half_written_and_one_blessed_version_pushed(chain):
   whole, half, _ = _serving_state(chain['serving_dir'])
   assert not half
   assert len(whole) == 1, whole
-  final = chain['final']
   assert final['blessed'] is True and final['pushed'] is True
-  (version, folder), = whole.items()
-  record = pusher.read_record(folder)
-  # The version holds the model the final run's Pusher was handed.
+  (_, folder), = whole.items()
   assert os.path.realpath(final['pushed_model']) == os.path.realpath(folder)
+  inputs = _pushers_inputs(chain['metadata'])
+  model, blessing = inputs['model'], inputs['model_blessing']
+  assert blessing.custom_properties['blessed'].int_value == 1
+  record = pusher.read_record(folder)
+  assert record['source'] == model.uri
+  assert record['blessing'] == blessing.uri
+  handed = os.path.join(model.uri, 'Format-Serving')
   assert record['saved_model_sha256'] == pusher.digest(
-      os.path.join(folder, 'saved_model.pb'))
-  loaded = tf.saved_model.load(folder)
-  assert 'serving_default' in loaded.signatures
+      os.path.join(handed, 'saved_model.pb'))
+  with open(os.path.join(handed, 'saved_model.pb'), 'rb') as a, open(
+      os.path.join(folder, 'saved_model.pb'), 'rb') as b:
+    assert a.read() == b.read()
+  assert 'serving_default' in tf.saved_model.load(folder).signatures
 
-
-def test_no_artifact_of_a_completed_execution_is_lost(chain):
+  # 3. No artifact of a completed execution is lost.
   store_states = _executions(chain['metadata'])
-  completed = [i for i, (_, s) in store_states.items() if s == 'complete']
-  uris = _output_uris(chain['metadata'], completed)
+  completed_ids = [i for i, (_, s) in store_states.items() if s == 'complete']
+  uris = _output_uris(chain['metadata'], completed_ids)
   assert uris
   missing = [u for u in uris if not tf.io.gfile.exists(u)]
   assert not missing, missing
+
+  for kill in chain['kills']:
+    reliability.record_fault(
+        kill['node'] + (f' ({kill["pause"]})' if kill['pause'] else ''),
+        recovered=True, versions_pushed=len(whole),
+        half_written=len(kill['serving'][1]))

@@ -285,6 +285,22 @@ def test_splits_with_different_classes_raise(tmp_path):
     _run(tmp_path, props)
 
 
+def test_a_class_empty_only_in_eval_is_a_warning_in_train_an_error(tmp_path):
+  """The model learns a class from train: a class folder empty in eval
+  only leaves that split without its examples; empty in train, it is an
+  error (an output the model would never learn)."""
+  root = tmp_path / 'images'
+  _make_folder(root / 'train', classes=('cat', 'dog'), per_class=1)
+  _make_folder(root / 'eval', classes=('cat',), per_class=1)
+  (root / 'eval' / 'dog').mkdir()
+  splits = [('train', 'train/*'), ('eval', 'eval/*')]
+  assert ifeg_executor.check_layout(str(root), splits) == ['cat', 'dog']
+  for image in (root / 'train' / 'dog').iterdir():
+    image.unlink()
+  with pytest.raises(ifeg.NoImagesError, match="dog of split 'train'"):
+    ifeg_executor.check_layout(str(root), splits)
+
+
 # ---------------------------------------------------------------- end to end
 
 

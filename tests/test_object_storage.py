@@ -3,10 +3,10 @@ storage: an S3 server (moto) on loopback, read and written through
 TensorFlow's S3 filesystem (tensorflow-io) and Beam's (boto3), as on a
 cluster's bucket. Run three times, as `hubpipe run` in a subprocess: the
 first ingests, trains, gates and compresses, and is SIGKILLed in the middle
-of its push; the second, the same command, reuses every step, finishes the
-push (the same version) and nothing else; the third, with the same data,
-reuses every step and pushes nothing, its snapshot state read back from the
-bucket."""
+of its push; the second, the same command, reuses every step and pushes
+again, under a new number, removing the unfinished version folder; the
+third, with the same data, reuses every step and pushes nothing, its
+snapshot state read back from the bucket."""
 
 import json
 import os
@@ -182,8 +182,10 @@ def test_whole_dag_on_object_storage(s3, tmp_path):
   pushed = first['pushed_model']
   assert pushed.startswith(f's3://{BUCKET}/serving/s3-tiny/')
   version = pushed.rsplit('/', 1)[1]
-  # The rerun finished the version the killed push had begun.
-  assert version == half[0].split('/')[2]
+  # The rerun removed the unfinished folder and pushed under a new number.
+  unfinished = half[0].split('/')[2]
+  assert int(version) > int(unfinished)
+  assert not _keys(client, f'serving/s3-tiny/{unfinished}/')
   served = _keys(client, f'serving/s3-tiny/{version}/')
   assert f'serving/s3-tiny/{version}/saved_model.pb' in served
   assert f'serving/s3-tiny/{version}/model.tflite' in served

@@ -23,21 +23,22 @@ def _model(root, name='model', content=b'graph'):
   return model
 
 
-def _blessing(root, blessed=True):
+def _blessing(root, blessed=True, name='blessing'):
   blessing = standard_artifacts.ModelBlessing()
-  blessing.uri = str(root / 'blessing')
+  blessing.uri = str(root / name)
   blessing.set_int_custom_property('blessed', int(blessed))
   return blessing
 
 
-def _do(root, model, serving, blessed=True):
+def _do(root, model, serving, blessed=True, blessing_name='blessing'):
   out = standard_artifacts.PushedModel()
   out.uri = str(root / f'pushed-{len(list(root.glob("pushed-*")))}')
   destination = pusher_pb2.PushDestination(
       filesystem=pusher_pb2.PushDestination.Filesystem(
           base_directory=str(serving)))
   executor.Executor().Do(
-      {'model': [model], 'model_blessing': [_blessing(root, blessed)]},
+      {'model': [model],
+       'model_blessing': [_blessing(root, blessed, blessing_name)]},
       {'pushed_model': [out]},
       {'push_destination': proto_utils.proto_to_json(destination)})
   return out
@@ -140,12 +141,13 @@ def test_a_push_killed_midway_leaves_no_version(tmp_path, monkeypatch):
   assert os.listdir(serving) == [version]
 
 
-def test_on_object_storage_a_killed_push_is_finished_by_the_rerun(
+def test_on_object_storage_a_killed_push_is_redone_under_a_new_number(
     tmp_path, monkeypatch):
   """Object storage (no atomic rename; emulated on a local folder): the
   version folder is written in place, saved_model.pb last. Killed before
-  it, the folder is no version; the rerun of the same model finishes that
-  version, and a different model numbers itself after it."""
+  it, the folder is no version; the rerun of the same model removes it and
+  pushes under a new number (a model server may have given up on the old
+  one). Another model's unfinished folder is left alone, numbered after."""
   serving = tmp_path / 'serving'
   model = _model(tmp_path)
   monkeypatch.setattr(executor, '_is_local', lambda path: False)
@@ -158,11 +160,11 @@ def test_on_object_storage_a_killed_push_is_finished_by_the_rerun(
   assert not (serving / half / 'saved_model.pb').exists()
   assert (serving / half / 'variables' / 'variables.index').exists()
   out = _do(tmp_path, model, serving)
-  assert out.get_string_custom_property('pushed_version') == half
-  assert list(executor.versions(str(serving))) == [int(half)]
-  assert (serving / half / 'saved_model.pb').read_bytes() == b'graph'
-  assert executor.read_record(str(serving / half))['source'] == model.uri
-  # Another model's unfinished folder is not this model's to finish.
+  version = out.get_string_custom_property('pushed_version')
+  assert int(version) == int(half) + 1
+  assert os.listdir(serving) == [version]
+  assert (serving / version / 'saved_model.pb').read_bytes() == b'graph'
+  assert executor.read_record(str(serving / version))['source'] == model.uri
   other = _model(tmp_path, 'other', content=b'other graph')
   with monkeypatch.context() as patch:
     patch.setattr(executor.faults, 'pause_point', _die_at('pusher_mid_copy'))
@@ -170,9 +172,71 @@ def test_on_object_storage_a_killed_push_is_finished_by_the_rerun(
       _do(tmp_path, other, serving)
   third = _model(tmp_path, 'third', content=b'third graph')
   out = _do(tmp_path, third, serving)
-  assert int(out.get_string_custom_property('pushed_version')) == int(half) + 2
-  assert sorted(executor.versions(str(serving))) == [int(half),
-                                                     int(half) + 2]
+  assert int(out.get_string_custom_property('pushed_version')) == int(version) + 2
+  assert sorted(os.listdir(serving)) == [version, str(int(version) + 1),
+                                         str(int(version) + 2)]
+
+
+def test_on_object_storage_a_push_that_lost_its_number_fails(tmp_path,
+                                                             monkeypatch):
+  """Two pushes took the same number (no rename to arbitrate): the one
+  whose record was overwritten fails before its saved_model.pb."""
+  serving = tmp_path / 'serving'
+  monkeypatch.setattr(executor, '_is_local', lambda path: False)
+
+  def another_push_writes_its_record(name):
+    folder, = [serving / n for n in os.listdir(serving)]
+    record = json.loads((folder / 'push_record.json').read_text())
+    (folder / 'push_record.json').write_text(
+        json.dumps({**record, 'push_id': 'someone else'}))
+
+  monkeypatch.setattr(executor.faults, 'pause_point',
+                      another_push_writes_its_record)
+  with pytest.raises(RuntimeError, match='another push took version'):
+    _do(tmp_path, _model(tmp_path), serving)
+  folder, = os.listdir(serving)
+  assert not (serving / folder / 'saved_model.pb').exists()
+
+
+def test_a_model_pushed_before_a_later_push_is_not_pushed_again(tmp_path):
+  """A rerun of a push that landed before its run was killed, after another
+  model was pushed: not pushed again over the later one. The same model on
+  a new blessing (a deliberate push of it) is pushed."""
+  serving = tmp_path / 'serving'
+  model = _model(tmp_path)
+  first = _do(tmp_path, model, serving)
+  _do(tmp_path, _model(tmp_path, 'other', b'other graph'), serving)
+  again = _do(tmp_path, model, serving)
+  assert again.get_int_custom_property('pushed') == 1  # it is in service
+  assert (again.get_string_custom_property('pushed_version') ==
+          first.get_string_custom_property('pushed_version'))
+  assert len(os.listdir(serving)) == 2
+  blessed_again = _do(tmp_path, model, serving, blessing_name='blessing-2')
+  assert len(os.listdir(serving)) == 3
+  assert int(blessed_again.get_string_custom_property('pushed_version')) == max(
+      int(v) for v in os.listdir(serving))
+
+
+def test_a_number_another_push_took_first_is_skipped(tmp_path, monkeypatch):
+  """The rename onto a version another push created a moment before fails;
+  the push takes the next number and leaves nothing behind."""
+  serving = tmp_path / 'serving'
+  real_rename = executor.tf.io.gfile.rename
+  taken = []
+
+  def rename(src, dst, *args, **kwargs):
+    if not taken:  # another push lands on this number first
+      os.makedirs(os.path.join(dst, 'variables'))
+      open(os.path.join(dst, 'saved_model.pb'), 'wb').close()
+      taken.append(os.path.basename(dst))
+    return real_rename(src, dst, *args, **kwargs)
+
+  monkeypatch.setattr(executor.tf.io.gfile, 'rename', rename)
+  out = _do(tmp_path, _model(tmp_path), serving)
+  version = out.get_string_custom_property('pushed_version')
+  assert int(version) == int(taken[0]) + 1
+  assert sorted(os.listdir(serving)) == sorted([taken[0], version])
+  assert executor.read_record(str(serving / version))['version'] == version
 
 
 def test_a_half_written_numbered_folder_is_skipped_not_overwritten(tmp_path):

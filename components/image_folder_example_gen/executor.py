@@ -432,9 +432,15 @@ def _plan(input_base: str,
         count += len(images)
       if not count:
         empty.extend(folders)
-    if empty:
-      # A class without examples would still get an id and an output the
-      # model never learns.
+    if empty and plan.name not in ('train', 'all'):
+      # Only evaluation lacks the class: the model still learns it.
+      logging.warning(
+          "Image folder ExampleGen: class folder(s) %s of split '%s' hold no "
+          '.png/.jpg/.jpeg files: that split has no examples of the class.',
+          ', '.join(empty), plan.name)
+    elif empty:
+      # A class without training examples would still get an id and an
+      # output the model never learns.
       raise NoImagesError(
           f"class folder(s) {', '.join(empty)} of split '{plan.name}' hold no "
           '.png/.jpg/.jpeg files (images must lie directly inside the class '

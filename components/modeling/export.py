@@ -118,17 +118,17 @@ def check_serialized_examples(serialized: tf.Tensor,
   cannot decode when they are not UTF-8 (an image sent without its
   tf.Example), so a Python caller would get a UnicodeDecodeError instead.
   A serialized tf.Example starts with its `features` field: tag 0x0a, then
-  the field's length (a varint) that must fit in what follows. Bytes that
-  pass are left to ParseExample."""
+  the field's length (a varint) that must fit in what follows (protobuf
+  serializers write an Example's one field so; a hand-built Example with
+  an unknown field first is refused here, though ParseExample would take
+  it). Bytes that pass are left to ParseExample."""
   # (No quotes in an Assert's strings: its message escapes them.)
   takes = ('the signature takes serialized tf.train.Example protos, each '
            f'with the feature `{input_key}`')
   length = tf.strings.length(serialized)
   empty = tf.equal(length, 0)
   # The first 6 bytes (zero-padded): the tag and up to 5 varint bytes.
-  head = tf.io.decode_raw(
-      tf.strings.substr(serialized + b'\0' * 6, 0, 6), tf.uint8,
-      fixed_length=6)
+  head = tf.io.decode_raw(serialized, tf.uint8, fixed_length=6)
   head = tf.cast(tf.reshape(head, [-1, 6]), tf.int64)
   declared = tf.zeros_like(length, tf.int64)
   header = tf.ones_like(length, tf.int64)

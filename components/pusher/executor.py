@@ -75,6 +75,14 @@ def read_record(folder: str) -> Optional[Dict]:
     return None
 
 
+def _last_change(folder: str) -> float:
+  """When anything under `folder` last changed, in seconds."""
+  times = [tf.io.gfile.stat(folder).mtime_nsec]
+  for path, _, files in tf.io.gfile.walk(folder):
+    times += [tf.io.gfile.stat(_join(path, f)).mtime_nsec for f in files]
+  return max(times) / 1e9
+
+
 def remove_stale_asides(serving_dir: str, now: float,
                         older_than: float = STALE_ASIDE_SECONDS) -> list:
   """Removes the hidden folders killed pushes left; returns their paths."""
@@ -90,6 +98,12 @@ def remove_stale_asides(serving_dir: str, now: float,
       started = int(name[len(ASIDE_PREFIX):].split('-')[0])
     except ValueError:
       continue
+    # Its writer's clock (the name) and the file system's (the last change
+    # seen): a copy still being written, or from a skewed clock, is young.
+    try:
+      started = max(started, _last_change(folder))
+    except tf.errors.OpError:
+      pass
     if now - started >= older_than:
       tf.io.gfile.rmtree(folder)
       removed.append(folder)
@@ -97,57 +111,80 @@ def remove_stale_asides(serving_dir: str, now: float,
 
 
 def push(model_path: str, serving_dir: str, source: str,
-         now: Optional[float] = None) -> Tuple[str, str, bool]:
+         blessing: str = '', now: Optional[float] = None
+         ) -> Tuple[str, str, bool]:
   """Pushes the SavedModel folder `model_path` as a new version under
   `serving_dir`, or finds it pushed already. `source` names the model (the
-  pushed Model artifact's URI). Returns (version, its folder, whether this
+  pushed Model artifact's URI), `blessing` the blessing it is pushed on (the
+  ModelBlessing artifact's URI). Returns (version, its folder, whether this
   call pushed it)."""
   now = time.time() if now is None else now
   pb = _join(model_path, SAVED_MODEL)
   if not tf.io.gfile.exists(pb):
     raise FileNotFoundError(f'no {SAVED_MODEL} in the model to push, '
                             f'{model_path}')
-  record = {'source': source, 'saved_model_sha256': digest(pb)}
+  record = {'source': source, 'blessing': blessing,
+            'saved_model_sha256': digest(pb)}
   tf.io.gfile.makedirs(serving_dir)
   for path in remove_stale_asides(serving_dir, now):
     logging.warning('Pusher: removed %s, left by a push that was killed',
                     path)
-  existing = versions(serving_dir)
-  if existing:
-    newest = max(existing)
-    held = read_record(existing[newest]) or {}
-    if all(held.get(k) == v for k, v in record.items()):
-      logging.info('Pusher: version %d already holds this model (%s); not '
-                   'pushed again', newest, source)
-      return str(newest), existing[newest], False
+  # Any version, not only the newest: a rerun of a push that landed before
+  # its run was killed must not push that model again over a later one. A
+  # deliberate push of an older model comes with a blessing of its own.
+  for number, folder in sorted(versions(serving_dir).items(), reverse=True):
+    if _holds(folder, record):
+      logging.info('Pusher: version %d already holds this model (%s, blessed '
+                   'by %s); not pushed again', number, source, blessing)
+      return str(number), folder, False
   if not _is_local(serving_dir):
     return _push_to_object_storage(model_path, serving_dir, record, now)
-  # After every numbered folder, whole or not (a rename onto one fails).
-  version = str(max([int(now)] + [v + 1 for v in numbered(serving_dir)]))
-  target = _join(serving_dir, version)
-  aside = _join(serving_dir,
-                f'{ASIDE_PREFIX}{int(now)}-{version}-{uuid.uuid4().hex[:8]}')
+  aside = _join(serving_dir, f'{ASIDE_PREFIX}{int(now)}-'
+                f'{_next_version(serving_dir, now)}-{uuid.uuid4().hex[:8]}')
   try:
     _copy_tree(model_path, aside, skip=SAVED_MODEL)
     faults.pause_point('pusher_mid_copy')
     io_utils.copy_file(pb, _join(aside, SAVED_MODEL))
-    _write_record(aside, record, version, now)
+    # One rename: the version folder appears whole or not at all. Another
+    # push may take the number first (a rename onto a folder fails): then
+    # the next one.
+    for _ in range(10):
+      version = _next_version(serving_dir, now)
+      target = _join(serving_dir, version)
+      _write_record(aside, record, version, now)
+      try:
+        tf.io.gfile.rename(aside, target)
+        break
+      except tf.errors.AlreadyExistsError:
+        continue
+    else:
+      raise RuntimeError(f'Pusher: could not take a version number under '
+                         f'{serving_dir}: other pushes kept taking them')
   except Exception:
     # A failed copy (a full disk) frees what it wrote; a killed one is
     # removed by a later push, once stale.
     if tf.io.gfile.exists(aside):
       tf.io.gfile.rmtree(aside)
     raise
-  # One rename: the version folder appears whole or not at all.
-  tf.io.gfile.rename(aside, target)
   logging.info('Pusher: model written to %s', target)
   return version, target, True
+
+
+def _holds(folder: str, record: dict) -> bool:
+  held = read_record(folder) or {}
+  return all(held.get(k) == v for k, v in record.items())
+
+
+def _next_version(serving_dir: str, now: float) -> str:
+  """After every numbered folder, whole or not (a rename onto one fails; a
+  model server may have tried and given up on an unfinished one)."""
+  return str(max([int(now)] + [v + 1 for v in numbered(serving_dir)]))
 
 
 def _copy_tree(src: str, dst: str, skip: str) -> None:
   """Copies the files under `src` to `dst`, but `src`/`skip`, over what
   `dst` holds. (io_utils.copy_dir removes `dst` first, and with it the
-  record that marks an unfinished version as this model's.)"""
+  record written there first on object storage.)"""
   src = src.rstrip('/')
   for folder, _, files in tf.io.gfile.walk(src):
     relative = folder[len(src):].strip('/')
@@ -164,37 +201,33 @@ def _write_record(folder: str, record: dict, version: str, now: float):
     json.dump({**record, 'version': version, 'pushed_at': now}, f)
 
 
-def _unfinished(serving_dir: str, record: dict) -> Optional[str]:
-  """The version a killed push of this same model left unfinished (its
-  record, no saved_model.pb), newest first, if any."""
-  for number in sorted(numbered(serving_dir), reverse=True):
-    folder = _join(serving_dir, str(number))
-    if tf.io.gfile.exists(_join(folder, SAVED_MODEL)):
-      continue
-    held = read_record(folder) or {}
-    if all(held.get(k) == v for k, v in record.items()):
-      return str(number)
-  return None
-
-
 def _push_to_object_storage(model_path: str, serving_dir: str, record: dict,
                             now: float) -> Tuple[str, str, bool]:
   """Object storage has no atomic rename. The version folder gets its record
-  first, then the files, saved_model.pb last: a version is there once its
-  saved_model.pb is (TFX's and TF Serving's convention). A push killed
-  midway leaves a folder without one; the next push of the same model
-  finishes that version rather than numbering another."""
-  version = _unfinished(serving_dir, record)
-  if version:
-    logging.warning('Pusher: finishing version %s, which a killed push of '
-                    'this model left without its %s', version, SAVED_MODEL)
-  else:
-    version = str(max([int(now)] + [v + 1 for v in numbered(serving_dir)]))
+  first (with this push's id), then the files, saved_model.pb last: a
+  version is there once its saved_model.pb is (TFX's and TF Serving's
+  convention). A push killed midway leaves a folder without one; the next
+  push of the same model removes it and takes a new number (a model server
+  may have given up on that one). Before saved_model.pb, the record is read
+  back: a concurrent push that took the same number fails this one."""
+  version = _next_version(serving_dir, now)  # after the unfinished too
+  for number in numbered(serving_dir):
+    folder = _join(serving_dir, str(number))
+    if (not tf.io.gfile.exists(_join(folder, SAVED_MODEL)) and
+        _holds(folder, record)):
+      logging.warning('Pusher: removing %s, which a killed push of this model '
+                      'left without its %s', folder, SAVED_MODEL)
+      tf.io.gfile.rmtree(folder)
   target = _join(serving_dir, version)
+  mine = {**record, 'push_id': uuid.uuid4().hex}
   tf.io.gfile.makedirs(target)
-  _write_record(target, record, version, now)
+  _write_record(target, mine, version, now)
   _copy_tree(model_path, target, skip=SAVED_MODEL)
   faults.pause_point('pusher_mid_copy')
+  if (read_record(target) or {}).get('push_id') != mine['push_id']:
+    raise RuntimeError(f'Pusher: another push took version {version} under '
+                       f'{serving_dir} while this one was writing it; run '
+                       'again (one push at a time per serving dir).')
   io_utils.copy_file(_join(model_path, SAVED_MODEL), _join(target, SAVED_MODEL),
                      overwrite=True)
   logging.info('Pusher: model written to %s', target)
@@ -224,9 +257,11 @@ class Executor(tfx_pusher.Executor):
     # Archived in the output, as TFX's Pusher does; first, so that a
     # pipeline root too full to hold it stops the Pusher before the push.
     io_utils.copy_dir(model_path, model_push.uri)
+    blessings = input_dict.get(standard_component_specs.MODEL_BLESSING_KEY)
+    blessing = blessings[0].uri if blessings else ''
     version, target, _ = push(model_path,
                               destination.filesystem.base_directory,
-                              source=model.uri)
+                              source=model.uri, blessing=blessing)
     faults.pause_point('pusher_renamed')
     self._MarkPushed(model_push, pushed_destination=target,
                      pushed_version=version)
