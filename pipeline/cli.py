@@ -16,6 +16,7 @@
 import argparse
 import json
 import os
+import signal
 import sys
 import warnings
 
@@ -36,6 +37,10 @@ def _load(path):
     sys.exit(2)
 
 
+def _interrupt(signum, frame):
+  raise KeyboardInterrupt(f'signal {signum}')
+
+
 def cmd_run(args) -> int:
   from hubpipe.pipeline import local_runner, summary
   from hubpipe.pipeline.config import ConfigError, load_config
@@ -49,6 +54,9 @@ def cmd_run(args) -> int:
     return 2
   from hubpipe.pipeline import workdir_lock
   workdir = args.workdir or os.path.join('work', config.name)
+  # SIGTERM (a pod being stopped, `kill`) ends the run as Ctrl-C does: the
+  # summary says where it stopped, the copy in progress is cleaned up.
+  signal.signal(signal.SIGTERM, _interrupt)
   try:
     result = local_runner.run(config, workdir, pipeline_root=args.pipeline_root,
                               wait=args.wait)
@@ -59,6 +67,8 @@ def cmd_run(args) -> int:
   print(summary.render(result))
   if result['status'] in ('succeeded', 'not_blessed'):
     return 0
+  if result['status'] == 'interrupted':
+    return 130  # as a shell reports a command stopped by SIGINT
   # 2: the config or its module is wrong; 1: the data, storage or a step.
   return 2 if result.get('failed_step') in local_runner.CONFIG_ERRORS else 1
 

@@ -204,6 +204,13 @@ def _run_holding(config: Config, workdir: str, echo, pipeline_root) -> dict:
   runs_before = summary_lib.run_ids(metadata_path)
   log_path = _run_log(workdir)
   result['log'] = log_path
+  result['pid'] = os.getpid()
+  try:
+    # Until this run ends: a run killed outright leaves this, not the
+    # summary of the run before it.
+    summary_lib.write(result, summary_path)
+  except Exception:  # pylint: disable=broad-except
+    pass  # reported with the final summary, if that fails too
   log_handler = logging.FileHandler(log_path, mode='w')
   log_handler.setFormatter(logging.Formatter(
       '%(asctime)s %(levelname)s %(name)s: %(message)s'))
@@ -277,8 +284,14 @@ def _run_holding(config: Config, workdir: str, echo, pipeline_root) -> dict:
   except ModuleError + (AssetError,) as err:
     result.update(status='failed', failed_step='module', error=f'module: {err}')
   except Exception as err:  # pylint: disable=broad-except
-    logging.exception('run failed')
+    # The traceback goes to the run's log; the console gets the summary.
+    logging.warning('run failed', exc_info=True)
     result.update(status='failed', error=_explain(err))
+  except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (cli.py), as a pod is stopped
+    logging.warning('run interrupted', exc_info=True)
+    result.update(status='interrupted', error=(
+        'interrupted (SIGINT or SIGTERM): run the same command again; the '
+        'steps that completed are reused'))
   finally:
     if progress is not None:
       root.removeHandler(progress)
@@ -299,7 +312,8 @@ def _run_holding(config: Config, workdir: str, echo, pipeline_root) -> dict:
             if c['state'] == 'failed']
   if failed:
     result['failed_component'] = result['failed_step'] = failed[0]
-  elif result['status'] == 'failed' and 'failed_step' not in result:
+  elif (result['status'] in ('failed', 'interrupted') and
+        'failed_step' not in result):
     # Failed in the DAG without an execution marked failed (the
     # orchestrator itself): the step is the one that was running.
     running = [c['name'] for c in result.get('components', [])

@@ -62,7 +62,8 @@ beam:
   direct_running_mode: in_memory
 '''
 
-# (component, pause point or None: killed once ML Metadata shows it RUNNING)
+# (component, pause point or None: killed once ML Metadata shows it RUNNING
+# [, the signal: SIGKILL unless given; SIGTERM is how a pod is asked to stop])
 KILL_POINTS = [
     ('SnapshotExampleGen', None),
     ('StatisticsGen', None),
@@ -70,6 +71,7 @@ KILL_POINTS = [
     ('Trainer', 'trainer_mid_epoch'),
     ('Evaluator', None),
     ('Compressor', None),
+    ('Pusher', 'pusher_mid_copy', signal.SIGTERM),
     ('Pusher', 'pusher_mid_copy'),
     ('Pusher', 'pusher_renamed'),
 ]
@@ -132,9 +134,10 @@ def _start(config_file, workdir, pause=None):
       start_new_session=True)
 
 
-def _kill_in(config_file, workdir, node, pause):
-  """Starts a run and SIGKILLs it while `node` executes; returns the ids of
-  the executions this run made, {id: (node, state)} after the kill."""
+def _kill_in(config_file, workdir, node, pause, kill=signal.SIGKILL):
+  """Starts a run and SIGKILLs it (or sends `kill`) while `node` executes;
+  returns the ids of the executions this run made, {id: (node, state)}
+  after the kill, and the run's exit status."""
   metadata = os.path.join(workdir, 'metadata.sqlite')
   before = set(_executions(metadata))
   started = time.time()
@@ -150,11 +153,17 @@ def _kill_in(config_file, workdir, node, pause):
       break
     time.sleep(0.1)
   if process.poll() is None:
-    os.killpg(process.pid, signal.SIGKILL)
-  _, stderr = process.communicate(timeout=60)
+    os.killpg(process.pid, kill)
+  try:
+    _, stderr = process.communicate(timeout=120)
+  finally:
+    if process.poll() is None:
+      os.killpg(process.pid, signal.SIGKILL)
+      process.wait()
   assert caught, (f'the run ended (status {process.returncode}) before it '
                   f'could be killed in {node}: {stderr[-2000:]}')
-  return {i: v for i, v in _executions(metadata).items() if i not in before}
+  return ({i: v for i, v in _executions(metadata).items() if i not in before},
+          process.returncode)
 
 
 def _output_uris(metadata_path, execution_ids):
@@ -180,9 +189,14 @@ def chain(tmp_path_factory):
   serving_dir = str(workdir / 'serving' / NAME)
   metadata = str(workdir / 'metadata.sqlite')
   kills = []
-  for node, pause in KILL_POINTS:
-    executions = _kill_in(config_file, workdir, node, pause)
+  for node, pause, *kill in KILL_POINTS:
+    kill = kill[0] if kill else signal.SIGKILL
+    executions, returncode = _kill_in(config_file, workdir, node, pause, kill)
+    with open(workdir / 'summary.json') as f:
+      summary = json.load(f)
     kills.append({'node': node, 'pause': pause, 'executions': executions,
+                  'signal': kill, 'returncode': returncode,
+                  'summary': summary,
                   'serving': _serving_state(serving_dir),
                   'checkpoints': _checkpoints(workdir)})
   started = time.time()
@@ -235,6 +249,16 @@ def test_every_kill_is_recovered_with_one_blessed_version_and_nothing_lost(
       node = chain['kills'][index]['node']
       # Killed mid-execution: the execution is RUNNING, never finished.
       assert states.get(node) == 'running', (node, states)
+      kill = chain['kills'][index]
+      if kill['signal'] == signal.SIGTERM:
+        # Stopped as Ctrl-C stops it: the summary says where.
+        assert kill['returncode'] == 130, kill['returncode']
+        assert kill['summary']['status'] == 'interrupted'
+        assert kill['summary']['failed_step'] == node
+      else:
+        # SIGKILLed: the summary is this run's, marked running.
+        assert kill['returncode'] == -signal.SIGKILL
+        assert kill['summary']['status'] == 'running'
     for done in completed:
       # What an earlier run completed is reused, not run again.
       assert states.get(done) == 'cached', (index, done, states)
@@ -264,8 +288,12 @@ def test_every_kill_is_recovered_with_one_blessed_version_and_nothing_lost(
   for kill in chain['kills']:
     whole, half, hidden = kill['serving']
     assert not half, (kill['node'], kill['pause'], half)
-    if kill['pause'] == 'pusher_mid_copy':
-      # The half-written copy is a hidden folder a model server skips.
+    if kill['pause'] == 'pusher_mid_copy' and kill['signal'] == signal.SIGTERM:
+      # Interrupted, the copy cleaned up after itself.
+      assert not whole and not hidden, kill['serving']
+    elif kill['pause'] == 'pusher_mid_copy':
+      # SIGKILLed, the half-written copy is a hidden folder a model server
+      # skips (removed by a later push once stale).
       assert not whole and len(hidden) == 1, kill['serving']
     if kill['pause'] == 'pusher_renamed':
       # Whole in place before ML Metadata knew: the rerun must not push again.
@@ -300,6 +328,7 @@ def test_every_kill_is_recovered_with_one_blessed_version_and_nothing_lost(
 
   for kill in chain['kills']:
     reliability.record_fault(
-        kill['node'] + (f' ({kill["pause"]})' if kill['pause'] else ''),
+        kill['node'] + (f' ({kill["pause"]})' if kill['pause'] else '') +
+        (' SIGTERM' if kill['signal'] == signal.SIGTERM else ''),
         recovered=True, versions_pushed=len(whole),
         half_written=len(kill['serving'][1]))

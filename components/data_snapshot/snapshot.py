@@ -184,7 +184,10 @@ def examples_snapshot(input_base: str, source: str = 'tfrecord',
         'every file is in place.')
   if source == 'image_folder':
     if not _walk_files(input_base):
-      raise SnapshotError(f'data root {input_base} holds no files.')
+      raise SnapshotError(
+          f'data root {input_base} holds no files: deliver the images there '
+          '(a folder per class, or train/ and eval/ folders of class '
+          'folders), or point data.path / --data-root at them.')
     _check_image_folder(input_base)
     snapshot['fingerprint'] = refingerprint(snapshot)
     return snapshot, []

@@ -462,7 +462,7 @@ def _plan(input_base: str,
                  len(plan.class_folders))
   if len(ids) < 2:
     raise TooFewClassesError(
-        f'input_base {input_base} holds one class folder ({", ".join(ids)}): a '
+        f'data root {input_base} holds one class folder ({", ".join(ids)}): a '
         'classifier needs two or more classes. Put each class in a sub-folder '
         f'of its own beside it (e.g. {os.path.join(input_base, "<class>")}/), '
         'or train/ and eval/ folders that each hold the class folders.')

@@ -160,9 +160,9 @@ def push(model_path: str, serving_dir: str, source: str,
     else:
       raise RuntimeError(f'Pusher: could not take a version number under '
                          f'{serving_dir}: other pushes kept taking them')
-  except Exception:
-    # A failed copy (a full disk) frees what it wrote; a killed one is
-    # removed by a later push, once stale.
+  except BaseException:
+    # A failed or interrupted copy (a full disk, Ctrl-C, SIGTERM) frees what
+    # it wrote; a SIGKILLed one is removed by a later push, once stale.
     if tf.io.gfile.exists(aside):
       tf.io.gfile.rmtree(aside)
     raise
