@@ -9,10 +9,11 @@ uploadOutputArtifacts, component/importer_launcher.go):
 - for one task: it resolves the task's inputs, provisions its outputs, builds
   the ExecutorInput, fills the container's placeholders and runs the
   container's command on this machine (`executor_input`, `run_task`);
-- for a whole pipeline (`Backend.run`): every task in DAG order, artifacts and
-  output parameters handed on as the launcher records them, importer nodes
-  resolved, resolver nodes refused and `lifecycle.preCacheCheck` hooks not
-  run (as on that backend), and KFP's cache rule: a task with caching on
+- for a whole pipeline (`Backend.run`): every task in DAG order (or, with
+  `parallelism`, every task as soon as its inputs are ready, as KFP starts
+  them), artifacts and output parameters handed on as the launcher records
+  them, importer nodes resolved, resolver nodes refused and
+  `lifecycle.preCacheCheck` hooks not run (as on that backend), and KFP's cache rule: a task with caching on
   whose container, input artifacts (by their MLMD names), input parameter
   values and output spec match an earlier successful execution is not run;
   its recorded outputs are reused. The cache outlives runs (the cluster's
