@@ -9,10 +9,11 @@ uploadOutputArtifacts, component/importer_launcher.go):
 - for one task: it resolves the task's inputs, provisions its outputs, builds
   the ExecutorInput, fills the container's placeholders and runs the
   container's command on this machine (`executor_input`, `run_task`);
-- for a whole pipeline (`Backend.run`): every task in DAG order, artifacts and
-  output parameters handed on as the launcher records them, importer nodes
-  resolved, resolver nodes refused and `lifecycle.preCacheCheck` hooks not
-  run (as on that backend), and KFP's cache rule: a task with caching on
+- for a whole pipeline (`Backend.run`): every task in DAG order (or, with
+  `parallelism`, every task as soon as its inputs are ready, as KFP starts
+  them), artifacts and output parameters handed on as the launcher records
+  them, importer nodes resolved, resolver nodes refused and
+  `lifecycle.preCacheCheck` hooks not run (as on that backend), and KFP's cache rule: a task with caching on
   whose container, input artifacts (by their MLMD names), input parameter
   values and output spec match an earlier successful execution is not run;
   its recorded outputs are reused. The cache outlives runs (the cluster's
@@ -24,6 +25,7 @@ backend fails, e.g. on inputs it cannot resolve, rather than smoothing them
 over.
 """
 
+import concurrent.futures
 import hashlib
 import json
 import os
@@ -272,9 +274,9 @@ def _executor_kind(pipeline_spec: dict, task: str) -> str:
                       'importer nor a resolver')
 
 
-def dag_order(pipeline_spec: dict) -> List[str]:
-  """The tasks in an order that runs each after everything it depends on
-  (dependentTasks and the producers of its inputs)."""
+def _dependencies(pipeline_spec: dict) -> Dict[str, set]:
+  """task -> the tasks it runs after (dependentTasks and the producers of its
+  inputs)."""
   tasks = pipeline_spec_of(pipeline_spec)['root']['dag']['tasks']
   needs = {}
   for name, task in tasks.items():
@@ -290,12 +292,19 @@ def dag_order(pipeline_spec: dict) -> List[str]:
       raise LauncherError(f'{name} depends on {sorted(unknown)}, not tasks '
                           'of this DAG')
     needs[name] = deps
+  return needs
+
+
+def dag_order(pipeline_spec: dict) -> List[str]:
+  """The tasks in an order that runs each after everything it depends on
+  (dependentTasks and the producers of its inputs)."""
+  needs = _dependencies(pipeline_spec)
   order, done = [], set()
-  while len(order) < len(tasks):
-    ready = sorted(t for t in tasks if t not in done and needs[t] <= done)
+  while len(order) < len(needs):
+    ready = sorted(t for t in needs if t not in done and needs[t] <= done)
     if not ready:
       raise LauncherError(f'the DAG has a cycle among '
-                          f'{sorted(set(tasks) - done)}')
+                          f'{sorted(set(needs) - done)}')
     order += ready
     done.update(ready)
   return order
@@ -332,10 +341,14 @@ class Backend:
 
   def __init__(self, pipeline_spec: dict, state_dir: str,
                env: Dict[str, str], cwd: str, task_timeout: float = 900,
-               pipeline_root: Optional[str] = None):
+               pipeline_root: Optional[str] = None,
+               parallelism: Optional[int] = 1):
     """`pipeline_root`: as a run's runtime config sets it; default: the
     spec's defaultPipelineRoot (an error when it has none, as on KFP when
-    neither is given and the deployment sets no default)."""
+    neither is given and the deployment sets no default). `parallelism`:
+    how many task containers run at once; KFP starts every task whose
+    inputs are ready (None: no limit, as there); 1: one at a time, in
+    `dag_order`."""
     self.spec = pipeline_spec_of(pipeline_spec)
     root = pipeline_root or self.spec.get('defaultPipelineRoot')
     if not root:
@@ -343,6 +356,9 @@ class Backend:
                           'defaultPipelineRoot and none was given')
     self.pipeline_root = root.rstrip('/')
     self.env, self.cwd, self.task_timeout = env, cwd, task_timeout
+    if parallelism is not None and parallelism < 1:
+      raise ValueError(f'parallelism must be None or >= 1, not {parallelism}')
+    self.parallelism = parallelism
     os.makedirs(state_dir, exist_ok=True)
     self._cache_path = os.path.join(state_dir, 'kfp_cache.json')
     self.runs = 0
@@ -359,74 +375,144 @@ class Backend:
     with open(self._cache_path, 'w') as f:
       json.dump(cache, f)
 
-  def run(self) -> dict:
+  def run(self, stop_after: Optional[str] = None) -> dict:
     """One run of the pipeline. Returns {'run_id', 'tasks': {task: {'state':
     'executed' | 'cached' | 'imported', 'seconds', 'artifacts',
-    'parameters'}}}. A task that fails raises LauncherError with its log."""
+    'parameters'}}}. A task that fails raises LauncherError with its log
+    (once the tasks already running have ended; none is started after it).
+
+    `stop_after`: a task; the run ends once it and what it depends on have
+    run (the tasks after it are left out of the record), as a run
+    terminated there would. For a test that asserts nothing after it."""
     self.runs += 1
     run_id = f'run-{self.runs}-{uuid.uuid4().hex[:8]}'
     name = self.spec['pipelineInfo']['name']
+    needs = _dependencies(self.spec)
+    pending = dag_order(self.spec)
+    if stop_after is not None:
+      if stop_after not in needs:
+        raise LauncherError(f'stop_after: no task {stop_after!r}')
+      wanted, todo = set(), [stop_after]
+      while todo:
+        task = todo.pop()
+        if task not in wanted:
+          wanted.add(task)
+          todo += needs[task]
+      pending = [t for t in pending if t in wanted]
+    order = list(pending)
     artifacts, parameters, record = {}, {}, {}
-    for task in dag_order(self.spec):
-      tspec = task_spec(self.spec, task)
-      kind = _executor_kind(self.spec, task)
-      start = time.time()
-      if kind == 'resolver':
-        raise LauncherError(
-            f'{task}: resolver nodes are rejected by the open-source KFP v2 '
-            'backend (its Argo compiler has no resolver step)')
-      inputs = {
-          key: artifacts[source['taskOutputArtifact']['producerTask']][
-              source['taskOutputArtifact']['outputArtifactKey']]
-          for key, source in tspec.get('inputs', {}).get(
-              'artifacts', {}).items()}
-      if kind == 'importer':
-        artifacts[task] = self._import(task, parameters)
-        parameters[task] = {}
-        record[task] = {'state': 'imported', 'seconds': 0.0,
-                        'artifacts': artifacts[task], 'parameters': {}}
-        continue
-      # TFX's ExampleGen driver hook: the open-source backend does not run it.
-      # The pod's own /tmp: there only while the task runs.
-      pod_tmp = tempfile.mkdtemp(prefix=f'pod-{task}-')
-      executor_in = executor_input(
-          self.spec, task, inputs, self.pipeline_root,
-          produced_parameters=parameters,
-          task_root=f'{self.pipeline_root}/{name}/{run_id}/{task}',
-          pod_tmp=pod_tmp)
-      key = f'{name}/{cache_key(self.spec, task, executor_in)}'
-      cached = self._cache().get(key) if (
-          tspec.get('cachingOptions', {}).get('enableCache')) else None
-      if cached:
+    running = {}  # future -> (task, executor_in, cache key, start, pod_tmp)
+    failure = None
+    try:
+      with concurrent.futures.ThreadPoolExecutor(
+          max_workers=self.parallelism or len(order) or 1) as pool:
+        failure = self._schedule(pending, needs, running, record, name,
+                                 run_id, artifacts, parameters, pool)
+    finally:
+      for _, _, _, _, pod_tmp in running.values():
         shutil.rmtree(pod_tmp, ignore_errors=True)
-        artifacts[task], parameters[task] = (cached['artifacts'],
-                                             cached['parameters'])
-        state = 'cached'
-      else:
+    if failure:
+      raise failure
+    return {'run_id': run_id, 'tasks': {t: record[t] for t in order}}
+
+  def _schedule(self, pending, needs, running, record, name, run_id,
+                artifacts, parameters, pool) -> Optional[LauncherError]:
+    """Runs the `pending` tasks (in dag_order), each once its dependencies
+    are in `record`; returns the first failure, if any."""
+    failure = None
+    while pending or running:
+      progress = False
+      for task in list(pending):
+        if failure or (self.parallelism and
+                       len(running) >= self.parallelism):
+          break
+        if not needs[task] <= set(record):
+          continue
+        pending.remove(task)
+        started = self._start(task, name, run_id, artifacts, parameters,
+                              pool)
+        progress = True
+        if isinstance(started, dict):  # imported or cached: done now
+          record[task] = started
+        else:
+          running[started[0]] = started[1:]
+      if not running:
+        if failure or not pending:
+          break
+        if not progress:
+          raise LauncherError(f'{sorted(pending)} can never start')
+        continue  # what was done at once (cached, imported) readies more
+      finished, _ = concurrent.futures.wait(
+          running, return_when=concurrent.futures.FIRST_COMPLETED)
+      for future in sorted(finished, key=lambda f: running[f][0]):
+        task, executor_in, key, start, pod_tmp = running.pop(future)
         try:
-          process, output = run_task(self.spec, task, executor_in, self.env,
-                                     self.cwd, self.task_timeout)
+          process, output = future.result()
           produced = output_parameters(executor_in, output)
         finally:
           shutil.rmtree(pod_tmp, ignore_errors=True)
         if process.returncode != 0 or output is None:
-          raise LauncherError(
+          failure = failure or LauncherError(
               f'{task} (run {self.runs}) exited {process.returncode}'
               f'{"" if output is not None else " with no ExecutorOutput"}:\n'
               f'{process.stderr[-6000:]}')
+          continue
         artifacts[task] = {
             out: produced_artifact(executor_in, output, out)
             for out in executor_in['outputs'].get('artifacts', {})}
         parameters[task] = produced
-        if tspec.get('cachingOptions', {}).get('enableCache'):
+        if task_spec(self.spec, task).get('cachingOptions', {}).get(
+            'enableCache'):
           self._remember(key, {'artifacts': artifacts[task],
                                'parameters': parameters[task]})
-        state = 'executed'
-      record[task] = {'state': state,
-                      'seconds': round(time.time() - start, 1),
-                      'artifacts': artifacts[task],
-                      'parameters': parameters[task]}
-    return {'run_id': run_id, 'tasks': record}
+        record[task] = {'state': 'executed',
+                        'seconds': round(time.time() - start, 1),
+                        'artifacts': artifacts[task],
+                        'parameters': parameters[task]}
+    return failure
+
+  def _start(self, task: str, name: str, run_id: str, artifacts: dict,
+             parameters: dict, pool):
+    """Starts `task` (its inputs are ready): returns its record when it is
+    done at once (an importer, a cache hit), else (future, task,
+    executor_in, cache key, start time, pod /tmp) of its running container."""
+    tspec = task_spec(self.spec, task)
+    kind = _executor_kind(self.spec, task)
+    start = time.time()
+    if kind == 'resolver':
+      raise LauncherError(
+          f'{task}: resolver nodes are rejected by the open-source KFP v2 '
+          'backend (its Argo compiler has no resolver step)')
+    inputs = {
+        key: artifacts[source['taskOutputArtifact']['producerTask']][
+            source['taskOutputArtifact']['outputArtifactKey']]
+        for key, source in tspec.get('inputs', {}).get(
+            'artifacts', {}).items()}
+    if kind == 'importer':
+      artifacts[task] = self._import(task, parameters)
+      parameters[task] = {}
+      return {'state': 'imported', 'seconds': 0.0,
+              'artifacts': artifacts[task], 'parameters': {}}
+    # TFX's ExampleGen driver hook: the open-source backend does not run it.
+    # The pod's own /tmp: there only while the task runs.
+    pod_tmp = tempfile.mkdtemp(prefix=f'pod-{task}-')
+    executor_in = executor_input(
+        self.spec, task, inputs, self.pipeline_root,
+        produced_parameters=parameters,
+        task_root=f'{self.pipeline_root}/{name}/{run_id}/{task}',
+        pod_tmp=pod_tmp)
+    key = f'{name}/{cache_key(self.spec, task, executor_in)}'
+    cached = self._cache().get(key) if (
+        tspec.get('cachingOptions', {}).get('enableCache')) else None
+    if cached:
+      shutil.rmtree(pod_tmp, ignore_errors=True)
+      artifacts[task], parameters[task] = (cached['artifacts'],
+                                           cached['parameters'])
+      return {'state': 'cached', 'seconds': round(time.time() - start, 1),
+              'artifacts': artifacts[task], 'parameters': parameters[task]}
+    future = pool.submit(run_task, self.spec, task, executor_in, self.env,
+                         self.cwd, self.task_timeout)
+    return future, task, executor_in, key, start, pod_tmp
 
   def _import(self, task: str, parameters: dict) -> dict:
     """An importer node (importer_launcher): an artifact at the given URI,

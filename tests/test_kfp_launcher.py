@@ -57,11 +57,11 @@ def _compile(tmp_path, name, with_resolver=False):
     return yaml.safe_load(f)
 
 
-def _backend(tmp_path, spec):
+def _backend(tmp_path, spec, parallelism=1):
   env = dict(os.environ, TF_USE_LEGACY_KERAS='1', TF_CPP_MIN_LOG_LEVEL='2',
              HUBPIPE_DATA_DIR=str(assets.data_dir()))
   return Backend(spec, str(tmp_path / 'kfp-state'), env, str(tmp_path),
-                 pipeline_root=str(tmp_path / 'root'))
+                 pipeline_root=str(tmp_path / 'root'), parallelism=parallelism)
 
 
 def test_importer_cache_hits_and_cache_off(tmp_path):
@@ -85,9 +85,16 @@ def test_importer_cache_hits_and_cache_off(tmp_path):
   assert second['tasks']['StatisticsGen']['artifacts'] == (
       first['tasks']['StatisticsGen']['artifacts'])
 
-  # With the cache off for the step, it runs again, into a new folder.
+  # A run stopped after a task records it and what it depends on only.
+  assert list(backend.run(stop_after='import_examples')['tasks']) == [
+      'import_examples']
+  with pytest.raises(LauncherError, match='stop_after: no task'):
+    backend.run(stop_after='Trainer')
+
+  # With the cache off for the step, it runs again, into a new folder (every
+  # ready task at once: the scheduler KFP's parallelism uses).
   spec['root']['dag']['tasks']['StatisticsGen'].pop('cachingOptions')
-  third = _backend(tmp_path, spec).run()
+  third = _backend(tmp_path, spec, parallelism=None).run()
   assert third['tasks']['StatisticsGen']['state'] == 'executed'
   assert third['tasks']['StatisticsGen']['artifacts']['statistics'][
       'uri'] != stats_uri
