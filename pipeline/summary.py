@@ -191,6 +191,8 @@ def collect(metadata_path: str, pipeline_name: str, label_key: str,
           out['trained_on_spans'] = spans
     for _, type_name, artifact in _artifacts(
         store, execution.id, metadata_store_pb2.Event.OUTPUT, types):
+      if type_name == 'Examples' and skipped_images(artifact.uri):
+        out['skipped_images'] = skipped_images(artifact.uri)
       if type_name == 'ExampleStatistics':
         out['examples'] = _example_counts(artifact.uri)
       elif type_name == 'Examples' and _prop(artifact, 'validation_source'):
@@ -234,6 +236,19 @@ def collect(metadata_path: str, pipeline_name: str, label_key: str,
   return out
 
 
+def skipped_images(examples_uri: str) -> Optional[dict]:
+  """{count, list} of the images the image folder ExampleGen left out
+  (data.on_corrupt: skip; listed one a line in corrupt_images.txt), or
+  None when it left out none."""
+  from tfx.dsl.io import fileio
+  listed = os.path.join(examples_uri, 'corrupt_images.txt')
+  if not fileio.exists(listed):
+    return None
+  with fileio.open(listed) as f:
+    lines = [line for line in f.read().splitlines() if line.strip()]
+  return {'count': len(lines), 'list': listed} if lines else None
+
+
 def _share(seconds: float, summary: dict) -> str:
   total = summary.get('wall_seconds')
   return f', {seconds / total:.0%} of the run' if total else ''
@@ -263,6 +278,10 @@ def render(summary: dict) -> str:
         f'{k} {v}' for k, v in summary['examples'].items()))
     if summary.get('validation_source'):
       lines.append(f'  validation: {summary["validation_source"]}')
+  if summary.get('skipped_images'):
+    skipped = summary['skipped_images']
+    lines.append(f'  skipped: {skipped["count"]} corrupt images '
+                 f'(data.on_corrupt: skip), listed in {skipped["list"]}')
   snapshot = summary.get('data_snapshot') or {}
   if snapshot.get('fingerprint'):
     fp = snapshot['fingerprint']

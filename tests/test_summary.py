@@ -47,3 +47,20 @@ def test_the_printed_summary_says_what_the_embedding_cache_held():
   run['components'][0]['state'] = 'cached'
   assert any(line.startswith("  embedding cache (the cached Trainer's run): ")
              for line in summary.render(run).splitlines())
+
+
+def test_images_left_out_as_corrupt_are_counted_and_printed(tmp_path):
+  """data.on_corrupt: skip: the image folder ExampleGen lists what it left
+  out in the Examples folder; the summary counts them and says where."""
+  assert summary.skipped_images(str(tmp_path)) is None
+  listed = tmp_path / 'corrupt_images.txt'
+  listed.write_text('')  # written on every run, empty when none
+  assert summary.skipped_images(str(tmp_path)) is None
+  listed.write_text('/d/a/x.png\tnot a PNG or JPEG image\n'
+                    '/d/b/y.jpg\tcannot be decoded as JPEG\n')
+  skipped = summary.skipped_images(str(tmp_path))
+  assert skipped == {'count': 2, 'list': str(listed)}
+  printed = summary.render({'status': 'succeeded', 'examples': {'train': 5},
+                            'skipped_images': skipped})
+  assert (f'skipped: 2 corrupt images (data.on_corrupt: skip), listed in '
+          f'{listed}') in printed
