@@ -37,8 +37,8 @@ STEPS = {
                   'components/modeling/modules.py') + _MODULES,
     # code_version itself: the embedding cache's identity holds the
     # Transform's digest (components/trainer/run.py).
-    'Trainer': ('components/trainer', 'pipeline/code_version.py')
-               + _MODELING,
+    'Trainer': ('components/trainer', 'pipeline/code_version.py',
+                'components/faults.py') + _MODELING,
     'ModuleSelector': ('components/module_selector',
                        'components/report_svg.py') + _MODELING,
     'Compressor': ('components/compressor', 'components/report_svg.py')
